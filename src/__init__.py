@@ -1,0 +1,1 @@
+"""Hydra-configured learning-rate schedule experiments on MNIST."""

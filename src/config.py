@@ -1,0 +1,105 @@
+"""Checks of a composed config before anything runs: one clear error per bad value.
+
+Hydra composes plain YAML, so `scheduler.step_size=2.5` or `scheduler.gamma=abc` reach us as they
+were typed; every value the run depends on is checked here, at the boundary.
+"""
+
+import math
+from numbers import Real
+
+from omegaconf import DictConfig
+
+from src.errors import ConfigError
+
+# The only callables a config may instantiate. Passed to @hydra.main(execution_whitelist=...) and to
+# every instantiate() call, so that the guard holds in joblib worker processes too.
+EXECUTION_WHITELIST = ("torch.optim.*", "src.models.*")
+
+# Each group's _target_ must name a class under its package; what the error says is allowed.
+TARGETS = {
+    "model": ("src.models.", "a model class under src.models (SimpleNet, MLP, CNN)"),
+    "optimizer": ("torch.optim.", "a torch.optim optimizer class (torch.optim.Adam, torch.optim.SGD, ...)"),
+    "scheduler": ("torch.optim.lr_scheduler.", "a torch.optim.lr_scheduler class (StepLR, ...)"),
+}
+DEVICES = ("auto", "cpu", "cuda")
+OPTIMIZED_METRICS = ("val_acc", "best_val_acc")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def require_int(key: str, value: object, minimum: int) -> None:
+    if not _is_int(value) or value < minimum:
+        raise ConfigError(key, value, f"an integer >= {minimum}")
+
+
+def require_positive(key: str, value: object) -> None:
+    if not _is_number(value) or value <= 0:
+        raise ConfigError(key, value, "a number > 0")
+
+
+def require_decay_factor(key: str, value: object) -> None:
+    if not _is_number(value) or not 0 < value <= 1:
+        raise ConfigError(key, value, "a number in (0, 1]")
+
+
+def _check_target(group: str, node: DictConfig) -> str:
+    """The class name of the group's _target_, which must lie under the group's package."""
+    prefix, allowed = TARGETS[group]
+    target = node.get("_target_")
+    scheduler_prefix = TARGETS["scheduler"][0]
+    if (
+        not isinstance(target, str)
+        or not target.startswith(prefix)
+        or (group == "optimizer" and target.startswith(scheduler_prefix))
+    ):
+        raise ConfigError(f"{group}._target_", target, allowed)
+    return target.rsplit(".", 1)[-1]
+
+
+def _check_scheduler(node: DictConfig) -> None:
+    name = _check_target("scheduler", node)
+    if name == "StepLR":
+        require_int("scheduler.step_size", node.get("step_size"), 1)
+    if name in ("StepLR", "MultiStepLR", "ExponentialLR"):
+        require_decay_factor("scheduler.gamma", node.get("gamma"))
+    if name == "MultiStepLR":
+        milestones = node.get("milestones")
+        if (
+            milestones is None
+            or not all(_is_int(m) and m >= 1 for m in milestones)
+            or list(milestones) != sorted(set(milestones))
+        ):
+            raise ConfigError("scheduler.milestones", milestones, "increasing integers >= 1, e.g. [2,4]")
+    if name == "CosineAnnealingLR":
+        require_int("scheduler.T_max", node.get("T_max"), 1)
+    if name == "ConstantLR":
+        require_decay_factor("scheduler.factor", node.get("factor"))
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError for the first value that would make the run fail or mean nothing."""
+    trainer = cfg.trainer
+    require_int("trainer.epochs", trainer.epochs, 1)
+    require_int("trainer.batch_size", trainer.batch_size, 1)
+    require_int("trainer.eval_batch_size", trainer.eval_batch_size, 1)
+    require_int("trainer.seed", trainer.seed, 0)
+    if trainer.device not in DEVICES:
+        raise ConfigError("trainer.device", trainer.device, f"one of {', '.join(DEVICES)}")
+    if trainer.num_threads is not None:
+        require_int("trainer.num_threads", trainer.num_threads, 1)
+    _check_target("model", cfg.model)
+    _check_target("optimizer", cfg.optimizer)
+    require_positive("optimizer.lr", cfg.optimizer.get("lr"))
+    _check_scheduler(cfg.scheduler)
+    require_int("data.val_size", cfg.data.val_size, 1)
+    require_int("data.split_seed", cfg.data.split_seed, 0)
+    if cfg.optimized_metric not in OPTIMIZED_METRICS:
+        raise ConfigError("optimized_metric", cfg.optimized_metric, f"one of {', '.join(OPTIMIZED_METRICS)}")
+    if cfg.logger.name not in ("tensorboard", "none"):
+        raise ConfigError("logger.name", cfg.logger.name, "tensorboard or none (logger=tensorboard|none)")
