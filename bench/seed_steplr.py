@@ -21,7 +21,7 @@ from torchvision import datasets, transforms
 
 class SimpleNet(nn.Module):
     def __init__(self):
-        super(SimpleNet, self).__init__()
+        super().__init__()
         self.fc = nn.Linear(28 * 28, 10)
 
     def forward(self, x):

@@ -48,6 +48,11 @@ def require_decay_factor(key: str, value: object) -> None:
         raise ConfigError(key, value, "a number in (0, 1]")
 
 
+def require_bool(key: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(key, value, "true or false")
+
+
 def _check_target(group: str, node: DictConfig) -> str:
     """The class name of the group's _target_, which must lie under the group's package."""
     prefix, allowed = TARGETS[group]
@@ -99,6 +104,8 @@ def validate(cfg: DictConfig) -> None:
     _check_scheduler(cfg.scheduler)
     require_int("data.val_size", cfg.data.val_size, 1)
     require_int("data.split_seed", cfg.data.split_seed, 0)
+    for flag in ("download", "offline_fallback", "normalize"):
+        require_bool(f"data.{flag}", cfg.data[flag])
     if cfg.optimized_metric not in OPTIMIZED_METRICS:
         raise ConfigError("optimized_metric", cfg.optimized_metric, f"one of {', '.join(OPTIMIZED_METRICS)}")
     if cfg.logger.name not in ("tensorboard", "none"):

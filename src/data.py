@@ -9,7 +9,7 @@ download missing files.
 import gzip
 import logging
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from math import prod
 from pathlib import Path
 
@@ -35,16 +35,36 @@ SAMPLE_VAL_SHARE = 0.1
 SAMPLE_TEST_SHARE = 0.2
 
 
+# Standardization of PyTorch's own MNIST example; the seed's ToTensor() alone is mean 0, std 1 here.
+MNIST_PIXEL_MEAN, MNIST_PIXEL_STD = 0.1307, 0.3081
+
+
 @dataclass(frozen=True)
 class Split:
     images: torch.Tensor  # uint8 (N, 28, 28), 0..255
     labels: torch.Tensor  # int64 (N,)
+    pixel_mean: float = 0.0
+    pixel_std: float = 1.0
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    def batch(self, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """Model inputs (float, pixels scaled to [0, 1] then standardized) and labels of some rows."""
+        inputs = self.images[rows].float().div_(255.0)
+        if (self.pixel_mean, self.pixel_std) != (0.0, 1.0):
+            inputs.sub_(self.pixel_mean).div_(self.pixel_std)
+        return inputs, self.labels[rows]
+
+    def shuffled(self, generator: torch.Generator) -> "Split":
+        order = torch.randperm(len(self), generator=generator).to(self.images.device)
+        return replace(self, images=self.images[order], labels=self.labels[order])
+
     def to(self, device: torch.device) -> "Split":
-        return Split(self.images.to(device), self.labels.to(device))
+        return replace(self, images=self.images.to(device), labels=self.labels.to(device))
+
+    def standardized(self) -> "Split":
+        return replace(self, pixel_mean=MNIST_PIXEL_MEAN, pixel_std=MNIST_PIXEL_STD)
 
 
 @dataclass(frozen=True)
@@ -59,6 +79,11 @@ class MnistSplits:
 
     def to(self, device: torch.device) -> "MnistSplits":
         return MnistSplits(self.train.to(device), self.val.to(device), self.test.to(device), self.source)
+
+    def standardized(self) -> "MnistSplits":
+        return MnistSplits(
+            self.train.standardized(), self.val.standardized(), self.test.standardized(), self.source
+        )
 
 
 def raw_dir(root: Path) -> Path:
@@ -107,9 +132,7 @@ def _read_split(directory: Path, images_name: str, labels_name: str) -> Split:
     if tuple(images.shape[1:]) != IMAGE_SHAPE:
         raise DataError(f"{images_path}: images are {list(images.shape[1:])}, MNIST images are 28x28")
     if len(images) != len(labels):
-        raise DataError(
-            f"{labels_path}: {len(labels)} labels for {len(images)} images in {images_path.name}"
-        )
+        raise DataError(f"{labels_path}: {len(labels)} labels for {len(images)} images in {images_path.name}")
     if len(labels) and int(labels.max()) > 9:
         raise DataError(f"{labels_path}: label {int(labels.max())} found, MNIST labels are 0..9")
     return Split(images, labels.long())

