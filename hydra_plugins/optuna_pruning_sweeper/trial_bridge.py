@@ -20,9 +20,9 @@ PRUNER_WHITELIST = ("optuna.pruners.*",)
 def job_environment(storage: str, study_name: str, trial_number: int) -> tuple[str, ...]:
     """The overrides that hand a job its trial (read back by current_trial)."""
     return (
-        f"hydra.job.env_set.{STORAGE_ENV}='{storage}'",
-        f"hydra.job.env_set.{STUDY_ENV}='{study_name}'",
-        f"hydra.job.env_set.{TRIAL_ENV}={trial_number}",
+        f"++hydra.job.env_set.{STORAGE_ENV}='{storage}'",
+        f"++hydra.job.env_set.{STUDY_ENV}='{study_name}'",
+        f"++hydra.job.env_set.{TRIAL_ENV}={trial_number}",
     )
 
 
