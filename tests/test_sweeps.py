@@ -1,0 +1,207 @@
+"""Sweeps through the real CLI on the tiny MNIST: Optuna study, plain grid, resume, failures, joblib."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from conftest import REPO, read_json, run_cli, tiny_data_overrides
+from optuna.trial import TrialState
+
+STUDY = "steplr"
+
+
+def optuna_sweep_args(tiny_mnist: Path, tmp_path: Path, sweep_dir: str = "sweep", *extra: str) -> list[str]:
+    return [
+        "--multirun",
+        "hparams_search=steplr_optuna",
+        f"hydra.sweep.dir={tmp_path / sweep_dir}",
+        f"hydra.sweeper.storage=sqlite:///{tmp_path / 'optuna.db'}",
+        *tiny_data_overrides(tiny_mnist),
+        *extra,
+    ]
+
+
+def load_study(tmp_path: Path) -> optuna.Study:
+    return optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+
+
+def trial_dirs(sweep_dir: Path) -> list[Path]:
+    return sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def composed(run_dir: Path) -> dict:
+    return yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
+
+
+def test_optuna_sweep_writes_a_directory_per_trial_and_a_persistent_study(tiny_mnist, tmp_path):
+    result = run_cli(
+        "src.train",
+        *optuna_sweep_args(tiny_mnist, tmp_path, "sweep", "hydra.sweeper.n_trials=3", "trainer.epochs=1"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep_dir = tmp_path / "sweep"
+    dirs = trial_dirs(sweep_dir)
+    assert len(dirs) == 3
+    study = load_study(tmp_path)
+    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(trials) == 3 and len(study.trials) == 3
+    for trial in trials:
+        run_dir = Path(trial.user_attrs["run_dir"])
+        cfg = composed(run_dir)
+        assert cfg["scheduler"]["step_size"] == trial.params["scheduler.step_size"]
+        assert cfg["scheduler"]["gamma"] == pytest.approx(trial.params["scheduler.gamma"])
+        assert 1 <= cfg["scheduler"]["step_size"] <= cfg["trainer"]["epochs"]
+        assert 0.05 <= cfg["scheduler"]["gamma"] <= 0.95
+        metrics = read_json(run_dir / "metrics.json")
+        assert metrics["status"] == "completed"
+        assert trial.value == metrics["val_acc"]  # the study optimizes validation, never test accuracy
+    results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert results["best_value"] == study.best_value and results["best_params"] == study.best_params
+    assert results["trials"] == {"complete": 3, "pruned": 0, "fail": 0}
+    assert "3 completed, 0 pruned, 0 failed" in result.stdout + result.stderr
+    assert f"directory {study.best_trial.user_attrs['run_dir']}" in result.stdout + result.stderr
+
+
+def test_plain_hydra_grid_runs_every_combination(tiny_mnist, tmp_path):
+    result = run_cli(
+        "src.train",
+        "--multirun",
+        f"hydra.sweep.dir={tmp_path / 'grid'}",
+        *tiny_data_overrides(tiny_mnist),
+        "trainer.epochs=1",
+        "logger=none",
+        "scheduler.gamma=0.1,0.5,0.9",
+        "scheduler.step_size=1,2",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    dirs = trial_dirs(tmp_path / "grid")
+    assert len(dirs) == 6
+    pairs = {(composed(d)["scheduler"]["gamma"], composed(d)["scheduler"]["step_size"]) for d in dirs}
+    assert pairs == {(g, s) for g in (0.1, 0.5, 0.9) for s in (1, 2)}
+    assert all(read_json(d / "metrics.json")["status"] == "completed" for d in dirs)
+
+
+def test_grid_sampler_with_a_diverging_trial_records_the_failure_and_goes_on(tiny_mnist, tmp_path):
+    # An MLP under SGD with lr=1000 produces a NaN loss within a few batches.
+    result = run_cli(
+        "src.train",
+        *optuna_sweep_args(
+            tiny_mnist,
+            tmp_path,
+            "sweep",
+            "hydra/sweeper/sampler=grid",
+            "model=mlp",
+            "optimizer=sgd",
+            "trainer.epochs=1",
+            "optimizer.lr=choice(0.01,0.02,0.05,1000)",
+            "scheduler.gamma=0.5",
+            "scheduler.step_size=1",
+        ),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = load_study(tmp_path)
+    states = sorted(t.state.name for t in study.trials)
+    assert states == ["COMPLETE", "COMPLETE", "COMPLETE", "FAIL"]
+    failed = next(t for t in study.trials if t.state == TrialState.FAIL)
+    assert failed.params["optimizer.lr"] == 1000
+    assert "nan" in failed.user_attrs["fail_reason"]
+    metrics = read_json(Path(failed.user_attrs["run_dir"]) / "metrics.json")
+    assert metrics["status"] == "failed" and "diverged" in metrics["reason"]
+    assert "3 completed, 0 pruned, 1 failed" in result.stdout + result.stderr
+
+
+def test_too_many_failures_end_the_sweep_with_a_clear_error(tiny_mnist, tmp_path):
+    result = run_cli(
+        "src.train",
+        *optuna_sweep_args(
+            tiny_mnist,
+            tmp_path,
+            "sweep",
+            "hydra.sweeper.n_trials=4",
+            "model=mlp",
+            "optimizer=sgd",
+            "optimizer.lr=1000",
+            "trainer.epochs=1",
+            "hydra.sweeper.max_failure_rate=0.25",
+        ),
+    )
+    assert result.returncode != 0
+    assert "trials failed, more than hydra.sweeper.max_failure_rate=0.25 x n_trials=4" in result.stderr
+    assert len(load_study(tmp_path).get_trials(states=(TrialState.FAIL,))) == 2
+
+
+def test_killed_sweep_resumes_without_losing_or_repeating_finished_trials(tiny_mnist, tmp_path):
+    args = [
+        sys.executable,
+        "-m",
+        "src.train",
+        *optuna_sweep_args(
+            tiny_mnist,
+            tmp_path,
+            "first",
+            "hydra.sweeper.n_trials=6",
+            "trainer.epochs=3",
+            "logger=none",
+        ),
+    ]
+    first = subprocess.Popen(
+        args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # kill once two trials finished, with the third one running
+        finished = [d for d in (tmp_path / "first").glob("[0-9]*") if (d / "metrics.json").exists()]
+        if len(finished) >= 2 and (tmp_path / "first" / "2" / "metrics.csv").exists():
+            break
+        time.sleep(0.05)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    before = {t.number: t for t in load_study(tmp_path).trials}
+    completed_before = {n: t.value for n, t in before.items() if t.state == TrialState.COMPLETE}
+    running_before = [n for n, t in before.items() if t.state == TrialState.RUNNING]
+    assert len(completed_before) >= 2 and running_before
+
+    resumed = run_cli("src.train", *args[3:-3], f"hydra.sweep.dir={tmp_path / 'second'}", *args[-3:])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after = load_study(tmp_path).trials
+    assert not [t for t in after if t.state == TrialState.RUNNING]
+    for number, value in completed_before.items():  # kept, and not re-run
+        assert after[number].state == TrialState.COMPLETE and after[number].value == value
+    for number in running_before:  # the trial the kill interrupted: failed, flagged, its parameters re-run
+        assert after[number].state == TrialState.FAIL and after[number].user_attrs["interrupted"]
+        assert any(
+            t.params == after[number].params and t.state == TrialState.COMPLETE for t in after[number:]
+        )
+    complete = [t for t in after if t.state == TrialState.COMPLETE]
+    assert len(complete) == 6
+    run_dirs = [t.user_attrs["run_dir"] for t in complete]
+    assert len(set(run_dirs)) == 6
+    assert len(trial_dirs(tmp_path / "second")) == 6 - len(completed_before)
+
+
+def test_joblib_launcher_runs_two_workers_with_the_cores_shared(tiny_mnist, tmp_path):
+    result = run_cli(
+        "src.train",
+        *optuna_sweep_args(
+            tiny_mnist,
+            tmp_path,
+            "sweep",
+            "hydra/launcher=joblib",
+            "hydra.sweeper.n_jobs=2",
+            "hydra.sweeper.n_trials=4",
+            "trainer.epochs=1",
+            "logger=none",
+        ),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = load_study(tmp_path)
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 4
+    expected_threads = max(1, (os.cpu_count() or 1) // 2)
+    for run_dir in trial_dirs(tmp_path / "sweep"):
+        assert f"{expected_threads} threads" in (run_dir / "train.log").read_text()
+    assert "Joblib.Parallel" in result.stdout + result.stderr
