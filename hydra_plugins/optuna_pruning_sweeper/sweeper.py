@@ -48,6 +48,16 @@ def absolute_storage(storage: str) -> str:
     return f"{SQLITE_PREFIX}{path}"
 
 
+def tell(study: optuna.Study, trial: optuna.Trial | int, **outcome: Any) -> None:
+    """study.tell(), where the GridSampler's end-of-grid study.stop() (an error outside optimize()) is
+    harmless: the trial is stored before it is raised."""
+    try:
+        study.tell(trial, **outcome)
+    except RuntimeError as error:
+        if "Study.stop" not in str(error):
+            raise
+
+
 def counts_toward_n_trials(trial: FrozenTrial) -> bool:
     """Trials that ran to an end: complete, pruned or failed on their own (not interrupted)."""
     return trial.state.is_finished() and not trial.user_attrs.get(INTERRUPTED)
@@ -130,7 +140,7 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
             error = job._return_value
             if isinstance(error, optuna.TrialPruned):
                 log.info(f"Trial {trial.number} pruned: {error}")
-                study.tell(trial, state=TrialState.PRUNED)
+                tell(study, trial, state=TrialState.PRUNED)
             else:
                 self._fail(study, trial, f"{type(error).__name__}: {error}")
             return
@@ -144,17 +154,13 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
                 study, trial, f"the task returned {value!r}, not {len(study.directions)} finite number(s)"
             )
             return
-        try:
-            study.tell(trial, values=values)
-        except RuntimeError as error:  # GridSampler stops the study once the grid is exhausted
-            if "Study.stop" not in str(error):
-                raise
+        tell(study, trial, values=values)
 
     @staticmethod
     def _fail(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
         log.warning(f"Trial {trial.number} failed: {reason}")
         trial.set_user_attr(FAIL_REASON, reason)
-        study.tell(trial, state=TrialState.FAIL)
+        tell(study, trial, state=TrialState.FAIL)
 
     def _check_failure_rate(self, study: optuna.Study) -> None:
         failed = [t for t in study.trials if t.state == TrialState.FAIL and not t.user_attrs.get(INTERRUPTED)]
@@ -192,9 +198,10 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
         if len(study.directions) == 1:
             best = study.best_trial
             results.update(best_params=best.params, best_value=best.value, best_trial=best_trial_info(best))
+            test = best.user_attrs.get("test_acc")
             log.info(f"Best trial {best.number}: {best.params}")
             log.info(
-                f"  validation {best.value:.4f}, test {best.user_attrs.get('test_acc')}, "
+                f"  validation {best.value:.4g}, test {'-' if test is None else f'{test:.4g}'}, "
                 f"directory {best.user_attrs.get('run_dir')}"
             )
         else:
@@ -222,7 +229,7 @@ def mark_interrupted(study: optuna.Study, trial: FrozenTrial) -> None:
     study._storage.set_trial_user_attr(
         trial._trial_id, FAIL_REASON, "interrupted: the sweep stopped while it ran"
     )
-    study.tell(trial.number, state=TrialState.FAIL)
+    tell(study, trial.number, state=TrialState.FAIL)
     if trial.params:
         study.enqueue_trial(trial.params)
     log.warning(f"Trial {trial.number} was interrupted: marked failed, its parameters queued again")

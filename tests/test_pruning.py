@@ -1,0 +1,122 @@
+"""Pruning inside Hydra Optuna sweeps, through the real CLI on the tiny MNIST.
+
+With step_size=1, a gamma of 0.001 or less collapses the learning rate after the first epoch, so
+those trials fall behind the median of the finished ones at epoch 2 and must be pruned.
+"""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import read_json, run_cli
+from optuna.trial import TrialState
+from test_sweeps import load_study, optuna_sweep_args
+
+EPOCHS = 4
+PRUNING_SWEEP = [
+    "logger=none",
+    f"trainer.epochs={EPOCHS}",
+    "optimizer.lr=0.003",
+    "scheduler.step_size=1",
+    "scheduler.gamma=choice(0.9,0.8,0.7,0.001,0.0005,0.0001)",
+    "hydra/sweeper/sampler=grid",
+]
+MEDIAN_PRUNER = [
+    "hydra/sweeper/pruner=median",
+    "hydra.sweeper.pruner.n_startup_trials=2",
+    "hydra.sweeper.pruner.n_warmup_steps=1",
+]
+
+
+def run_pruning_sweep(tiny_mnist: Path, tmp_path: Path, sweep_dir: str, *extra: str, pruner=MEDIAN_PRUNER):
+    args = optuna_sweep_args(tiny_mnist, tmp_path, sweep_dir, *PRUNING_SWEEP, *pruner, *extra)
+    result = run_cli("src.train", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def check_pruned_trials(tmp_path: Path, sweep_dir: str) -> list:
+    study = load_study(tmp_path)
+    pruned = study.get_trials(states=(TrialState.PRUNED,))
+    assert pruned, "the pruner never fired"
+    assert not study.get_trials(states=(TrialState.FAIL, TrialState.RUNNING))
+    for trial in pruned:
+        run_dir = Path(trial.user_attrs["run_dir"])
+        rows = (run_dir / "metrics.csv").read_text().strip().splitlines()[1:]
+        metrics = read_json(run_dir / "metrics.json")
+        assert metrics["status"] == "pruned"
+        assert len(rows) == metrics["epochs_completed"] < EPOCHS
+        assert f"after epoch {metrics['epochs_completed']}" in metrics["reason"]
+        assert trial.last_step == metrics["epochs_completed"]  # reported once per epoch
+    collapsed = [t for t in study.trials if t.params["scheduler.gamma"] <= 0.001]
+    assert any(t.state == TrialState.PRUNED for t in collapsed)
+    results = yaml.safe_load((tmp_path / sweep_dir / "optimization_results.yaml").read_text())
+    assert results["trials"]["pruned"] == len(pruned) and results["trials"]["fail"] == 0
+    saved = sum(
+        EPOCHS - read_json(Path(t.user_attrs["run_dir"]) / "metrics.json")["epochs_completed"] for t in pruned
+    )
+    assert results["epochs_saved_by_pruning"] == saved > 0
+    return pruned
+
+
+def test_median_pruner_stops_hopeless_trials_and_records_them_as_pruned(tiny_mnist, tmp_path):
+    result = run_pruning_sweep(tiny_mnist, tmp_path, "sweep")
+    pruned = check_pruned_trials(tmp_path, "sweep")
+    assert f"{len(pruned)} pruned, 0 failed" in result.stderr + result.stdout
+    assert "Pruning stopped" in result.stderr + result.stdout
+
+
+def test_pruning_works_with_two_joblib_workers(tiny_mnist, tmp_path):
+    run_pruning_sweep(tiny_mnist, tmp_path, "sweep", "hydra/launcher=joblib", "hydra.sweeper.n_jobs=2")
+    check_pruned_trials(tmp_path, "sweep")
+
+
+def test_resumed_study_keeps_its_pruned_trials_and_goes_on_pruning(tiny_mnist, tmp_path):
+    run_pruning_sweep(tiny_mnist, tmp_path, "first", "hydra.sweeper.n_trials=4")
+    before = {t.number: (t.state, t.params) for t in load_study(tmp_path).trials}
+    assert len(before) == 4
+    run_pruning_sweep(tiny_mnist, tmp_path, "second", "hydra.sweeper.n_trials=6")
+    after = load_study(tmp_path).trials
+    assert len(after) == 6
+    assert {t.number: (t.state, t.params) for t in after[:4]} == before
+    assert len({t.params["scheduler.gamma"] for t in after}) == 6  # nothing re-run
+    check_pruned_trials(tmp_path, "second")
+
+
+PRUNER_CLASSES = {
+    "hyperband": "HyperbandPruner",
+    "successive_halving": "SuccessiveHalvingPruner",
+    "percentile": "PercentilePruner",
+    "none": "NopPruner",
+}
+
+
+@pytest.mark.parametrize("pruner", PRUNER_CLASSES)
+def test_every_pruner_option_composes_and_runs(tiny_mnist, tmp_path, pruner):
+    result = run_pruning_sweep(
+        tiny_mnist, tmp_path, "sweep", "hydra.sweeper.n_trials=3", pruner=[f"hydra/sweeper/pruner={pruner}"]
+    )
+    assert f"pruner {PRUNER_CLASSES[pruner]}," in result.stdout + result.stderr
+    study = load_study(tmp_path)
+    assert len(study.trials) == 3 and all(t.state.is_finished() for t in study.trials)
+    for trial in study.trials:  # every epoch was reported to the trial
+        metrics = read_json(Path(trial.user_attrs["run_dir"]) / "metrics.json")
+        assert trial.last_step == metrics["epochs_completed"]
+        assert trial.intermediate_values[trial.last_step] == metrics["val_acc"]
+
+
+def test_pruner_arguments_are_overridable(tiny_mnist, tmp_path):
+    result = run_cli(
+        "src.train",
+        "--multirun",
+        "hparams_search=steplr_optuna",
+        "hydra/sweeper/pruner=median",
+        "hydra.sweeper.pruner.n_warmup_steps=3",
+        "--cfg",
+        "hydra",
+        "--package",
+        "hydra.sweeper.pruner",
+    )
+    assert result.returncode == 0, result.stderr
+    pruner = yaml.safe_load(result.stdout)
+    assert pruner["_target_"] == "optuna.pruners.MedianPruner" and pruner["n_warmup_steps"] == 3
