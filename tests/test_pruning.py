@@ -108,7 +108,6 @@ def test_every_pruner_option_composes_and_runs(tiny_mnist, tmp_path, pruner):
 def test_pruner_arguments_are_overridable(tiny_mnist, tmp_path):
     result = run_cli(
         "src.train",
-        "--multirun",
         "hparams_search=steplr_optuna",
         "hydra/sweeper/pruner=median",
         "hydra.sweeper.pruner.n_warmup_steps=3",
