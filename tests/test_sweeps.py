@@ -42,7 +42,14 @@ def composed(run_dir: Path) -> dict:
 def test_optuna_sweep_writes_a_directory_per_trial_and_a_persistent_study(tiny_mnist, tmp_path):
     result = run_cli(
         "src.train",
-        *optuna_sweep_args(tiny_mnist, tmp_path, "sweep", "hydra.sweeper.n_trials=3", "trainer.epochs=1"),
+        *optuna_sweep_args(
+            tiny_mnist,
+            tmp_path,
+            "sweep",
+            "hydra.sweeper.n_trials=3",
+            "trainer.epochs=1",
+            "hydra.sweeper.params.scheduler.gamma='interval(0.1, 0.9)'",
+        ),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     sweep_dir = tmp_path / "sweep"
@@ -57,7 +64,7 @@ def test_optuna_sweep_writes_a_directory_per_trial_and_a_persistent_study(tiny_m
         assert cfg["scheduler"]["step_size"] == trial.params["scheduler.step_size"]
         assert cfg["scheduler"]["gamma"] == pytest.approx(trial.params["scheduler.gamma"])
         assert 1 <= cfg["scheduler"]["step_size"] <= cfg["trainer"]["epochs"]
-        assert 0.05 <= cfg["scheduler"]["gamma"] <= 0.95
+        assert 0.1 <= cfg["scheduler"]["gamma"] <= 0.9
         metrics = read_json(run_dir / "metrics.json")
         assert metrics["status"] == "completed"
         assert trial.value == metrics["val_acc"]  # the study optimizes validation, never test accuracy
@@ -205,3 +212,25 @@ def test_joblib_launcher_runs_two_workers_with_the_cores_shared(tiny_mnist, tmp_
     for run_dir in trial_dirs(tmp_path / "sweep"):
         assert f"{expected_threads} threads" in (run_dir / "train.log").read_text()
     assert "Joblib.Parallel" in result.stdout + result.stderr
+
+
+def test_search_space_may_be_nested_or_flat_with_interpolations_resolved():
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.optuna_pruning_sweeper.sweeper import search_space_overrides
+
+    cfg = OmegaConf.create(
+        {
+            "epochs": 4,
+            "nested": {
+                "scheduler": {"step_size": "int(interval(1, ${epochs}))", "gamma": "interval(0.1, 0.9)"}
+            },
+            "flat": {
+                "scheduler.step_size": "int(interval(1, ${epochs}))",
+                "scheduler.gamma": "interval(0.1, 0.9)",
+            },
+        }
+    )
+    expected = ["scheduler.step_size=int(interval(1, 4))", "scheduler.gamma=interval(0.1, 0.9)"]
+    assert search_space_overrides(cfg.nested) == search_space_overrides(cfg.flat) == expected
+    assert search_space_overrides(None) == []

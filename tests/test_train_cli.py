@@ -165,3 +165,43 @@ def test_full_mnist_one_epoch_reaches_90_percent_validation_accuracy(tmp_path):
 def test_repo_has_the_designed_top_level():
     for name in ("pyproject.toml", "README.md", "conf", "src", "tests", "multirun", "outputs"):
         assert (REPO / name).exists(), name
+
+
+def test_progress_bar_shows_when_stdout_is_a_terminal(tiny_mnist, tmp_path):
+    import fcntl
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    main_fd, terminal_fd = pty.openpty()
+    # A terminal of 24 rows x 100 columns (a fresh pty is 0 x 0: tqdm would have no room to draw).
+    fcntl.ioctl(terminal_fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "src.train",
+            f"hydra.run.dir={tmp_path / 'run'}",
+            *tiny_data_overrides(tiny_mnist),
+            "trainer.epochs=1",
+        ],
+        cwd=REPO,
+        stdin=terminal_fd,
+        stdout=terminal_fd,
+        stderr=terminal_fd,
+    )
+    os.close(terminal_fd)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(main_fd, 4096)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(main_fd)
+    assert process.wait(timeout=300) == 0, output.decode(errors="replace")[-2000:]
+    assert b"batch/s" in output and b"/16" in output  # 1,000 training images in batches of 64

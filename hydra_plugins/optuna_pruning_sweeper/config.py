@@ -72,6 +72,10 @@ class PruningOptunaSweeperConf(OptunaSweeperConf):
     _target_: str = "hydra_plugins.optuna_pruning_sweeper.sweeper.PruningOptunaSweeper"
     defaults: list[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "none"}])
     pruner: PrunerConfig = MISSING
+    # The search space, flat (`scheduler.gamma: interval(0.1, 0.9)`, as upstream) or nested
+    # (`scheduler: {gamma: ...}`); nested keys can be overridden on the command line as
+    # hydra.sweeper.params.scheduler.gamma=..., which a flat dotted key cannot.
+    params: dict[str, Any] | None = None
     # Trials asked at once (run in parallel by a parallel launcher such as joblib).
     n_jobs: int = 1
     # The sweep stops once failed trials exceed this share of n_trials (pruned trials never count).

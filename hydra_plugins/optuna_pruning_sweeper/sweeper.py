@@ -58,6 +58,18 @@ def tell(study: optuna.Study, trial: optuna.Trial | int, **outcome: Any) -> None
             raise
 
 
+def search_space_overrides(params: DictConfig | None) -> list[str]:
+    """hydra.sweeper.params as `key=value` overrides: nested keys joined with dots, so that
+    `scheduler: {gamma: ...}` and upstream's flat `scheduler.gamma: ...` mean the same."""
+
+    def flatten(prefix: str, node: Any) -> list[str]:
+        if isinstance(node, DictConfig):
+            return [line for key, value in node.items() for line in flatten(f"{prefix}{key}.", value)]
+        return [f"{prefix[:-1]}={node}"]
+
+    return flatten("", params) if params else []
+
+
 def counts_toward_n_trials(trial: FrozenTrial) -> bool:
     """Trials that ran to an end: complete, pruned or failed on their own (not interrupted)."""
     return trial.state.is_finished() and not trial.user_attrs.get(INTERRUPTED)
@@ -103,6 +115,9 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
                 self._tell(study, trial, job)
             self._check_failure_rate(study)
         self._report(study)
+
+    def _parse_sweeper_params_config(self) -> list[str]:
+        return search_space_overrides(self.params)
 
     def _use_grid(self, distributions: dict[str, BaseDistribution]) -> None:
         """Build the (partial) GridSampler from the search space; n_trials is capped at the grid's size."""

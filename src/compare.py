@@ -1,0 +1,263 @@
+"""python -m src.compare [DIR ...]: a table of every run under outputs/ and multirun/ (or DIRs).
+
+    python -m src.compare                                  every run, best validation accuracy first
+    python -m src.compare multirun/2026-11-24/10-00-00     one sweep
+    python -m src.compare --filter 'scheduler.gamma<0.5' --status completed --top 5
+    python -m src.compare --sort test_acc --csv runs.csv --plot figures/
+
+Reads files only (no torch), so it stays fast over thousands of runs.
+"""
+
+import argparse
+import csv
+import io
+import json
+import operator
+import re
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from src.runs import COMPARABILITY_KEYS, METRIC_KEYS, Run, load_runs
+
+DEFAULT_ROOTS = (Path("outputs"), Path("multirun"))
+OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
+    "<=": operator.le,
+    ">=": operator.ge,
+    "!=": operator.ne,
+    "==": operator.eq,
+    "=": operator.eq,
+    "<": operator.lt,
+    ">": operator.gt,
+}
+FILTER_PATTERN = re.compile(r"^\s*([\w.]+)\s*(<=|>=|!=|==|=|<|>)\s*(.+?)\s*$")
+# Hyperparameters shown when they differ between the runs listed (config keys, dotted).
+HIDDEN_PARAMS = ("data.root", "data.download", "data.offline_fallback", "logger.name", "trainer.device")
+
+
+class UsageError(Exception):
+    pass
+
+
+def parse_filter(text: str) -> Callable[[Run], bool]:
+    """'KEY OP VALUE' (OP one of < <= > >= = == !=): numbers compare as numbers, the rest as text."""
+    match = FILTER_PATTERN.match(text)
+    if not match:
+        raise UsageError(
+            f"--filter {text!r} is not KEY OP VALUE, e.g. 'scheduler.gamma<0.5' or 'status=completed'"
+        )
+    key, symbol, wanted = match.groups()
+    compare = OPERATORS[symbol]
+
+    def keep(run: Run) -> bool:
+        value = run.value(key)
+        if value is None:
+            return False
+        try:
+            return compare(float(value), float(wanted))
+        except (TypeError, ValueError):
+            return compare(str(value), wanted.strip("'\""))
+
+    return keep
+
+
+def sort_key(key: str, ascending: bool) -> Callable[[Run], tuple]:
+    """Numbers largest first (smallest with ascending), then text, then runs without the key."""
+    sign = 1.0 if ascending else -1.0
+
+    def rank(run: Run) -> tuple:
+        value = run.value(key)
+        if value is None:
+            return (2, 0.0, "")
+        try:
+            return (0, sign * float(value), "")
+        except (TypeError, ValueError):
+            return (1, 0.0, str(value))
+
+    return rank
+
+
+def comparability_groups(runs: Sequence[Run]) -> dict[tuple, str]:
+    """A letter per set of comparable runs (same data, model and epochs), in order of appearance."""
+    groups: dict[tuple, str] = {}
+    for run in runs:
+        groups.setdefault(run.comparability(), chr(ord("A") + len(groups)))
+    return groups
+
+
+def differing_params(runs: Sequence[Run]) -> list[str]:
+    keys = sorted({k for run in runs for k in run.params if k not in HIDDEN_PARAMS})
+    return [k for k in keys if len({repr(run.params.get(k)) for run in runs}) > 1]
+
+
+def relative(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def format_value(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return (
+            f"{value:.4g}"
+            if abs(value) < 0.01 or abs(value) >= 1000
+            else f"{value:.2f}".rstrip("0").rstrip(".")
+        )
+    return str(value)
+
+
+def table_rows(
+    runs: Sequence[Run], params: Sequence[str], groups: dict[tuple, str]
+) -> tuple[list[str], list[list]]:
+    header = ["run", "status", *params, *METRIC_KEYS]
+    if len(groups) > 1:
+        header.insert(0, "set")
+    rows = []
+    for run in runs:
+        row = [
+            relative(run.directory),
+            run.status,
+            *(run.params.get(k) for k in params),
+            *(run.metrics.get(k) for k in METRIC_KEYS),
+        ]
+        if len(groups) > 1:
+            row.insert(0, groups[run.comparability()])
+        rows.append(row)
+    return header, rows
+
+
+def render_text(header: list[str], rows: list[list]) -> str:
+    cells = [header, *[[format_value(v) for v in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)
+
+
+def render_markdown(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(format_value(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def as_records(runs: Sequence[Run], groups: dict[tuple, str]) -> list[dict[str, Any]]:
+    return [
+        {
+            "run": relative(run.directory),
+            "status": run.status,
+            "set": groups[run.comparability()],
+            **{k: run.metrics.get(k) for k in (*METRIC_KEYS, "data_source", "n_train", "n_val", "n_test")},
+            "params": run.params,
+        }
+        for run in runs
+    ]
+
+
+def write_csv(path: Path, runs: Sequence[Run], groups: dict[tuple, str]) -> None:
+    records = as_records(runs, groups)
+    params = sorted({k for r in records for k in r["params"]})
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    base = [k for k in records[0] if k != "params"]
+    writer.writerow([*base, *params])
+    for record in records:
+        writer.writerow([*(record[k] for k in base), *(record["params"].get(k) for k in params)])
+    path.write_text(buffer.getvalue())
+
+
+def describe_groups(groups: dict[tuple, str]) -> list[str]:
+    return [
+        f"set {letter}: " + ", ".join(f"{k}={v}" for k, v in zip(COMPARABILITY_KEYS, key, strict=True))
+        for key, letter in groups.items()
+    ]
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m src.compare",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "paths", nargs="*", type=Path, help="run or sweep directories (default: outputs/ multirun/)"
+    )
+    parser.add_argument(
+        "--sort", default="val_acc", help="metric or config key, largest first (default val_acc)"
+    )
+    parser.add_argument("--ascending", action="store_true", help="smallest first")
+    parser.add_argument("--top", type=int, help="show the first N runs only")
+    parser.add_argument(
+        "--filter", action="append", default=[], help="KEY OP VALUE, e.g. 'scheduler.gamma<0.5'"
+    )
+    parser.add_argument(
+        "--status", choices=("completed", "failed", "pruned"), help="only runs with this status"
+    )
+    parser.add_argument(
+        "--csv", type=Path, metavar="FILE", help="also write the table, every parameter, to FILE"
+    )
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--markdown", action="store_true", help="print a markdown table")
+    output.add_argument("--json", action="store_true", help="print JSON records")
+    parser.add_argument("--plot", type=Path, metavar="DIR", help="write PNG figures into DIR")
+    args = parser.parse_args(argv)
+    if args.top is not None and args.top < 1:
+        parser.error(f"--top {args.top}: must be at least 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        keep = [parse_filter(text) for text in args.filter]
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    # The default roots are skipped quietly when absent; a directory the user names must exist.
+    roots = args.paths or [root for root in DEFAULT_ROOTS if root.is_dir()]
+    runs, warnings = load_runs(roots)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if not runs:
+        print(
+            f"error: no runs found in {', '.join(map(str, args.paths or DEFAULT_ROOTS))} "
+            "(a run directory holds metrics.json "
+            "and .hydra/; train one with python -m src.train)",
+            file=sys.stderr,
+        )
+        return 1
+    if args.status:
+        runs = [run for run in runs if run.status == args.status]
+    runs = [run for run in runs if all(k(run) for k in keep)]
+    runs.sort(key=sort_key(args.sort, args.ascending))
+    groups = comparability_groups(runs)
+    runs.sort(key=lambda run: groups[run.comparability()])  # stable: sorted within each comparable set
+    shown = runs[: args.top] if args.top else runs
+    header, rows = table_rows(shown, differing_params(shown), groups)
+    if args.json:
+        print(json.dumps(as_records(shown, groups), indent=2, default=str))
+    elif args.markdown:
+        print(render_markdown(header, rows))
+    else:
+        print(render_text(header, rows))
+    if len(groups) > 1:
+        print(
+            f"warning: {len(groups)} sets of runs that are not comparable (different data, model or epochs); "
+            "they are ranked separately:",
+            file=sys.stderr,
+        )
+        for line in describe_groups(groups):
+            print(f"  {line}", file=sys.stderr)
+    if args.csv and shown:
+        write_csv(args.csv, shown, groups)
+    if args.plot and shown:
+        from src.compare_plots import write_plots
+
+        for line in write_plots(args.plot, shown, roots):
+            print(line, file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

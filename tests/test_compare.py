@@ -1,0 +1,249 @@
+"""`python -m src.compare` over run directories made by real tiny runs and a tiny sweep."""
+
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, read_json, run_cli, tiny_data_overrides
+from PIL import Image
+
+GAMMAS = (0.1, 0.5, 0.9)
+
+
+@pytest.fixture(scope="module")
+def runs_root(tiny_mnist, tmp_path_factory) -> Path:
+    """A project-like directory: outputs/ with two single runs, multirun/ with a 3-trial Optuna sweep
+    and a plain grid over gamma."""
+    root = tmp_path_factory.mktemp("project")
+    data = tiny_data_overrides(tiny_mnist)
+    for name, extra in (
+        ("single_a", ["scheduler.gamma=0.3"]),
+        ("single_b", ["model=mlp", "trainer.epochs=1"]),
+    ):
+        result = run_cli(
+            "src.train", f"hydra.run.dir={root}/outputs/{name}", *data, "trainer.epochs=2", *extra
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+    result = run_cli(
+        "src.train",
+        "--multirun",
+        "hparams_search=steplr_optuna",
+        f"hydra.sweep.dir={root}/multirun/optuna",
+        f"hydra.sweeper.storage=sqlite:///{root}/multirun/optuna.db",
+        "hydra.sweeper.n_trials=3",
+        "trainer.epochs=2",
+        *data,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    result = run_cli(
+        "src.train",
+        "--multirun",
+        f"hydra.sweep.dir={root}/multirun/grid",
+        *data,
+        "trainer.epochs=2",
+        f"scheduler.gamma={','.join(map(str, GAMMAS))}",
+        "scheduler.step_size=1",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return root
+
+
+def compare(root: Path, *args: str):
+    return run_cli("src.compare", *args, cwd=root)
+
+
+def all_run_dirs(root: Path) -> list[Path]:
+    return [p.parent for p in root.glob("*/**/metrics.json")]
+
+
+def json_records(root: Path, *args: str) -> list[dict]:
+    result = compare(root, "--json", *args)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_table_lists_every_run_with_its_values(runs_root):
+    result = compare(runs_root)
+    assert result.returncode == 0, result.stderr
+    run_dirs = all_run_dirs(runs_root)
+    assert len(run_dirs) == 8
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1 + 8
+    header = lines[0].split()
+    for column in (
+        "run",
+        "status",
+        "scheduler.gamma",
+        "best_val_acc",
+        "val_acc",
+        "test_acc",
+        "epochs_completed",
+    ):
+        assert column in header
+    for run_dir in run_dirs:
+        metrics = read_json(run_dir / "metrics.json")
+        line = next(line for line in lines if str(run_dir.relative_to(runs_root)) + " " in line)
+        assert f"{metrics['val_acc']:.4g}" in line.split() and f"{metrics['test_acc']:.4g}" in line.split()
+    # The MLP run (1 epoch, another model) is not comparable with the rest: flagged as its own set.
+    assert "not comparable" in result.stderr and "model=MLP" in result.stderr
+
+
+def test_json_export_matches_the_files_and_is_sorted_by_validation_accuracy(runs_root):
+    records = json_records(runs_root)
+    by_set: dict[str, list[float]] = {}
+    for record in records:
+        metrics = read_json(runs_root / record["run"] / "metrics.json")
+        assert record["val_acc"] == metrics["val_acc"] and record["test_acc"] == metrics["test_acc"]
+        assert record["status"] == metrics["status"]
+        by_set.setdefault(record["set"], []).append(record["val_acc"])
+    for values in by_set.values():
+        assert values == sorted(values, reverse=True)
+
+
+def test_sort_top_filter_and_status(runs_root):
+    by_test = json_records(runs_root, "multirun/grid", "--sort", "test_acc")
+    assert [r["test_acc"] for r in by_test] == sorted((r["test_acc"] for r in by_test), reverse=True)
+    ascending = json_records(runs_root, "multirun/grid", "--sort", "scheduler.gamma", "--ascending")
+    assert [r["params"]["scheduler.gamma"] for r in ascending] == list(GAMMAS)
+    assert len(json_records(runs_root, "--top", "2")) == 2
+    small_gamma = json_records(runs_root, "--filter", "scheduler.gamma<0.5")
+    assert small_gamma and all(r["params"]["scheduler.gamma"] < 0.5 for r in small_gamma)
+    everything = json_records(runs_root)
+    assert len(small_gamma) == sum(r["params"]["scheduler.gamma"] < 0.5 for r in everything)
+    assert len(json_records(runs_root, "--filter", "model=MLP")) == 1
+    assert len(json_records(runs_root, "--status", "completed")) == 8
+    assert json_records(runs_root, "--status", "pruned") == []
+
+
+def test_csv_and_markdown_exports_parse_back_to_the_same_numbers(runs_root, tmp_path):
+    out = tmp_path / "runs.csv"
+    result = compare(runs_root, "--csv", str(out), "--markdown")
+    assert result.returncode == 0, result.stderr
+    records = {r["run"]: r for r in json_records(runs_root)}
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(records) == 8
+    for row in rows:
+        assert float(row["val_acc"]) == records[row["run"]]["val_acc"]
+        assert float(row["scheduler.gamma"]) == records[row["run"]]["params"]["scheduler.gamma"]
+    table = [line for line in result.stdout.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in table[0].strip("|").split("|")]
+    assert set(table[1].replace("|", "").replace("-", "")) == set() and len(table) == 2 + 8
+    for line in table[2:]:
+        cells = dict(zip(header, (c.strip() for c in line.strip("|").split("|")), strict=True))
+        assert float(cells["val_acc"]) == pytest.approx(records[cells["run"]]["val_acc"], abs=0.01)
+
+
+def test_plots_are_real_images(runs_root, tmp_path):
+    result = compare(runs_root, "--plot", str(tmp_path / "figures"))
+    assert result.returncode == 0, result.stderr
+    expected = [
+        "val_acc_per_epoch.png",
+        "lr_schedules.png",
+        "val_acc_step_size_gamma.png",
+        "optuna_steplr_optimization_history.png",
+        "optuna_steplr_param_importances.png",
+        "optuna_steplr_contour.png",
+    ]
+    for name in expected:
+        path = tmp_path / "figures" / name
+        assert path.exists(), result.stderr
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.width >= 400 and image.height >= 300
+            assert sum(1 for count in image.convert("L").histogram() if count) > 10  # not a blank canvas
+
+
+def broken_copy(runs_root: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "broken"
+    shutil.copytree(runs_root / "multirun" / "grid", root / "multirun" / "grid")
+    runs = sorted(p for p in (root / "multirun" / "grid").iterdir() if p.is_dir())
+    (runs[0] / "metrics.json").unlink()  # crashed before the end
+    csv_file = runs[1] / "metrics.csv"
+    csv_file.write_text(csv_file.read_text()[:-25])  # truncated mid-row
+    (runs[2] / "metrics.json").write_text('{"status": "compl')  # malformed JSON
+    (root / "multirun" / "empty_sweep").mkdir()
+    return root
+
+
+def test_broken_directories_each_give_one_warning_and_the_rest_is_printed(runs_root, tmp_path):
+    root = broken_copy(runs_root, tmp_path)
+    result = compare(root)
+    assert result.returncode == 0
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    grid = root / "multirun" / "grid"
+    assert any("grid/0" in w and "no metrics.json" in w for w in warnings)
+    assert any("grid/1" in w and "truncated metrics.csv" in w for w in warnings)
+    assert any("grid/2" in w and "malformed metrics.json" in w for w in warnings)
+    assert any("empty_sweep" in w and "empty directory" in w for w in warnings)
+    assert len(warnings) == 4
+    rows = result.stdout.strip().splitlines()[1:]
+    assert len(rows) == 1 and "multirun/grid/1" in rows[0]  # the truncated CSV run keeps its metrics.json row
+    assert grid.exists()
+
+
+def test_nothing_found_is_a_clear_error(tmp_path):
+    result = compare(tmp_path)
+    assert result.returncode != 0
+    assert "error: no runs found" in result.stderr
+
+
+def test_bad_filter_is_a_clear_error(runs_root):
+    result = compare(runs_root, "--filter", "gamma is small")
+    assert result.returncode == 2 and "KEY OP VALUE" in result.stderr
+
+
+def test_tensorboard_reader_reads_the_logged_scalars_back(runs_root):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = runs_root / "outputs" / "single_a"
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    rows = list(csv.DictReader(io.StringIO((run_dir / "metrics.csv").read_text())))
+    val = events.Scalars("accuracy/val")
+    assert [e.step for e in val] == [1, 2]
+    assert [e.value for e in val] == pytest.approx([float(r["val_acc"]) for r in rows])
+    assert [e.value for e in events.Scalars("lr")] == pytest.approx([float(r["lr"]) for r in rows])
+    assert {"loss/train", "loss/val", "accuracy/test"} <= set(events.Tags()["scalars"])
+    # HParams: the run's hyperparameters, and its final metrics as hparam/* scalars.
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    start = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    hparams = plugin_data_pb2.HParamsPluginData.FromString(start).session_start_info.hparams
+    assert hparams["scheduler.gamma"].number_value == pytest.approx(0.3)
+    assert hparams["scheduler"].string_value == "StepLR"
+    summary = read_json(run_dir / "metrics.json")
+    assert events.Scalars("hparam/val_acc")[-1].value == pytest.approx(summary["val_acc"])
+
+
+def test_logger_none_writes_no_event_files(tiny_mnist, tmp_path):
+    result = run_cli(
+        "src.train",
+        f"hydra.run.dir={tmp_path}/run",
+        *tiny_data_overrides(tiny_mnist),
+        "trainer.epochs=1",
+        "logger=none",
+    )
+    assert result.returncode == 0, result.stderr
+    assert not list((tmp_path / "run").glob("events.out.tfevents*"))
+
+
+def test_compare_never_imports_torch(runs_root, tmp_path):
+    code = (
+        "import sys; from src.compare import main; "
+        f"main(['--plot', '{tmp_path}']); print('torch' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=runs_root,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "False"
