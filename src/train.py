@@ -22,6 +22,7 @@ from hydra_plugins.optuna_pruning_sweeper.trial_bridge import current_trial
 from src.config import EXECUTION_WHITELIST, validate
 from src.data import load_mnist
 from src.errors import TrainingDiverged, UserInputError
+from src.fast_exit import run_then_exit
 from src.hardware import resolve_device, threads_for_this_job
 from src.loop import EpochRecord, fit
 from src.run_files import save_weights, write_epochs, write_summary
@@ -179,4 +180,4 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    run_then_exit(main)

@@ -1,0 +1,46 @@
+"""src.fast_exit: leave without the interpreter's teardown only when no child process needs it."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+from src.fast_exit import exit_code, has_child_processes
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/task/*/children")
+def test_child_processes_are_seen_while_they_live():
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert has_child_processes()
+    finally:
+        child.kill()
+        child.wait()
+    assert not has_child_processes()
+
+
+def test_exit_code_follows_sys_exit():
+    assert exit_code(SystemExit()) == 0
+    assert exit_code(SystemExit(2)) == 2
+    assert exit_code(SystemExit("a message")) == 1
+
+
+def test_status_and_output_survive_the_fast_exit(tmp_path):
+    script = (
+        "import sys; from src.fast_exit import run_then_exit\n"
+        "def main():\n"
+        "    print('flushed ' * 1000)\n"
+        "    sys.exit(3)\n"
+        "run_then_exit(main)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert result.returncode == 3
+    assert result.stdout.count("flushed") == 1000
