@@ -66,7 +66,7 @@ def read_json(path: Path) -> dict:
 
 def compose_run(overrides: list[str], run_dir: Path):
     """Compose conf/train.yaml as `python -m src.train` would and make it the current Hydra config,
-    so that src.train.train(cfg) runs in-process (for tests that need many short runs)."""
+    so that src.run.train(cfg) runs in-process (for tests that need many short runs)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import compose_run, read_json, tiny_data_overrides
 
-from src.train import train
+from src.run import train
 
 GROUP_OPTIONS = [
     "model=simple_net",

@@ -1,0 +1,162 @@
+"""One training run: data, model, optimizer and scheduler from the composed config, the loop, the run files.
+
+Writes metrics.csv, metrics.json, model.pt (and TensorBoard events) into the run's Hydra output
+directory, and returns the validation metric named by `optimized_metric` for sweepers. The config
+is validated before this runs (src.train.main).
+"""
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate, to_absolute_path
+from omegaconf import DictConfig
+
+from hydra_plugins.optuna_pruning_sweeper.trial_bridge import current_trial
+from src.config import EXECUTION_WHITELIST
+from src.data import load_mnist
+from src.hardware import resolve_device, threads_for_this_job
+from src.loop import EpochRecord, fit
+from src.run_files import save_weights, write_epochs, write_summary
+
+log = logging.getLogger(__name__)
+
+STATUS_COMPLETED, STATUS_FAILED, STATUS_PRUNED = "completed", "failed", "pruned"
+
+
+def build(cfg: DictConfig, device: torch.device) -> tuple[Any, Any, Any]:
+    """The model, optimizer and scheduler, instantiated from their config groups (torch's own classes)."""
+    model = instantiate(cfg.model, _execution_whitelist_=EXECUTION_WHITELIST).to(device)
+    optimizer = instantiate(cfg.optimizer, _execution_whitelist_=EXECUTION_WHITELIST)(model.parameters())
+    scheduler = instantiate(cfg.scheduler, _execution_whitelist_=EXECUTION_WHITELIST)(optimizer)
+    return model, optimizer, scheduler
+
+
+def hyperparameters(cfg: DictConfig) -> dict[str, Any]:
+    """The run's hyperparameters as flat scalars (for TensorBoard's HParams and the sweep summary)."""
+    flat: dict[str, Any] = {
+        "model": cfg.model._target_.rsplit(".", 1)[-1],
+        "optimizer": cfg.optimizer._target_.rsplit(".", 1)[-1],
+        "scheduler": cfg.scheduler._target_.rsplit(".", 1)[-1],
+        "epochs": cfg.trainer.epochs,
+        "batch_size": cfg.trainer.batch_size,
+        "seed": cfg.trainer.seed,
+    }
+    for group in ("optimizer", "scheduler"):
+        for key, value in cfg[group].items():
+            if not key.startswith("_") and isinstance(value, int | float | str | bool):
+                flat[f"{group}.{key}"] = value
+    return flat
+
+
+def train(cfg: DictConfig) -> float:
+    started = time.perf_counter()
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    torch.set_num_threads(threads_for_this_job(cfg.trainer.num_threads))
+    device = resolve_device(cfg.trainer.device)
+    data = load_mnist(
+        root=Path(to_absolute_path(cfg.data.root)),
+        download=cfg.data.download,
+        offline_fallback=cfg.data.offline_fallback,
+        val_size=cfg.data.val_size,
+        split_seed=cfg.data.split_seed,
+    ).to(device)
+    if cfg.data.normalize:
+        data = data.standardized()
+    torch.manual_seed(cfg.trainer.seed)
+    model, optimizer, scheduler = build(cfg, device)
+    trial = current_trial()
+    tensorboard = None
+    if cfg.logger.name == "tensorboard":
+        from src.tensorboard_log import TensorBoardLog
+
+        tensorboard = TensorBoardLog(run_dir)
+    log.info(
+        "data: %s (train %d, val %d, test %d) | device %s, %d threads",
+        data.source,
+        len(data.train),
+        len(data.val),
+        len(data.test),
+        device,
+        torch.get_num_threads(),
+    )
+
+    records: list[EpochRecord] = []
+
+    def on_epoch_end(record: EpochRecord) -> None:
+        records.append(record)
+        write_epochs(run_dir, records)
+        log.info(
+            "epoch %d/%d  train_loss %.4f  val_acc %.2f%%  test_acc %.2f%%  lr %.6g  (%.2fs)",
+            record.epoch,
+            cfg.trainer.epochs,
+            record.train_loss,
+            record.val_acc,
+            record.test_acc,
+            record.lr,
+            record.epoch_time_s,
+        )
+        if tensorboard:
+            tensorboard.log_epoch(record)
+        if trial is not None:
+            trial.report(record.val_acc, record.epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned by the Optuna pruner after epoch {record.epoch}")
+
+    status, reason = STATUS_COMPLETED, None
+    try:
+        fit(
+            model,
+            optimizer,
+            scheduler,
+            data,
+            epochs=cfg.trainer.epochs,
+            batch_size=cfg.trainer.batch_size,
+            eval_batch_size=cfg.trainer.eval_batch_size,
+            seed=cfg.trainer.seed,
+            on_epoch_end=on_epoch_end,
+        )
+    except optuna.TrialPruned as pruned:
+        status, reason = STATUS_PRUNED, str(pruned)
+        raise
+    except Exception as error:
+        status, reason = STATUS_FAILED, f"{type(error).__name__}: {error}"
+        raise
+    finally:
+        final = records[-1] if records else None
+        summary = {
+            "status": status,
+            "reason": reason,
+            "val_acc": final.val_acc if final else None,
+            "best_val_acc": max(r.val_acc for r in records) if records else None,
+            "best_epoch": max(records, key=lambda r: r.val_acc).epoch if records else None,
+            "test_acc": final.test_acc if final else None,
+            "epochs_completed": len(records),
+            "epochs_planned": cfg.trainer.epochs,
+            "wall_time_s": time.perf_counter() - started,
+            "data_source": data.source,
+            **data.sizes(),
+            "seed": cfg.trainer.seed,
+            "device": str(device),
+            "overrides": list(hydra_cfg.overrides.task),
+            "hyperparameters": hyperparameters(cfg),
+        }
+        if status != STATUS_FAILED:
+            save_weights(run_dir, model)
+        write_summary(run_dir, summary)
+        if tensorboard:
+            finals = {
+                k: summary[k] for k in ("val_acc", "best_val_acc", "test_acc") if summary[k] is not None
+            }
+            tensorboard.close(summary["hyperparameters"], finals)
+        if trial is not None:
+            for key in ("status", "test_acc", "epochs_completed", "epochs_planned"):
+                trial.set_user_attr(key, summary[key])
+            trial.set_user_attr("run_dir", str(run_dir))
+        log.info("%s: %s", status, run_dir)
+    return summary[cfg.optimized_metric]
