@@ -9,6 +9,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MNIST_ROOT = REPO.parent / "shared" / "data"
 
@@ -58,3 +60,23 @@ def seed_result(run: ProcessRun) -> dict:
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+def run_optuna_sweep(root: Path, scratch: Path, name: str, *overrides: str) -> tuple[ProcessRun, dict]:
+    """`python -m src.train --multirun hparams_search=steplr_optuna` into scratch/name, with its own
+    study in scratch/name.db; the process run and the sweep's optimization_results.yaml."""
+    sweep_dir = scratch / name
+    run = run_process(
+        [
+            sys.executable,
+            "-m",
+            "src.train",
+            "--multirun",
+            "hparams_search=steplr_optuna",
+            f"data.root={root}",
+            f"hydra.sweep.dir={sweep_dir}",
+            f"hydra.sweeper.storage=sqlite:///{scratch / name}.db",
+            *overrides,
+        ]
+    )
+    return run, yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())

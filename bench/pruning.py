@@ -6,33 +6,22 @@ validation accuracy.
 """
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
-import yaml
-from common import DEFAULT_MNIST_ROOT, run_process
+from common import DEFAULT_MNIST_ROOT, run_optuna_sweep
 
 
 def sweep(root: Path, scratch: Path, name: str, trials: int, epochs: int, *overrides: str) -> dict:
-    sweep_dir = scratch / name
-    run = run_process(
-        [
-            sys.executable,
-            "-m",
-            "src.train",
-            "--multirun",
-            "hparams_search=steplr_optuna",
-            f"data.root={root}",
-            f"hydra.sweep.dir={sweep_dir}",
-            f"hydra.sweeper.storage=sqlite:///{scratch / name}.db",
-            f"hydra.sweeper.n_trials={trials}",
-            f"trainer.epochs={epochs}",
-            "logger=none",
-            *overrides,
-        ]
+    run, results = run_optuna_sweep(
+        root,
+        scratch,
+        name,
+        f"hydra.sweeper.n_trials={trials}",
+        f"trainer.epochs={epochs}",
+        "logger=none",
+        *overrides,
     )
-    results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     return {"wall_s": run.wall_s, **results}
 
 

@@ -6,31 +6,15 @@ with the default launcher and with 2 joblib workers, against the seed's script r
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
-import yaml
-from common import DEFAULT_MNIST_ROOT, median, run_process, seed_script
+from common import DEFAULT_MNIST_ROOT, median, run_optuna_sweep, run_process, seed_script
 
 
 def sweep(root: Path, scratch: Path, name: str, trials: int, *overrides: str) -> dict:
+    run, results = run_optuna_sweep(root, scratch, name, f"hydra.sweeper.n_trials={trials}", *overrides)
     sweep_dir = scratch / name
-    run = run_process(
-        [
-            sys.executable,
-            "-m",
-            "src.train",
-            "--multirun",
-            "hparams_search=steplr_optuna",
-            f"data.root={root}",
-            f"hydra.sweep.dir={sweep_dir}",
-            f"hydra.sweeper.storage=sqlite:///{scratch / name}.db",
-            f"hydra.sweeper.n_trials={trials}",
-            *overrides,
-        ]
-    )
-    results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     trial_times = []
     for metrics_file in sweep_dir.glob("*/metrics.csv"):
         rows = metrics_file.read_text().strip().splitlines()
