@@ -1,6 +1,7 @@
 """Sweeps through the real CLI on the tiny MNIST: Optuna study, plain grid, resume, failures, joblib."""
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -234,3 +235,71 @@ def test_search_space_may_be_nested_or_flat_with_interpolations_resolved():
     expected = ["scheduler.step_size=int(interval(1, 4))", "scheduler.gamma=interval(0.1, 0.9)"]
     assert search_space_overrides(cfg.nested) == search_space_overrides(cfg.flat) == expected
     assert search_space_overrides(None) == []
+
+
+def test_rerunning_a_finished_study_runs_nothing_and_another_sweep_is_refused(tiny_mnist, tmp_path):
+    first = run_cli(
+        "src.train", *optuna_sweep_args(tiny_mnist, tmp_path, "first", "hydra.sweeper.n_trials=2")
+    )
+    assert first.returncode == 0, first.stderr[-3000:]
+    trials = [(t.number, t.state, t.params, t.value) for t in load_study(tmp_path).trials]
+
+    again = run_cli(
+        "src.train", *optuna_sweep_args(tiny_mnist, tmp_path, "again", "hydra.sweeper.n_trials=2")
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "2 completed, 0 pruned, 0 failed" in again.stdout + again.stderr
+    assert not trial_dirs(tmp_path / "again")
+    results = yaml.safe_load((tmp_path / "again" / "optimization_results.yaml").read_text())
+    assert results["best_value"] == max(t[3] for t in trials)
+
+    for other in (["optimizer=sgd"], ["hydra.sweeper.params.scheduler.gamma='interval(0.1, 0.9)'"]):
+        refused = run_cli(
+            "src.train", *optuna_sweep_args(tiny_mnist, tmp_path, "other", "hydra.sweeper.n_trials=3", *other)
+        )
+        assert refused.returncode != 0
+        errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "Traceback" not in refused.stderr
+        assert "other settings" in errors[0] and "hydra.sweeper.study_name" in errors[0]
+        assert ("optimizer=sgd" if other == ["optimizer=sgd"] else "scheduler.gamma") in errors[0]
+    assert [(t.number, t.state, t.params, t.value) for t in load_study(tmp_path).trials] == trials
+
+
+def readme_sweep_commands() -> list[str]:
+    """The README's `python -m src.train --multirun hparams_search=...` lines, continuations joined."""
+    text = (REPO / "README.md").read_text().replace("\\\n", " ")
+    return [
+        line.split("  #")[0].strip()
+        for line in text.splitlines()
+        if line.startswith("python -m src.train --multirun hparams_search=steplr_optuna")
+    ]
+
+
+# Each README search-space line (found by its study name) and what its trials' parameters must satisfy.
+README_SEARCH_SPACES = {
+    "narrow": lambda params: 0.1 <= params["scheduler.gamma"] <= 0.9,
+    "grid": lambda params: (
+        params["scheduler.gamma"] in (0.1, 0.3, 0.5, 0.9) and params["scheduler.step_size"] in (1, 2, 3)
+    ),
+    "lr": lambda params: 1e-4 <= params["optimizer.lr"] <= 1e-2,
+}
+
+
+@pytest.mark.parametrize("study_name", README_SEARCH_SPACES)
+def test_readme_search_space_commands_run_as_typed_in_a_shell(tiny_mnist, tmp_path, study_name):
+    command = next(c for c in readme_sweep_commands() if f"study_name={study_name} " in c)
+    extra = optuna_sweep_args(tiny_mnist, tmp_path, "sweep", "hydra.sweeper.n_trials=2", "trainer.epochs=1")[
+        2:
+    ]
+    result = subprocess.run(
+        ["bash", "-c", f"{command} {shlex.join(extra)}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 2
+    assert all(README_SEARCH_SPACES[study_name](trial.params) for trial in study.trials)

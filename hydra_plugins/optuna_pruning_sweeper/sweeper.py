@@ -23,10 +23,11 @@ from typing import Any
 
 import optuna
 from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import CompactHydraException
 from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 from omegaconf import DictConfig, OmegaConf
-from optuna.distributions import BaseDistribution
+from optuna.distributions import BaseDistribution, distribution_to_json
 from optuna.trial import FrozenTrial, TrialState
 
 from . import config  # noqa: F401  (registers the configs)
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 INTERRUPTED = "interrupted"
 FAIL_REASON = "fail_reason"
 SQLITE_PREFIX = "sqlite:///"
+SWEEP_SETTINGS = "sweep_settings"
 
 
 def absolute_storage(storage: str) -> str:
@@ -70,6 +72,50 @@ def search_space_overrides(params: DictConfig | None) -> list[str]:
     return flatten("", params) if params else []
 
 
+def sweep_settings(
+    distributions: dict[str, BaseDistribution], fixed_params: dict[str, Any], fixed_overrides: list[str]
+) -> dict[str, Any]:
+    """What makes the trials of a study comparable: the search space and the fixed task overrides
+    (hydra.* settings such as n_trials, the launcher or the pruner may change between invocations)."""
+    return {
+        "search_space": {name: distribution_to_json(d) for name, d in sorted(distributions.items())},
+        "fixed": sorted([f"{name}={value}" for name, value in fixed_params.items()] + list(fixed_overrides)),
+    }
+
+
+class SweepError(CompactHydraException):
+    """A sweep that cannot go on; Hydra prints the message as one line, without a traceback."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"error: {message}")
+
+
+def check_same_sweep(study: optuna.Study, settings: dict[str, Any], storage: str) -> None:
+    """Record the sweep's settings on a new study; refuse to mix another sweep's trials into an old one."""
+    recorded = study.user_attrs.get(SWEEP_SETTINGS)
+    if recorded is None:
+        if study.trials:
+            log.warning(f"Study {study.study_name!r} has no recorded sweep settings: adopting this sweep's")
+        study.set_user_attr(SWEEP_SETTINGS, settings)
+        return
+    if recorded == settings:
+        return
+    changes = []
+    before, now = set(recorded["fixed"]), set(settings["fixed"])
+    if before != now:
+        changes.append(f"overrides {sorted(before - now)} then, {sorted(now - before)} now")
+    spaces = recorded["search_space"], settings["search_space"]
+    if changed := sorted(
+        k for k in spaces[0].keys() | spaces[1].keys() if spaces[0].get(k) != spaces[1].get(k)
+    ):
+        changes.append(f"search space of {', '.join(changed)} changed")
+    raise SweepError(
+        f"study {study.study_name!r} in {storage} holds the trials of a sweep with other settings "
+        f"({'; '.join(changes)}): rerun that sweep's command to resume it, or start a new study with "
+        "hydra.sweeper.study_name=NAME"
+    )
+
+
 def counts_toward_n_trials(trial: FrozenTrial) -> bool:
     """Trials that ran to an end: complete, pruned or failed on their own (not interrupted)."""
     return trial.state.is_finished() and not trial.user_attrs.get(INTERRUPTED)
@@ -89,7 +135,7 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
             distributions.pop(name, None)
         if isinstance(self.sampler, functools.partial) and self.sampler.func is optuna.samplers.GridSampler:
             self._use_grid(distributions)
-        study = self._open_study()
+        study = self._open_study(sweep_settings(distributions, fixed_params, fixed_overrides))
         log.info(
             f"Study {study.study_name!r} in {self.storage}, sampler {type(self.sampler).__name__}, "
             f"pruner {type(self.pruner).__name__}, directions {self._get_directions()}"
@@ -126,7 +172,7 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
         self.n_trials = min(self.n_trials, math.prod(len(choices) for choices in grid.values()))
         log.info(f"GridSampler: {self.n_trials} trials")
 
-    def _open_study(self) -> optuna.Study:
+    def _open_study(self, settings: dict[str, Any]) -> optuna.Study:
         # Without a storage the study lives in the sweep directory: jobs reach their trial through it.
         self.storage = absolute_storage(self.storage or f"{SQLITE_PREFIX}{self.sweep_dir}/optuna.db")
         study = optuna.create_study(
@@ -137,6 +183,7 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
             directions=self._get_directions(),
             load_if_exists=True,
         )
+        check_same_sweep(study, settings, self.storage)
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             mark_interrupted(study, trial)
         finished = sum(map(counts_toward_n_trials, study.trials))
@@ -180,7 +227,7 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
     def _check_failure_rate(self, study: optuna.Study) -> None:
         failed = [t for t in study.trials if t.state == TrialState.FAIL and not t.user_attrs.get(INTERRUPTED)]
         if len(failed) > self.max_failure_rate * self.n_trials:
-            raise RuntimeError(
+            raise SweepError(
                 f"{len(failed)} trials failed, more than hydra.sweeper.max_failure_rate="
                 f"{self.max_failure_rate} x n_trials={self.n_trials}; "
                 f"last failure: {failed[-1].user_attrs.get(FAIL_REASON)}"
@@ -208,8 +255,8 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
         if pruned:
             log.info(f"Pruning stopped {len(pruned)} trials early and saved {epochs_saved} epochs")
         if not states["complete"]:
-            OmegaConf.save(OmegaConf.create(results), Path(self.sweep_dir) / "optimization_results.yaml")
-            raise RuntimeError(f"No trial of study {study.study_name!r} completed: see the failures above")
+            self._save_results(results)
+            raise SweepError(f"No trial of study {study.study_name!r} completed: see the failures above")
         if len(study.directions) == 1:
             best = study.best_trial
             results.update(best_params=best.params, best_value=best.value, best_trial=best_trial_info(best))
@@ -222,7 +269,13 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
         else:
             results["solutions"] = [{"params": t.params, "values": t.values} for t in study.best_trials]
             log.info(f"Number of Pareto solutions: {len(study.best_trials)}")
-        OmegaConf.save(OmegaConf.create(results), Path(self.sweep_dir) / "optimization_results.yaml")
+        self._save_results(results)
+
+    def _save_results(self, results: dict[str, Any]) -> None:
+        # The sweep directory does not exist yet when a resumed study had no trial left to run.
+        sweep_dir = Path(self.sweep_dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
 
 
 # What a task may record on its trial (trial_bridge) for the summary.
