@@ -160,15 +160,24 @@ def _has_all_files(directory: Path) -> bool:
 
 
 def _download(root: Path) -> bool:
-    """Fetch MNIST with torchvision; False (and a warning) when the network is not there."""
+    """Fetch MNIST with torchvision; False (and a warning) when the network is not there.
+
+    Parallel sweep jobs start at once: a file lock lets one of them download while the others wait
+    and then find the files (two downloads into one directory would corrupt each other)."""
+    from filelock import FileLock
     from torchvision.datasets import MNIST
 
-    try:
-        for train in (True, False):
-            MNIST(root=str(root), train=train, download=True)
-    except (OSError, RuntimeError) as error:  # URLError is an OSError; torchvision raises RuntimeError
-        log.warning("MNIST download failed: %s", str(error).splitlines()[0] if str(error) else error)
-        return False
+    directory = raw_dir(root)
+    directory.mkdir(parents=True, exist_ok=True)
+    with FileLock(directory / ".download.lock"):
+        if _has_all_files(directory):
+            return True
+        try:
+            for train in (True, False):
+                MNIST(root=str(root), train=train, download=True)
+        except (OSError, RuntimeError) as error:  # URLError is an OSError; torchvision raises RuntimeError
+            log.warning("MNIST download failed: %s", str(error).splitlines()[0] if str(error) else error)
+            return False
     return True
 
 
