@@ -98,6 +98,10 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("trainer.device", trainer.device, f"one of {', '.join(DEVICES)}")
     if trainer.num_threads is not None:
         require_int("trainer.num_threads", trainer.num_threads, 1)
+    if trainer.prefix_cache is not None and (
+        not isinstance(trainer.prefix_cache, str) or not trainer.prefix_cache
+    ):
+        raise ConfigError("trainer.prefix_cache", trainer.prefix_cache, "null or a directory path")
     _check_target("model", cfg.model)
     _check_target("optimizer", cfg.optimizer)
     require_positive("optimizer.lr", cfg.optimizer.get("lr"))

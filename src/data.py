@@ -155,6 +155,12 @@ def _read_split(directory: Path, images_name: str, labels_name: str) -> Split:
     return Split.whole(images, labels.long())
 
 
+def raw_files_identity(root: Path) -> list[tuple[str, int, int]]:
+    """(path, size, modification time) of each MNIST file present under root: changes when the data does."""
+    found = (_find_raw_file(raw_dir(root), name) for name in RAW_FILES.values())
+    return [(str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns) for path in found if path]
+
+
 def _has_all_files(directory: Path) -> bool:
     return all(_find_raw_file(directory, name) for name in RAW_FILES.values())
 

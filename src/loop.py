@@ -87,16 +87,17 @@ def fit(
     epochs: int,
     batch_size: int,
     eval_batch_size: int,
-    seed: int,
+    generator: torch.Generator,
     on_epoch_end: Callable[[EpochRecord], None],
+    first_epoch: int = 1,
 ) -> None:
-    """Train for `epochs` epochs, stepping the scheduler once per epoch after the optimizer steps.
+    """Train epochs first_epoch..epochs, stepping the scheduler once per epoch after the optimizer steps.
 
-    `on_epoch_end` receives every finished epoch; it may stop the run by raising (pruning).
+    `generator` shuffles the training set (one permutation per epoch). `on_epoch_end` receives every
+    finished epoch; it may stop the run by raising (pruning).
     """
-    generator = torch.Generator().manual_seed(seed)
     show_progress = sys.stdout.isatty()
-    for epoch in range(1, epochs + 1):
+    for epoch in range(first_epoch, epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
         started = time.perf_counter()
         train_loss = train_one_epoch(model, optimizer, data.train, batch_size, generator, show_progress)

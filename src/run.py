@@ -22,6 +22,7 @@ from src.data import load_mnist
 from src.hardware import resolve_device, threads_for_this_job
 from src.loop import EpochRecord, fit
 from src.run_files import save_weights, write_epochs, write_summary
+from src.shared_prefix import SharedPrefix
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,8 @@ def train(cfg: DictConfig) -> float:
         data = data.standardized()
     torch.manual_seed(cfg.trainer.seed)
     model, optimizer, scheduler = build(cfg, device)
+    generator = torch.Generator().manual_seed(cfg.trainer.seed)  # the training set's shuffles
+    shared = SharedPrefix.for_run(cfg, data, device, run_dir) if cfg.trainer.prefix_cache else None
     trial = current_trial()
     tensorboard = None
     if cfg.logger.name == "tensorboard":
@@ -103,6 +106,8 @@ def train(cfg: DictConfig) -> float:
         )
         if tensorboard:
             tensorboard.log_epoch(record)
+        if shared:
+            shared.save(record.epoch, model, optimizer, generator, records)
         if trial is not None:
             trial.report(record.val_acc, record.epoch)
             if trial.should_prune():
@@ -110,6 +115,7 @@ def train(cfg: DictConfig) -> float:
 
     status, reason = STATUS_COMPLETED, None
     try:
+        reused = shared.resume(model, optimizer, scheduler, generator, on_epoch_end) if shared else 0
         fit(
             model,
             optimizer,
@@ -118,8 +124,9 @@ def train(cfg: DictConfig) -> float:
             epochs=cfg.trainer.epochs,
             batch_size=cfg.trainer.batch_size,
             eval_batch_size=cfg.trainer.eval_batch_size,
-            seed=cfg.trainer.seed,
+            generator=generator,
             on_epoch_end=on_epoch_end,
+            first_epoch=reused + 1,
         )
     except optuna.TrialPruned as pruned:
         status, reason = STATUS_PRUNED, str(pruned)
@@ -138,6 +145,8 @@ def train(cfg: DictConfig) -> float:
             "test_acc": final.test_acc if final else None,
             "epochs_completed": len(records),
             "epochs_planned": cfg.trainer.epochs,
+            "epochs_reused": shared.reused_epochs if shared else 0,
+            "reused_from": shared.reused_from if shared else None,
             "wall_time_s": time.perf_counter() - started,
             "data_source": data.source,
             **data.sizes(),
@@ -155,7 +164,7 @@ def train(cfg: DictConfig) -> float:
             }
             tensorboard.close(summary["hyperparameters"], finals)
         if trial is not None:
-            for key in ("status", "test_acc", "epochs_completed", "epochs_planned"):
+            for key in ("status", "test_acc", "epochs_completed", "epochs_planned", "epochs_reused"):
                 trial.set_user_attr(key, summary[key])
             trial.set_user_attr("run_dir", str(run_dir))
         log.info("%s: %s", status, run_dir)

@@ -246,6 +246,7 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
             "storage": self.storage,
             "trials": {state: states.get(state, 0) for state in ("complete", "pruned", "fail")},
             "epochs_used": sum(t.user_attrs.get("epochs_completed", 0) for t in trials),
+            "epochs_reused": sum(t.user_attrs.get("epochs_reused", 0) for t in trials),
             "epochs_saved_by_pruning": epochs_saved,
         }
         log.info(
@@ -254,6 +255,11 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
         )
         if pruned:
             log.info(f"Pruning stopped {len(pruned)} trials early and saved {epochs_saved} epochs")
+        if results["epochs_reused"]:
+            log.info(
+                f"Trials reused {results['epochs_reused']} of their {results['epochs_used']} epochs "
+                "from earlier trials instead of training them"
+            )
         if not states["complete"]:
             self._save_results(results)
             raise SweepError(f"No trial of study {study.study_name!r} completed: see the failures above")
