@@ -97,7 +97,10 @@ class SharedPrefix:
     @classmethod
     def for_run(
         cls, cfg: DictConfig, data: MnistSplits, device: torch.device, run_dir: Path
-    ) -> "SharedPrefix":
+    ) -> "SharedPrefix | None":
+        if device.type != "cpu":  # CUDA kernels and RNG streams are not restored bit for bit here
+            log.info("trainer.prefix_cache is used on the CPU only: training every epoch on %s", device)
+            return None
         directory = Path(to_absolute_path(cfg.trainer.prefix_cache))
         directory.mkdir(parents=True, exist_ok=True)
         return cls(directory, state_key(cfg, data, device), constant_lr_epochs(cfg), run_dir)
@@ -111,8 +114,9 @@ class SharedPrefix:
             return None
         try:
             return torch.load(path, weights_only=True)
-        except Exception as error:  # a damaged file is skipped: the epochs are trained again
+        except Exception as error:  # a damaged file: the epochs are trained again and stored anew
             log.warning("prefix state %s unreadable (%s): training those epochs instead", path, error)
+            path.unlink(missing_ok=True)
             return None
 
     def save(

@@ -110,3 +110,26 @@ def test_a_sweep_reuses_shared_epochs_and_finds_the_same_values(tiny_mnist, tmp_
     assert reused["shared"][0] == 0 and sum(reused["shared"]) >= 2  # later trials share at least epoch 1
     assert reused["scratch"] == [0, 0, 0]
     assert f"Trials reused {sum(reused['shared'])} of their 9 epochs" in result_text["shared"]
+
+
+def test_a_damaged_state_is_skipped_and_its_epochs_trained_again(tiny_mnist, tmp_path):
+    cache = tmp_path / "cache"
+    train_tiny(
+        tiny_mnist,
+        tmp_path / "first",
+        "trainer.epochs=2",
+        "scheduler.step_size=2",
+        f"trainer.prefix_cache={cache}",
+    )
+    longest = sorted(cache.glob("*.pt"))[-1]
+    longest.write_bytes(longest.read_bytes()[:100])  # a truncated file
+    run = train_tiny(
+        tiny_mnist,
+        tmp_path / "again",
+        "trainer.epochs=2",
+        "scheduler.step_size=2",
+        f"trainer.prefix_cache={cache}",
+    )
+    assert run["epochs_reused"] == 1  # the intact state after epoch 1
+    assert rows_without_timing(tmp_path / "again") == rows_without_timing(tmp_path / "first")
+    assert torch.load(longest, weights_only=True)["epochs"] == 2  # stored anew by the run that retrained it
