@@ -60,6 +60,17 @@ def run_cli(
     )
 
 
+def run_python(code: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run `python -c code` from cwd with the project importable (as from an installed checkout)."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+
+
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 

@@ -3,14 +3,11 @@
 import csv
 import io
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, read_json, run_cli, tiny_data_overrides
+from conftest import read_json, run_cli, run_python, tiny_data_overrides
 from PIL import Image
 
 GAMMAS = (0.1, 0.5, 0.9)
@@ -238,12 +235,6 @@ def test_compare_never_imports_torch(runs_root, tmp_path):
         "import sys; from src.compare import main; "
         f"main(['--plot', '{tmp_path}']); print('torch' in sys.modules)"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=runs_root,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    result = run_python(code, runs_root)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "False"

@@ -1,11 +1,10 @@
 """src.fast_exit: leave without the interpreter's teardown only when no child process needs it."""
 
-import os
 import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from conftest import run_python
 
 from src.fast_exit import exit_code, has_child_processes
 
@@ -35,12 +34,6 @@ def test_status_and_output_survive_the_fast_exit(tmp_path):
         "    sys.exit(3)\n"
         "run_then_exit(main)\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    result = run_python(script, tmp_path)
     assert result.returncode == 3
     assert result.stdout.count("flushed") == 1000
