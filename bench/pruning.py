@@ -1,7 +1,8 @@
 """The same Optuna sweep (sampler seed 42, 30 trials x 8 epochs, full MNIST) three ways: without
 shared epochs (trainer.prefix_cache=null: what hydra-optuna-sweeper alone does), as the
 hparams_search=steplr_optuna preset runs it (trials reuse the epochs they share at lr0), and with
-the median pruner on top. Reports the epochs the trials went through, the epochs actually trained,
+the median pruner on top, asked from each trial's first decay on (the default) and from epoch 1
+(prune_before_first_decay=true). Reports the epochs the trials went through, the epochs actually trained,
 the wall time and the best validation accuracy.
 
     python bench/pruning.py [--root ../shared/data] [--trials 30] [--epochs 8] [--pruner-args ...]
@@ -29,6 +30,11 @@ def main() -> None:
         "no sharing, no pruner": ["trainer.prefix_cache=null"],
         "shared epochs": [],
         "shared epochs + median": ["hydra/sweeper/pruner=median", *args.pruner_args],
+        "+ median from epoch 1": [
+            "hydra/sweeper/pruner=median",
+            "prune_before_first_decay=true",
+            *args.pruner_args,
+        ],
     }
     results = {}
     with tempfile.TemporaryDirectory() as scratch:

@@ -110,6 +110,7 @@ def validate(cfg: DictConfig) -> None:
     require_int("data.split_seed", cfg.data.split_seed, 0)
     for flag in ("download", "offline_fallback", "normalize"):
         require_bool(f"data.{flag}", cfg.data[flag])
+    require_bool("prune_before_first_decay", cfg.prune_before_first_decay)
     if cfg.optimized_metric not in OPTIMIZED_METRICS:
         raise ConfigError("optimized_metric", cfg.optimized_metric, f"one of {', '.join(OPTIMIZED_METRICS)}")
     if cfg.logger.name not in ("tensorboard", "none"):

@@ -22,7 +22,7 @@ from src.data import load_mnist
 from src.hardware import resolve_device, threads_for_this_job
 from src.loop import EpochRecord, fit
 from src.run_files import save_weights, write_epochs, write_summary
-from src.shared_prefix import SharedPrefix
+from src.shared_prefix import SharedPrefix, constant_lr_epochs
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,13 @@ def train(cfg: DictConfig) -> float:
     torch.manual_seed(cfg.trainer.seed)
     model, optimizer, scheduler = build(cfg, device)
     generator = torch.Generator().manual_seed(cfg.trainer.seed)  # the training set's shuffles
-    shared = SharedPrefix.for_run(cfg, data, device, run_dir) if cfg.trainer.prefix_cache else None
+    constant_epochs = constant_lr_epochs(cfg)  # epochs at lr0 before the first decay
+    shared = (
+        SharedPrefix.for_run(cfg, data, device, run_dir, constant_epochs)
+        if cfg.trainer.prefix_cache
+        else None
+    )
+    prune_from_epoch = 1 if cfg.prune_before_first_decay else constant_epochs + 1
     trial = current_trial()
     tensorboard = None
     if cfg.logger.name == "tensorboard":
@@ -110,7 +116,7 @@ def train(cfg: DictConfig) -> float:
             shared.save(record.epoch, model, optimizer, generator, records)
         if trial is not None:
             trial.report(record.val_acc, record.epoch)
-            if trial.should_prune():
+            if record.epoch >= prune_from_epoch and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned by the Optuna pruner after epoch {record.epoch}")
 
     status, reason = STATUS_COMPLETED, None

@@ -96,14 +96,14 @@ class SharedPrefix:
 
     @classmethod
     def for_run(
-        cls, cfg: DictConfig, data: MnistSplits, device: torch.device, run_dir: Path
+        cls, cfg: DictConfig, data: MnistSplits, device: torch.device, run_dir: Path, constant_epochs: int
     ) -> "SharedPrefix | None":
         if device.type != "cpu":  # CUDA kernels and RNG streams are not restored bit for bit here
             log.info("trainer.prefix_cache is used on the CPU only: training every epoch on %s", device)
             return None
         directory = Path(to_absolute_path(cfg.trainer.prefix_cache))
         directory.mkdir(parents=True, exist_ok=True)
-        return cls(directory, state_key(cfg, data, device), constant_lr_epochs(cfg), run_dir)
+        return cls(directory, state_key(cfg, data, device), constant_epochs, run_dir)
 
     def path(self, epochs: int) -> Path:
         return self.directory / f"{self.key}-{epochs:04d}.pt"

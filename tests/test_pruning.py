@@ -6,11 +6,16 @@ those trials fall behind the median of the finished ones at epoch 2 and must be 
 
 from pathlib import Path
 
+import optuna
 import pytest
 import yaml
-from conftest import read_json, run_cli
+from conftest import compose_run, read_json, run_cli, tiny_data_overrides
+from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 from test_sweeps import load_study, optuna_sweep_args
+
+from hydra_plugins.optuna_pruning_sweeper.trial_bridge import job_environment
+from src.run import train
 
 EPOCHS = 4
 PRUNING_SWEEP = [
@@ -119,3 +124,44 @@ def test_pruner_arguments_are_overridable(tiny_mnist, tmp_path):
     assert result.returncode == 0, result.stderr
     pruner = yaml.safe_load(result.stdout)
     assert pruner["_target_"] == "optuna.pruners.MedianPruner" and pruner["n_warmup_steps"] == 3
+
+
+def test_the_pruner_waits_for_a_runs_first_decay_unless_told_otherwise(tiny_mnist, tmp_path, monkeypatch):
+    """A run of a schedule search equals every other until its lr first leaves lr0: by default the pruner
+    is asked only from its first decayed epoch on (here the 4th); with prune_before_first_decay=true,
+    from the 1st."""
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    for _ in range(2):  # finished trials far ahead at every epoch: the median pruner prunes whenever asked
+        study.add_trial(
+            optuna.trial.create_trial(
+                value=100.0,
+                params={"x": 0.5},
+                distributions={"x": FloatDistribution(0, 1)},
+                intermediate_values={epoch: 100.0 for epoch in range(1, 5)},
+            )
+        )
+    for prune_before_first_decay, pruned_after in ((False, 4), (True, 1)):
+        trial = study.ask()
+        for override in job_environment(storage, "s", trial.number):
+            name, value = override.removeprefix("++hydra.job.env_set.").split("=", 1)
+            monkeypatch.setenv(name, value.strip("'"))
+        run_dir = tmp_path / f"run_{prune_before_first_decay}"
+        cfg = compose_run(
+            [
+                *tiny_data_overrides(tiny_mnist),
+                "hparams_search=steplr_optuna",
+                "hydra/sweeper/pruner=median",
+                "hydra.sweeper.pruner.n_startup_trials=0",
+                "trainer.epochs=4",
+                "scheduler.step_size=3",
+                "logger=none",
+                "trainer.prefix_cache=null",
+                f"prune_before_first_decay={str(prune_before_first_decay).lower()}",
+            ],
+            run_dir,
+        )
+        with pytest.raises(optuna.TrialPruned):
+            train(cfg)
+        metrics = read_json(run_dir / "metrics.json")
+        assert metrics["status"] == "pruned" and metrics["epochs_completed"] == pruned_after
