@@ -8,6 +8,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import yaml  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from src.runs import Run  # noqa: E402
 
@@ -15,11 +16,16 @@ TOP_CURVES = 10
 
 
 def label(run: Run) -> str:
-    parts = [run.directory.name]
-    for key in ("scheduler", "scheduler.step_size", "scheduler.gamma", "optimizer.lr"):
+    """The run's sweep time and job number, its scheduler and the values a StepLR sweep varies."""
+    parts = ["/".join(run.directory.parts[-2:]), str(run.params.get("scheduler", ""))]
+    for key in ("scheduler.step_size", "scheduler.gamma", "optimizer.lr"):
         if key in run.params:
             value = run.params[key]
-            parts.append(f"{key.rsplit('.', 1)[-1]}={value:.3g}" if isinstance(value, float) else f"{value}")
+            parts.append(
+                f"{key.rsplit('.', 1)[-1]}={value:.3g}"
+                if isinstance(value, float)
+                else f"{key.rsplit('.', 1)[-1]}={value}"
+            )
     return " ".join(parts)
 
 
@@ -44,6 +50,7 @@ def plot_validation_curves(runs: Sequence[Run], path: Path) -> str:
         xlabel="epoch", ylabel="validation accuracy (%)", title=f"Validation accuracy, top {TOP_CURVES} runs"
     )
     axes.legend(fontsize=7)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     return save(figure, path)
 
 
@@ -81,6 +88,7 @@ def plot_step_size_gamma(runs: Sequence[Run], path: Path) -> str | None:
     axes.set(
         xlabel="step_size", ylabel="gamma", yscale="log", title="Validation accuracy over (step_size, gamma)"
     )
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     return save(figure, path)
 
 
@@ -127,7 +135,9 @@ def write_plots(directory: Path, runs: Sequence[Run], roots: Iterable[Path]) -> 
         plot_validation_curves(runs, directory / "val_acc_per_epoch.png"),
         plot_lr_schedules(runs, directory / "lr_schedules.png"),
     ]
-    if heat := plot_step_size_gamma(runs, directory / "val_acc_step_size_gamma.png"):
+    # Accuracies are comparable within one set only (same data, model and epochs): the first set shown.
+    first_set = [run for run in runs if run.comparability() == runs[0].comparability()]
+    if heat := plot_step_size_gamma(first_set, directory / "val_acc_step_size_gamma.png"):
         lines.append(heat)
     for (storage, study_name), _ in find_studies(runs, roots).items():
         try:
