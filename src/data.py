@@ -157,8 +157,12 @@ def _read_split(directory: Path, images_name: str, labels_name: str) -> Split:
 
 def raw_files_identity(root: Path) -> list[tuple[str, int, int]]:
     """(path, size, modification time) of each MNIST file present under root: changes when the data does."""
-    found = (_find_raw_file(raw_dir(root), name) for name in RAW_FILES.values())
-    return [(str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns) for path in found if path]
+    identity = []
+    for name in RAW_FILES.values():
+        if path := _find_raw_file(raw_dir(root), name):
+            stat = path.stat()
+            identity.append((str(path.resolve()), stat.st_size, stat.st_mtime_ns))
+    return identity
 
 
 def _has_all_files(directory: Path) -> bool:

@@ -41,8 +41,6 @@ def run_then_exit(main: Callable[[], object]) -> NoReturn:
         main()
         code = 0
     except SystemExit as stop:
-        if has_child_processes():
-            raise
         code = exit_code(stop)
     if has_child_processes():
         sys.exit(code)

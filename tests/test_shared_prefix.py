@@ -1,27 +1,20 @@
 """Runs that share their first epochs at lr0 train them once, with results equal to training from scratch."""
 
-import csv
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_run, read_json, run_cli, tiny_data_overrides
+from conftest import compose_run, read_json, run_cli
 from omegaconf import OmegaConf
 from test_sweeps import load_study, optuna_sweep_args
+from test_training import read_rows, rows_without_timing, train_tiny
 
-from src.run import train
 from src.shared_prefix import constant_lr_epochs
 
-TIMING = {"train_time_s", "epoch_time_s"}
 
-
-def rows_without_timing(run_dir: Path) -> list[dict[str, str]]:
-    with open(run_dir / "metrics.csv") as f:
-        return [{k: v for k, v in row.items() if k not in TIMING} for row in csv.DictReader(f)]
-
-
-def train_tiny(tiny_mnist: Path, run_dir: Path, *overrides: str) -> dict:
-    train(compose_run([*tiny_data_overrides(tiny_mnist), "logger=none", *overrides], run_dir))
+def run_tiny(tiny_mnist: Path, run_dir: Path, *overrides: str) -> dict:
+    """Train in-process on the tiny MNIST without TensorBoard; the run's metrics.json."""
+    train_tiny(tiny_mnist, run_dir, "logger=none", *overrides)
     return read_json(run_dir / "metrics.json")
 
 
@@ -29,11 +22,11 @@ def train_tiny(tiny_mnist: Path, run_dir: Path, *overrides: str) -> dict:
 def test_a_run_that_reuses_epochs_ends_exactly_where_training_from_scratch_ends(tiny_mnist, tmp_path, model):
     cache = f"trainer.prefix_cache={tmp_path / 'cache'}"
     common = [f"model={model}", "trainer.epochs=4", "optimizer.lr=0.003"]
-    first = train_tiny(tiny_mnist, tmp_path / "first", *common, "scheduler.step_size=3", cache)
+    first = run_tiny(tiny_mnist, tmp_path / "first", *common, "scheduler.step_size=3", cache)
     assert first["epochs_reused"] == 0
     decays_after_two = [*common, "scheduler.step_size=2", "scheduler.gamma=0.5"]
-    reusing = train_tiny(tiny_mnist, tmp_path / "reusing", *decays_after_two, cache)
-    scratch = train_tiny(tiny_mnist, tmp_path / "scratch", *decays_after_two)
+    reusing = run_tiny(tiny_mnist, tmp_path / "reusing", *decays_after_two, cache)
+    scratch = run_tiny(tiny_mnist, tmp_path / "scratch", *decays_after_two)
 
     assert reusing["epochs_reused"] == 2 and reusing["reused_from"] == str(tmp_path / "first")
     assert rows_without_timing(tmp_path / "reusing") == rows_without_timing(tmp_path / "scratch")
@@ -47,17 +40,17 @@ def test_a_run_that_reuses_epochs_ends_exactly_where_training_from_scratch_ends(
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     assert reusing["val_acc"] == scratch["val_acc"] and reusing["test_acc"] == scratch["test_acc"]
-    with open(tmp_path / "reusing" / "metrics.csv") as f:  # the reused epochs cost this run nothing
-        assert [float(r["epoch_time_s"]) for r in csv.DictReader(f)][:2] == [0.0, 0.0]
+    # the reused epochs cost this run nothing
+    assert [float(r["epoch_time_s"]) for r in read_rows(tmp_path / "reusing")][:2] == [0.0, 0.0]
 
 
 def test_only_equal_settings_share_epochs(tiny_mnist, tmp_path):
     cache = f"trainer.prefix_cache={tmp_path / 'cache'}"
-    train_tiny(tiny_mnist, tmp_path / "first", "trainer.epochs=2", "scheduler.step_size=2", cache)
+    run_tiny(tiny_mnist, tmp_path / "first", "trainer.epochs=2", "scheduler.step_size=2", cache)
     for other in ("trainer.seed=1", "optimizer.lr=0.002", "trainer.batch_size=32", "data.normalize=false"):
-        run = train_tiny(tiny_mnist, tmp_path / other, "trainer.epochs=2", other, cache)
+        run = run_tiny(tiny_mnist, tmp_path / other, "trainer.epochs=2", other, cache)
         assert run["epochs_reused"] == 0, other
-    longer = train_tiny(tiny_mnist, tmp_path / "longer", "trainer.epochs=3", "scheduler.step_size=3", cache)
+    longer = run_tiny(tiny_mnist, tmp_path / "longer", "trainer.epochs=3", "scheduler.step_size=3", cache)
     assert longer["epochs_reused"] == 2  # another epoch budget still shares the first epochs
 
 
@@ -114,7 +107,7 @@ def test_a_sweep_reuses_shared_epochs_and_finds_the_same_values(tiny_mnist, tmp_
 
 def test_a_damaged_state_is_skipped_and_its_epochs_trained_again(tiny_mnist, tmp_path):
     cache = tmp_path / "cache"
-    train_tiny(
+    run_tiny(
         tiny_mnist,
         tmp_path / "first",
         "trainer.epochs=2",
@@ -123,7 +116,7 @@ def test_a_damaged_state_is_skipped_and_its_epochs_trained_again(tiny_mnist, tmp
     )
     longest = sorted(cache.glob("*.pt"))[-1]
     longest.write_bytes(longest.read_bytes()[:100])  # a truncated file
-    run = train_tiny(
+    run = run_tiny(
         tiny_mnist,
         tmp_path / "again",
         "trainer.epochs=2",
