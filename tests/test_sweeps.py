@@ -154,7 +154,10 @@ def test_killed_sweep_resumes_without_losing_or_repeating_finished_trials(tiny_m
             tmp_path,
             "first",
             "hydra.sweeper.n_trials=6",
-            "trainer.epochs=3",
+            # Long enough trials, none of whose epochs come from another trial, so that the kill lands
+            # inside trial 2.
+            "trainer.epochs=20",
+            "trainer.prefix_cache=null",
             "logger=none",
         ),
     ]
@@ -162,9 +165,10 @@ def test_killed_sweep_resumes_without_losing_or_repeating_finished_trials(tiny_m
         args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     deadline = time.monotonic() + 300
+    third = tmp_path / "first" / "2"
     while time.monotonic() < deadline:  # kill once two trials finished, with the third one running
         finished = [d for d in (tmp_path / "first").glob("[0-9]*") if (d / "metrics.json").exists()]
-        if len(finished) >= 2 and (tmp_path / "first" / "2" / "metrics.csv").exists():
+        if len(finished) >= 2 and (third / "metrics.csv").exists() and not (third / "metrics.json").exists():
             break
         time.sleep(0.05)
     os.killpg(first.pid, signal.SIGKILL)
@@ -174,7 +178,8 @@ def test_killed_sweep_resumes_without_losing_or_repeating_finished_trials(tiny_m
     running_before = [n for n, t in before.items() if t.state == TrialState.RUNNING]
     assert len(completed_before) >= 2 and running_before
 
-    resumed = run_cli("src.train", *args[3:-3], f"hydra.sweep.dir={tmp_path / 'second'}", *args[-3:])
+    # The same command; only the sweep directory differs (given last, it wins), as a rerun gets a new one.
+    resumed = run_cli("src.train", *args[3:], f"hydra.sweep.dir={tmp_path / 'second'}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     after = load_study(tmp_path).trials
     assert not [t for t in after if t.state == TrialState.RUNNING]
