@@ -62,8 +62,10 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def run_optuna_sweep(root: Path, scratch: Path, name: str, *overrides: str) -> tuple[ProcessRun, dict]:
-    """`python -m src.train --multirun hparams_search=steplr_optuna` into scratch/name, with its own
+def run_optuna_sweep(
+    root: Path, scratch: Path, name: str, *overrides: str, preset: str = "steplr_optuna"
+) -> tuple[ProcessRun, dict]:
+    """`python -m src.train --multirun hparams_search=PRESET` into scratch/name, with its own
     study in scratch/name.db; the process run and the sweep's optimization_results.yaml."""
     sweep_dir = scratch / name
     run = run_process(
@@ -72,7 +74,7 @@ def run_optuna_sweep(root: Path, scratch: Path, name: str, *overrides: str) -> t
             "-m",
             "src.train",
             "--multirun",
-            "hparams_search=steplr_optuna",
+            f"hparams_search={preset}",
             f"data.root={root}",
             f"hydra.sweep.dir={sweep_dir}",
             f"hydra.sweeper.storage=sqlite:///{scratch / name}.db",

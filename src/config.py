@@ -10,6 +10,7 @@ from numbers import Real
 from omegaconf import DictConfig
 
 from src.errors import ConfigError
+from src.pruning import PRUNE_FROM
 
 # The only callables a config may instantiate. Passed to @hydra.main(execution_whitelist=...) and to
 # every instantiate() call, so that the guard holds in joblib worker processes too.
@@ -110,7 +111,8 @@ def validate(cfg: DictConfig) -> None:
     require_int("data.split_seed", cfg.data.split_seed, 0)
     for flag in ("download", "offline_fallback", "normalize"):
         require_bool(f"data.{flag}", cfg.data[flag])
-    require_bool("prune_before_first_decay", cfg.prune_before_first_decay)
+    if cfg.prune_from not in PRUNE_FROM:
+        raise ConfigError("prune_from", cfg.prune_from, f"one of {', '.join(PRUNE_FROM)}")
     if cfg.optimized_metric not in OPTIMIZED_METRICS:
         raise ConfigError("optimized_metric", cfg.optimized_metric, f"one of {', '.join(OPTIMIZED_METRICS)}")
     if cfg.logger.name not in ("tensorboard", "none"):

@@ -21,6 +21,7 @@ from src.config import EXECUTION_WHITELIST
 from src.data import load_mnist
 from src.hardware import resolve_device, threads_for_this_job
 from src.loop import EpochRecord, fit
+from src.pruning import first_prunable_epoch
 from src.run_files import save_weights, write_epochs, write_summary
 from src.shared_prefix import SharedPrefix, constant_lr_epochs
 
@@ -78,8 +79,10 @@ def train(cfg: DictConfig) -> float:
         if cfg.trainer.prefix_cache
         else None
     )
-    prune_from_epoch = 1 if cfg.prune_before_first_decay else constant_epochs + 1
     trial = current_trial()
+    prune_from_epoch = (
+        first_prunable_epoch(cfg.prune_from, constant_epochs, trial.params) if trial is not None else None
+    )
     tensorboard = None
     if cfg.logger.name == "tensorboard":
         from src.tensorboard_log import TensorBoardLog

@@ -11,12 +11,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from hydra_plugins.optuna_pruning_sweeper.trial_bridge import checks_config_with
 from src.config import EXECUTION_WHITELIST, validate
 from src.errors import TrainingDiverged, UserInputError
 from src.fast_exit import run_then_exit
 
 
 @hydra.main(config_path="../conf", config_name="train", execution_whitelist=EXECUTION_WHITELIST)
+@checks_config_with(validate)  # an Optuna sweep checks its fixed values once, before any trial
 def main(cfg: DictConfig) -> float:
     try:
         validate(cfg)

@@ -10,11 +10,11 @@ import optuna
 import pytest
 import yaml
 from conftest import compose_run, read_json, run_cli, tiny_data_overrides
-from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 from test_sweeps import load_study, optuna_sweep_args
 
 from hydra_plugins.optuna_pruning_sweeper.trial_bridge import job_environment
+from src.pruning import PRUNE_FROM, first_prunable_epoch
 from src.run import train
 
 EPOCHS = 4
@@ -126,42 +126,68 @@ def test_pruner_arguments_are_overridable(tiny_mnist, tmp_path):
     assert pruner["_target_"] == "optuna.pruners.MedianPruner" and pruner["n_warmup_steps"] == 3
 
 
-def test_the_pruner_waits_for_a_runs_first_decay_unless_told_otherwise(tiny_mnist, tmp_path, monkeypatch):
-    """A run of a schedule search equals every other until its lr first leaves lr0: by default the pruner
-    is asked only from its first decayed epoch on (here the 4th); with prune_before_first_decay=true,
-    from the 1st."""
+PRUNE_FROM_CASES = [  # prune_from, what the trial searches, the epoch after which it is pruned (step_size 3)
+    ("auto", [], 4),  # a schedule-only search: from the first decay
+    ("auto", ["optimizer.lr"], 1),  # trials differ from the start
+    ("first_decay", ["optimizer.lr"], 4),
+    ("first_epoch", [], 1),
+]
+
+
+@pytest.mark.parametrize(("prune_from", "searched", "pruned_after"), PRUNE_FROM_CASES)
+def test_the_pruner_is_asked_from_the_epoch_prune_from_names(
+    tiny_mnist, tmp_path, monkeypatch, prune_from, searched, pruned_after
+):
+    """A run of a schedule-only search equals every other until its lr first leaves lr0 (here after
+    epoch 3), so by default its pruner waits for that; once lr0 is searched too, it judges from epoch 1."""
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
     for _ in range(2):  # finished trials far ahead at every epoch: the median pruner prunes whenever asked
         study.add_trial(
             optuna.trial.create_trial(
                 value=100.0,
-                params={"x": 0.5},
-                distributions={"x": FloatDistribution(0, 1)},
+                params={},
+                distributions={},
                 intermediate_values={epoch: 100.0 for epoch in range(1, 5)},
             )
         )
-    for prune_before_first_decay, pruned_after in ((False, 4), (True, 1)):
-        trial = study.ask()
-        for override in job_environment(storage, "s", trial.number):
-            name, value = override.removeprefix("++hydra.job.env_set.").split("=", 1)
-            monkeypatch.setenv(name, value.strip("'"))
-        run_dir = tmp_path / f"run_{prune_before_first_decay}"
-        cfg = compose_run(
-            [
-                *tiny_data_overrides(tiny_mnist),
-                "hparams_search=steplr_optuna",
-                "hydra/sweeper/pruner=median",
-                "hydra.sweeper.pruner.n_startup_trials=0",
-                "trainer.epochs=4",
-                "scheduler.step_size=3",
-                "logger=none",
-                "trainer.prefix_cache=null",
-                f"prune_before_first_decay={str(prune_before_first_decay).lower()}",
-            ],
-            run_dir,
-        )
-        with pytest.raises(optuna.TrialPruned):
-            train(cfg)
-        metrics = read_json(run_dir / "metrics.json")
-        assert metrics["status"] == "pruned" and metrics["epochs_completed"] == pruned_after
+    trial = study.ask()
+    trial.suggest_int("scheduler.step_size", 3, 3)
+    for name in searched:
+        trial.suggest_float(name, 1e-3, 1e-2)
+    for override in job_environment(storage, "s", trial.number):
+        name, value = override.removeprefix("++hydra.job.env_set.").split("=", 1)
+        monkeypatch.setenv(name, value.strip("'"))
+    run_dir = tmp_path / "run"
+    cfg = compose_run(
+        [
+            *tiny_data_overrides(tiny_mnist),
+            "hparams_search=steplr_optuna",
+            "hydra/sweeper/pruner=median",
+            "hydra.sweeper.pruner.n_startup_trials=0",
+            "trainer.epochs=4",
+            "scheduler.step_size=3",
+            "logger=none",
+            "trainer.prefix_cache=null",
+            f"prune_from={prune_from}",
+        ],
+        run_dir,
+    )
+    with pytest.raises(optuna.TrialPruned):
+        train(cfg)
+    metrics = read_json(run_dir / "metrics.json")
+    assert metrics["status"] == "pruned" and metrics["epochs_completed"] == pruned_after
+
+
+@pytest.mark.parametrize(
+    ("searched", "expected"),
+    [
+        (["scheduler.step_size", "scheduler.gamma"], (6, 1, 6)),
+        (["scheduler"], (6, 1, 6)),  # a choice between schedulers: each trial still waits for its own decay
+        (["scheduler.gamma", "optimizer.lr"], (1, 1, 6)),
+        (["model"], (1, 1, 6)),
+    ],
+)
+def test_first_prunable_epoch_follows_what_the_search_covers(searched, expected):
+    """(auto, first_epoch, first_decay) for a run that keeps lr0 for 5 epochs."""
+    assert tuple(first_prunable_epoch(mode, 5, searched) for mode in PRUNE_FROM) == expected

@@ -308,3 +308,32 @@ def test_readme_search_space_commands_run_as_typed_in_a_shell(tiny_mnist, tmp_pa
     study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 2
     assert all(README_SEARCH_SPACES[study_name](trial.params) for trial in study.trials)
+
+
+def test_the_lr_preset_searches_lr0_in_a_study_of_its_own(tiny_mnist, tmp_path):
+    args = optuna_sweep_args(tiny_mnist, tmp_path, "sweep", "hydra.sweeper.n_trials=3", "trainer.epochs=1")
+    args[1] = "hparams_search=steplr_lr_optuna"
+    result = run_cli("src.train", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = optuna.load_study(study_name="steplr_lr", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 3
+    for trial in study.trials:
+        assert set(trial.params) == {"scheduler.step_size", "scheduler.gamma", "optimizer.lr"}
+        assert 1e-4 <= trial.params["optimizer.lr"] <= 0.1
+        assert composed(Path(trial.user_attrs["run_dir"]))["optimizer"]["lr"] == pytest.approx(
+            trial.params["optimizer.lr"]
+        )
+
+
+def test_a_bad_fixed_value_stops_an_optuna_sweep_before_any_trial(tiny_mnist, tmp_path):
+    """Every trial would fail the same way: one error line up front, and the study is left untouched,
+    so the corrected command starts it cleanly."""
+    args = optuna_sweep_args(tiny_mnist, tmp_path, "sweep", "hydra.sweeper.n_trials=2", "trainer.epochs=1")
+    result = run_cli("src.train", *args, "optimizer.lr=-1")
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == ["error: optimizer.lr=-1 is not allowed: a number > 0"]
+    assert not list((tmp_path / "sweep").glob("*/metrics.json"))
+    assert not (tmp_path / "optuna.db").exists() or not load_study(tmp_path).trials
+    result = run_cli("src.train", *args, "optimizer.lr=0.002")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [t.state for t in load_study(tmp_path).trials] == [TrialState.COMPLETE] * 2

@@ -51,6 +51,7 @@ BAD_INPUTS = [
     ("trainer.batch_size=0", "trainer.batch_size=0", "integer >= 1"),
     ("trainer.device=tpu", "trainer.device='tpu'", "auto, cpu, cuda"),
     ("data.normalize=maybe", "data.normalize='maybe'", "true or false"),
+    ("prune_from=never", "prune_from='never'", "auto, first_epoch, first_decay"),
 ]
 
 
