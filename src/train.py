@@ -11,7 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from hydra_plugins.optuna_pruning_sweeper.trial_bridge import checks_config_with
+from hydra_plugins.optuna_pruning_sweeper.config_check import checks_config_with
 from src.config import EXECUTION_WHITELIST, validate
 from src.errors import TrainingDiverged, UserInputError
 from src.fast_exit import run_then_exit

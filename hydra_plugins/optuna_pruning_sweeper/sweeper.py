@@ -12,7 +12,7 @@ invocation; this loop
 - records failed trials with their reason and goes on, until failures exceed
   max_failure_rate x n_trials;
 - ends with a summary and optimization_results.yaml;
-- first runs the task function's config check, if it has one (trial_bridge.checks_config_with).
+- first runs the task function's config check, if it has one (config_check.checks_config_with).
 """
 
 import functools
@@ -33,7 +33,8 @@ from optuna.distributions import BaseDistribution, distribution_to_json
 from optuna.trial import FrozenTrial, TrialState
 
 from . import config as _sweeper_configs  # noqa: F401  (registers the configs)
-from .trial_bridge import CONFIG_CHECK_ATTRIBUTE, instantiate_pruner, job_environment
+from .config_check import CONFIG_CHECK_ATTRIBUTE
+from .trial_bridge import instantiate_pruner, job_environment
 
 log = logging.getLogger(__name__)
 

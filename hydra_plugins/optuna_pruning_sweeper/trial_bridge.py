@@ -1,4 +1,4 @@
-"""The task's side of the optuna_pruning sweeper: reach this job's own Optuna trial, check the config first.
+"""The job's side of the optuna_pruning sweeper: reach this job's own Optuna trial.
 
 The sweeper sets three environment variables for each job it launches (through
 hydra.job.env_set); a task function calls current_trial() and, per epoch, trial.report(value, step)
@@ -6,8 +6,6 @@ then trial.should_prune(), exactly as in Optuna's own examples.
 """
 
 import os
-from collections.abc import Callable
-from typing import Any
 
 import optuna
 from hydra.core.hydra_config import HydraConfig
@@ -17,22 +15,6 @@ STORAGE_ENV = "HYDRA_OPTUNA_STORAGE"
 STUDY_ENV = "HYDRA_OPTUNA_STUDY"
 TRIAL_ENV = "HYDRA_OPTUNA_TRIAL_NUMBER"
 PRUNER_WHITELIST = ("optuna.pruners.*",)
-CONFIG_CHECK_ATTRIBUTE = "sweep_config_check"
-
-
-def checks_config_with(check: Callable[[Any], None]) -> Callable[[Callable], Callable]:
-    """Mark a task function (under @hydra.main) with a config check for the sweeper to run up front.
-
-    Before it opens the study, the sweeper calls check(config) once on the sweep's own config: the
-    command line's fixed values applied, searched keys at their defaults. A bad fixed value would fail
-    every trial; instead the sweep stops with the check's message as one line, and no trial is recorded.
-    """
-
-    def mark(task_function: Callable) -> Callable:
-        setattr(task_function, CONFIG_CHECK_ATTRIBUTE, check)
-        return task_function
-
-    return mark
 
 
 def job_environment(storage: str, study_name: str, trial_number: int) -> tuple[str, ...]:
