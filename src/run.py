@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from hydra_plugins.optuna_pruning_sweeper.trial_bridge import current_trial
 from src.config import EXECUTION_WHITELIST
-from src.data import load_mnist
+from src.data import MnistSplits, load_mnist
 from src.hardware import resolve_device, threads_for_this_job
 from src.loop import EpochRecord, fit
 from src.pruning import first_prunable_epoch
@@ -55,12 +55,7 @@ def hyperparameters(cfg: DictConfig) -> dict[str, Any]:
     return flat
 
 
-def train(cfg: DictConfig) -> float:
-    started = time.perf_counter()
-    hydra_cfg = HydraConfig.get()
-    run_dir = Path(hydra_cfg.runtime.output_dir)
-    torch.set_num_threads(threads_for_this_job(cfg.trainer.num_threads))
-    device = resolve_device(cfg.trainer.device)
+def load_data(cfg: DictConfig, device: torch.device) -> MnistSplits:
     data = load_mnist(
         root=Path(to_absolute_path(cfg.data.root)),
         download=cfg.data.download,
@@ -68,8 +63,31 @@ def train(cfg: DictConfig) -> float:
         val_size=cfg.data.val_size,
         split_seed=cfg.data.split_seed,
     ).to(device)
-    if cfg.data.normalize:
-        data = data.standardized()
+    return data.standardized() if cfg.data.normalize else data
+
+
+def epoch_results(records: list[EpochRecord]) -> dict[str, Any]:
+    """metrics.json's accuracies: the last epoch's, and the best validation epoch (None before any epoch)."""
+    if not records:
+        empty = dict.fromkeys(("val_acc", "best_val_acc", "best_epoch", "test_acc"), None)
+        return {**empty, "epochs_completed": 0}
+    final, best = records[-1], max(records, key=lambda r: r.val_acc)
+    return {
+        "val_acc": final.val_acc,
+        "best_val_acc": best.val_acc,
+        "best_epoch": best.epoch,
+        "test_acc": final.test_acc,
+        "epochs_completed": len(records),
+    }
+
+
+def train(cfg: DictConfig) -> float:
+    started = time.perf_counter()
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    torch.set_num_threads(threads_for_this_job(cfg.trainer.num_threads))
+    device = resolve_device(cfg.trainer.device)
+    data = load_data(cfg, device)
     torch.manual_seed(cfg.trainer.seed)
     model, optimizer, scheduler = build(cfg, device)
     generator = torch.Generator().manual_seed(cfg.trainer.seed)  # the training set's shuffles
@@ -144,15 +162,10 @@ def train(cfg: DictConfig) -> float:
         status, reason = STATUS_FAILED, f"{type(error).__name__}: {error}"
         raise
     finally:
-        final = records[-1] if records else None
         summary = {
             "status": status,
             "reason": reason,
-            "val_acc": final.val_acc if final else None,
-            "best_val_acc": max(r.val_acc for r in records) if records else None,
-            "best_epoch": max(records, key=lambda r: r.val_acc).epoch if records else None,
-            "test_acc": final.test_acc if final else None,
-            "epochs_completed": len(records),
+            **epoch_results(records),
             "epochs_planned": cfg.trainer.epochs,
             "epochs_reused": shared.reused_epochs if shared else 0,
             "reused_from": shared.reused_from if shared else None,
