@@ -323,6 +323,7 @@ def test_the_lr_preset_searches_lr0_in_a_study_of_its_own(tiny_mnist, tmp_path):
         assert composed(Path(trial.user_attrs["run_dir"]))["optimizer"]["lr"] == pytest.approx(
             trial.params["optimizer.lr"]
         )
+    assert not (tmp_path / "sweep" / ".prefix_cache").exists()  # no trial could reuse another's epochs
 
 
 def test_a_bad_fixed_value_stops_an_optuna_sweep_before_any_trial(tiny_mnist, tmp_path):
