@@ -4,6 +4,7 @@
     python -m src.compare multirun/2026-11-24/10-00-00     one sweep
     python -m src.compare --filter 'scheduler.gamma<0.5' --status completed --top 5
     python -m src.compare --sort test_acc --csv runs.csv --plot figures/
+    python -m src.compare multirun/2026-11-25/10-00-00 --over-seeds   a row per setting, over its seeds
 
 Reads files only (no torch), so it stays fast over thousands of runs.
 """
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from src.runs import COMPARABILITY_KEYS, METRIC_KEYS, Run, load_runs
+from src.seed_groups import AGGREGATED_METRICS, Setting, group_by_setting
 
 DEFAULT_ROOTS = (Path("outputs"), Path("multirun"))
 OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
@@ -130,6 +132,24 @@ def table_rows(
     return header, rows
 
 
+def setting_rows(
+    settings: Sequence[Setting], params: Sequence[str], groups: dict[tuple, str]
+) -> tuple[list[str], list[list]]:
+    """A row per setting: its parameters, how many seeds, each metric's mean and standard deviation."""
+    metrics = [column for metric in AGGREGATED_METRICS for column in (metric, f"{metric}_sd")]
+    header = [*params, "seeds", *metrics]
+    if len(groups) > 1:
+        header.insert(0, "set")
+    rows = []
+    for setting in settings:
+        record = setting.record()
+        row = [*(setting.params.get(k) for k in params), len(setting.runs), *(record[k] for k in metrics)]
+        if len(groups) > 1:
+            row.insert(0, groups[setting.comparability()])
+        rows.append(row)
+    return header, rows
+
+
 def render_text(header: list[str], rows: list[list]) -> str:
     cells = [header, *[[format_value(v) for v in row] for row in rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
@@ -155,16 +175,32 @@ def as_records(runs: Sequence[Run], groups: dict[tuple, str]) -> list[dict[str, 
     ]
 
 
-def write_csv(path: Path, runs: Sequence[Run], groups: dict[tuple, str]) -> None:
-    records = as_records(runs, groups)
-    params = sorted({k for r in records for k in r["params"]})
+def setting_records(settings: Sequence[Setting]) -> list[dict[str, Any]]:
+    return [
+        {
+            **setting.record(),
+            "runs": [relative(run.directory) for run in setting.runs],
+            "params": setting.params,
+        }
+        for setting in settings
+    ]
+
+
+def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence]) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    base = [k for k in records[0] if k != "params"]
-    writer.writerow([*base, *params])
-    for record in records:
-        writer.writerow([*(record[k] for k in base), *(record["params"].get(k) for k in params)])
+    writer.writerows([header, *rows])
     path.write_text(buffer.getvalue())
+
+
+def every_param_table(runs: Sequence[Run], groups: dict[tuple, str]) -> tuple[list[str], list[list]]:
+    """The runs' records with every parameter as a column (for --csv)."""
+    records = as_records(runs, groups)
+    params = sorted({k for r in records for k in r["params"]})
+    base = [k for k in records[0] if k != "params"]
+    return [*base, *params], [
+        [*(record[k] for k in base), *(record["params"].get(k) for k in params)] for record in records
+    ]
 
 
 def describe_groups(groups: dict[tuple, str]) -> list[str]:
@@ -201,10 +237,26 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     output.add_argument("--markdown", action="store_true", help="print a markdown table")
     output.add_argument("--json", action="store_true", help="print JSON records")
     parser.add_argument("--plot", type=Path, metavar="DIR", help="write PNG figures into DIR")
+    parser.add_argument(
+        "--over-seeds",
+        action="store_true",
+        help="a row per setting: completed runs that differ only in trainer.seed, "
+        "with each metric's mean and standard deviation over the seeds",
+    )
     args = parser.parse_args(argv)
     if args.top is not None and args.top < 1:
         parser.error(f"--top {args.top}: must be at least 1")
+    if args.over_seeds and args.status:
+        parser.error("--over-seeds takes completed runs only: drop --status")
     return args
+
+
+def rank(items: list, args: argparse.Namespace) -> tuple[list, dict[tuple, str]]:
+    """Runs or settings sorted by --sort within each comparable set, cut to --top; and the sets."""
+    items.sort(key=sort_key(args.sort, args.ascending))
+    groups = comparability_groups(items)
+    items.sort(key=lambda item: groups[item.comparability()])  # stable: sorted within each comparable set
+    return (items[: args.top] if args.top else items), groups
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -230,13 +282,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.status:
         runs = [run for run in runs if run.status == args.status]
     runs = [run for run in runs if all(k(run) for k in keep)]
-    runs.sort(key=sort_key(args.sort, args.ascending))
-    groups = comparability_groups(runs)
-    runs.sort(key=lambda run: groups[run.comparability()])  # stable: sorted within each comparable set
-    shown = runs[: args.top] if args.top else runs
-    header, rows = table_rows(shown, differing_params(shown), groups)
+    if args.over_seeds:
+        if left_out := sum(run.status != "completed" for run in runs):
+            print(f"warning: {left_out} runs that did not complete are left out", file=sys.stderr)
+        shown, groups = rank(group_by_setting(runs), args)
+        header, rows = setting_rows(shown, differing_params(shown), groups)
+        records = setting_records(shown)
+    else:
+        shown, groups = rank(runs, args)
+        header, rows = table_rows(shown, differing_params(shown), groups)
+        records = as_records(shown, groups)
     if args.json:
-        print(json.dumps(as_records(shown, groups), indent=2, default=str))
+        print(json.dumps(records, indent=2, default=str))
     elif args.markdown:
         print(render_markdown(header, rows))
     else:
@@ -250,11 +307,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in describe_groups(groups):
             print(f"  {line}", file=sys.stderr)
     if args.csv and shown:
-        write_csv(args.csv, shown, groups)
+        write_csv(args.csv, *((header, rows) if args.over_seeds else every_param_table(shown, groups)))
     if args.plot and shown:
         from src.compare_plots import write_plots
 
-        for line in write_plots(args.plot, shown, roots):
+        plotted = [run for setting in shown for run in setting.runs] if args.over_seeds else shown
+        for line in write_plots(args.plot, plotted, roots):
             print(line, file=sys.stderr)
     return 0
 

@@ -4,6 +4,7 @@ import csv
 import io
 import json
 import shutil
+import statistics
 from pathlib import Path
 
 import pytest
@@ -238,3 +239,59 @@ def test_compare_never_imports_torch(runs_root, tmp_path):
     result = run_python(code, runs_root)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_over_seeds_ranks_settings_by_their_mean_over_the_seeds(tiny_mnist, tmp_path):
+    """A grid over 3 seeds x 2 step sizes: two settings, each metric's mean and sample standard deviation
+    over its seeds, the best mean first; a seed run twice counts once, a pruned run is left out."""
+    result = run_cli(
+        "src.train",
+        "--multirun",
+        f"hydra.sweep.dir={tmp_path}/seeds",
+        *tiny_data_overrides(tiny_mnist),
+        "trainer.epochs=2",
+        "logger=none",
+        "trainer.seed=0,1,2",
+        "scheduler.step_size=1,2",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    runs = sorted((tmp_path / "seeds").glob("[0-9]*"), key=lambda p: int(p.name))
+    shutil.copytree(runs[0], tmp_path / "seeds" / "again")  # the same seed and setting, run again
+    pruned = tmp_path / "seeds" / "pruned"
+    shutil.copytree(runs[1], pruned)
+    metrics = read_json(pruned / "metrics.json")
+    (pruned / "metrics.json").write_text(json.dumps({**metrics, "status": "pruned", "val_acc": 99.9}))
+    result = compare(tmp_path, "seeds", "--over-seeds", "--json")
+    assert result.returncode == 0, result.stderr
+    assert "1 runs that did not complete are left out" in result.stderr
+    settings = json.loads(result.stdout)
+    assert sorted(s["params"]["scheduler.step_size"] for s in settings) == [1, 2]
+    for setting in settings:
+        assert setting["seeds"] == [0, 1, 2] and len(setting["runs"]) == 3
+        files = [read_json(tmp_path / run / "metrics.json") for run in setting["runs"]]
+        assert {f["hyperparameters"]["scheduler.step_size"] for f in files} == {
+            setting["params"]["scheduler.step_size"]
+        }
+        for metric in ("val_acc", "test_acc"):
+            values = [f[metric] for f in files]
+            assert setting[metric] == pytest.approx(statistics.fmean(values))
+            assert setting[f"{metric}_sd"] == pytest.approx(statistics.stdev(values))
+    assert settings[0]["val_acc"] >= settings[1]["val_acc"]
+    table = compare(tmp_path, "seeds", "--over-seeds").stdout.strip().splitlines()
+    assert table[0].split() == [
+        "scheduler.step_size",
+        "seeds",
+        "val_acc",
+        "val_acc_sd",
+        "test_acc",
+        "test_acc_sd",
+        "best_val_acc",
+        "best_val_acc_sd",
+    ]
+    assert len(table) == 3 and table[1].split()[1] == "3"
+    compare(tmp_path, "seeds", "--over-seeds", "--csv", str(tmp_path / "settings.csv"))
+    with open(tmp_path / "settings.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [float(row["val_acc"]) for row in rows] == pytest.approx([s["val_acc"] for s in settings])
+    refused = compare(tmp_path, "seeds", "--over-seeds", "--status", "pruned")
+    assert refused.returncode == 2 and "--over-seeds takes completed runs only" in refused.stderr

@@ -1,0 +1,83 @@
+"""Runs that differ only in their seed, taken as one setting: `python -m src.compare --over-seeds`.
+
+A sweep's best value is partly the luck of its seed. Rerun the top settings with
+`trainer.seed=0,1,2,3,4` and rank them by their mean, with the spread beside it. Only completed runs
+count (a pruned or failed run's metrics stop early); a seed that ran twice counts once.
+"""
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from src.runs import Run
+
+SEED_KEY = "trainer.seed"
+# Config keys that change between runs of one setting without changing what is trained.
+NOT_PART_OF_A_SETTING = (
+    SEED_KEY,
+    "trainer.prefix_cache",
+    "trainer.num_threads",
+    "trainer.device",
+    "data.root",
+    "data.download",
+    "data.offline_fallback",
+    "logger.name",
+)
+AGGREGATED_METRICS = ("val_acc", "test_acc", "best_val_acc")
+
+
+@dataclass
+class Setting:
+    runs: list[Run]
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {k: v for k, v in self.runs[0].params.items() if k not in NOT_PART_OF_A_SETTING}
+
+    @property
+    def seeds(self) -> list[Any]:
+        return [run.params.get(SEED_KEY) for run in self.runs]
+
+    def values(self, metric: str) -> list[float]:
+        return [run.metrics[metric] for run in self.runs if run.metrics.get(metric) is not None]
+
+    def mean(self, metric: str) -> float | None:
+        values = self.values(metric)
+        return statistics.fmean(values) if values else None
+
+    def sd(self, metric: str) -> float | None:
+        """The sample standard deviation over the seeds (None for a single seed)."""
+        values = self.values(metric)
+        return statistics.stdev(values) if len(values) > 1 else None
+
+    def value(self, key: str) -> Any:
+        """A metric's mean over the seeds, `seeds` (how many), or a config key (for --sort)."""
+        if key == "seeds":
+            return len(self.runs)
+        if key in AGGREGATED_METRICS:
+            return self.mean(key)
+        return self.params.get(key)
+
+    def comparability(self) -> tuple:
+        return self.runs[0].comparability()
+
+    def record(self) -> dict[str, Any]:
+        means = {metric: self.mean(metric) for metric in AGGREGATED_METRICS}
+        spreads = {f"{metric}_sd": self.sd(metric) for metric in AGGREGATED_METRICS}
+        return {"seeds": self.seeds, **means, **spreads}
+
+
+def group_by_setting(runs: Sequence[Run]) -> list[Setting]:
+    """Completed runs grouped by everything but their seed, in order of first appearance."""
+    settings: dict[tuple, Setting] = {}
+    for run in runs:
+        if run.status != "completed":
+            continue
+        params = tuple(sorted((k, repr(v)) for k, v in run.params.items() if k not in NOT_PART_OF_A_SETTING))
+        setting = settings.setdefault((run.comparability(), params), Setting([]))
+        if run.params.get(SEED_KEY) not in setting.seeds:
+            setting.runs.append(run)
+    for setting in settings.values():
+        setting.runs.sort(key=lambda run: (run.params.get(SEED_KEY) is None, run.params.get(SEED_KEY) or 0))
+    return list(settings.values())
