@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from src.runs import COMPARABILITY_KEYS, METRIC_KEYS, Run, load_runs
+from src.runs import COMPARABILITY_KEYS, METRIC_KEYS, OPERATIONAL_KEYS, Run, load_runs
 from src.seed_groups import AGGREGATED_METRICS, Setting, group_by_setting
 
 DEFAULT_ROOTS = (Path("outputs"), Path("multirun"))
@@ -34,8 +34,6 @@ OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
     ">": operator.gt,
 }
 FILTER_PATTERN = re.compile(r"^\s*([\w.]+)\s*(<=|>=|!=|==|=|<|>)\s*(.+?)\s*$")
-# Hyperparameters shown when they differ between the runs listed (config keys, dotted).
-HIDDEN_PARAMS = ("data.root", "data.download", "data.offline_fallback", "logger.name", "trainer.device")
 
 
 class UsageError(Exception):
@@ -89,7 +87,8 @@ def comparability_groups(runs: Sequence[Run]) -> dict[tuple, str]:
 
 
 def differing_params(runs: Sequence[Run]) -> list[str]:
-    keys = sorted({k for run in runs for k in run.params if k not in HIDDEN_PARAMS})
+    """The hyperparameters (dotted config keys) that differ between the runs listed."""
+    keys = sorted({k for run in runs for k in run.params if k not in OPERATIONAL_KEYS})
     return [k for k in keys if len({repr(run.params.get(k)) for run in runs}) > 1]
 
 

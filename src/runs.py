@@ -19,6 +19,17 @@ YamlLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 METRIC_KEYS = ("best_val_acc", "val_acc", "test_acc", "epochs_completed", "wall_time_s")
 # What makes two runs comparable: the same data, model and epoch budget.
 COMPARABILITY_KEYS = ("data_source", "n_train", "n_val", "n_test", "model", "trainer.epochs")
+# Config keys that say where and how a run went, not what it trained: never shown as a difference
+# between runs, never what sets two settings apart.
+OPERATIONAL_KEYS = (
+    "data.root",
+    "data.download",
+    "data.offline_fallback",
+    "logger.name",
+    "trainer.device",
+    "trainer.num_threads",
+    "trainer.prefix_cache",
+)
 
 
 @dataclass

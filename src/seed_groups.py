@@ -10,20 +10,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from src.runs import Run
+from src.runs import OPERATIONAL_KEYS, Run
 
 SEED_KEY = "trainer.seed"
-# Config keys that change between runs of one setting without changing what is trained.
-NOT_PART_OF_A_SETTING = (
-    SEED_KEY,
-    "trainer.prefix_cache",
-    "trainer.num_threads",
-    "trainer.device",
-    "data.root",
-    "data.download",
-    "data.offline_fallback",
-    "logger.name",
-)
+# A setting is everything else: the seed and the operational keys vary between its runs.
+NOT_PART_OF_A_SETTING = (SEED_KEY, *OPERATIONAL_KEYS)
 AGGREGATED_METRICS = ("val_acc", "test_acc", "best_val_acc")
 
 
