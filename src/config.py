@@ -12,9 +12,10 @@ from omegaconf import DictConfig
 from src.errors import ConfigError
 from src.pruning import PRUNE_FROM
 
-# The only callables a config may instantiate. Passed to @hydra.main(execution_whitelist=...) and to
-# every instantiate() call, so that the guard holds in joblib worker processes too.
-EXECUTION_WHITELIST = ("torch.optim.*", "src.models.*")
+# The only callables a config may instantiate (the last: the app's own Hydra callbacks). Passed to
+# @hydra.main(execution_whitelist=...) and to every instantiate() call, so that the guard holds in joblib
+# worker processes too.
+EXECUTION_WHITELIST = ("torch.optim.*", "src.models.*", "src.callbacks.*")
 
 # Each group's _target_ must name a class under its package; what the error says is allowed.
 TARGETS = {

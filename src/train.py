@@ -1,7 +1,9 @@
 """python -m src.train [overrides]: one training run, or under --multirun one job of a sweep.
 
-The config is checked here, before torch is imported: a bad value fails in a fraction of a second,
-and the parent process of a joblib sweep (which only runs the sweeper) never loads torch.
+The config is checked before torch is imported: a bad value fails in a fraction of a second, and the
+parent process of a joblib sweep (which only runs the sweeper) never loads torch. The run's or the
+sweep's config is checked even before Hydra writes anything (src.callbacks.CheckConfigFirst); each
+job's, with the values its sweeper chose, here.
 """
 
 import sys
@@ -11,14 +13,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from hydra_plugins.optuna_pruning_sweeper.config_check import checks_config_with
 from src.config import EXECUTION_WHITELIST, validate
 from src.errors import TrainingDiverged, UserInputError
 from src.fast_exit import run_then_exit
 
 
 @hydra.main(config_path="../conf", config_name="train", execution_whitelist=EXECUTION_WHITELIST)
-@checks_config_with(validate)  # an Optuna sweep checks its fixed values once, before any trial
 def main(cfg: DictConfig) -> float:
     try:
         validate(cfg)

@@ -326,6 +326,20 @@ def test_the_lr_preset_searches_lr0_in_a_study_of_its_own(tiny_mnist, tmp_path):
     assert not (tmp_path / "sweep" / ".prefix_cache").exists()  # no trial could reuse another's epochs
 
 
+def test_a_bad_fixed_value_stops_a_plain_grid_before_any_job(tiny_mnist, tmp_path):
+    result = run_cli(
+        "src.train",
+        "--multirun",
+        f"hydra.sweep.dir={tmp_path / 'grid'}",
+        *tiny_data_overrides(tiny_mnist),
+        "scheduler.gamma=0.1,0.5",
+        "trainer.epochs=0",
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["error: trainer.epochs=0 is not allowed: an integer >= 1"]
+    assert not (tmp_path / "grid").exists()
+
+
 def test_a_bad_fixed_value_stops_an_optuna_sweep_before_any_trial(tiny_mnist, tmp_path):
     """Every trial would fail the same way: one error line up front, and the study is left untouched,
     so the corrected command starts it cleanly."""
@@ -333,8 +347,7 @@ def test_a_bad_fixed_value_stops_an_optuna_sweep_before_any_trial(tiny_mnist, tm
     result = run_cli("src.train", *args, "optimizer.lr=-1")
     assert result.returncode != 0
     assert result.stderr.strip().splitlines() == ["error: optimizer.lr=-1 is not allowed: a number > 0"]
-    assert not list((tmp_path / "sweep").glob("*/metrics.json"))
-    assert not (tmp_path / "optuna.db").exists() or not load_study(tmp_path).trials
+    assert not (tmp_path / "sweep").exists() and not (tmp_path / "optuna.db").exists()
     result = run_cli("src.train", *args, "optimizer.lr=0.002")
     assert result.returncode == 0, result.stderr[-3000:]
     assert [t.state for t in load_study(tmp_path).trials] == [TrialState.COMPLETE] * 2

@@ -63,7 +63,17 @@ def test_bad_input_is_one_clear_line_and_no_training(tiny_mnist, tmp_path, overr
     assert error_lines == [error_lines[0]] and error_lines[0].startswith("error: ")
     assert names in error_lines[0] and allowed in error_lines[0]
     assert "Traceback" not in result.stderr
-    assert not (tmp_path / "run" / "metrics.csv").exists()
+    assert not (tmp_path / "run").exists()  # checked before Hydra creates the run directory
+
+
+def test_bad_input_into_an_existing_run_directory_leaves_its_files_as_they_were(tiny_mnist, tmp_path):
+    result = train_cli(tmp_path, *tiny_data_overrides(tiny_mnist), "trainer.epochs=1")
+    assert result.returncode == 0, result.stderr
+    files = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    assert tmp_path / "run" / ".hydra" / "config.yaml" in files
+    result = train_cli(tmp_path, *tiny_data_overrides(tiny_mnist), "trainer.epochs=1", "scheduler.gamma=2")
+    assert result.returncode == 2 and result.stderr.startswith("error: scheduler.gamma=2")
+    assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == files
 
 
 @pytest.mark.parametrize("target", ["os.system", "builtins.eval", "subprocess.run"])

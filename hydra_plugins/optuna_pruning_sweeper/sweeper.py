@@ -11,8 +11,7 @@ invocation; this loop
   queued again;
 - records failed trials with their reason and goes on, until failures exceed
   max_failure_rate x n_trials;
-- ends with a summary and optimization_results.yaml;
-- first runs the task function's config check, if it has one (config_check.checks_config_with).
+- ends with a summary and optimization_results.yaml.
 """
 
 import functools
@@ -25,15 +24,13 @@ from typing import Any
 import optuna
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import CompactHydraException
-from hydra.types import HydraContext, TaskFunction
 from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution, distribution_to_json
 from optuna.trial import FrozenTrial, TrialState
 
-from . import config as _sweeper_configs  # noqa: F401  (registers the configs)
-from .config_check import CONFIG_CHECK_ATTRIBUTE
+from . import config  # noqa: F401  (registers the configs)
 from .trial_bridge import instantiate_pruner, job_environment
 
 log = logging.getLogger(__name__)
@@ -128,18 +125,8 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
     def __init__(self, sampler: Any, pruner: optuna.pruners.BasePruner, **upstream: Any) -> None:
         super().__init__(sampler, **upstream)
         self.pruner = pruner
-        self.config_check = None
-
-    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
-        self.config_check = getattr(task_function, CONFIG_CHECK_ATTRIBUTE, None)
 
     def sweep(self, arguments: list[str]) -> None:
-        if self.config_check is not None:
-            try:  # a bad fixed value would fail every trial: stop before the study is touched
-                self.config_check(self.config)
-            except Exception as error:
-                raise SweepError(str(error)) from None
         self._process_searchspace_config()
         distributions, fixed_params, fixed_overrides = create_params_from_overrides(
             [*self._parse_sweeper_params_config(), *arguments]
