@@ -30,8 +30,9 @@ def label(run: Run) -> str:
 
 
 def save(figure: plt.Figure, path: Path) -> str:
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    if figure.get_layout_engine() is None and not any(ax.get_label() == "<colorbar>" for ax in figure.axes):
+        figure.tight_layout()  # not with a colorbar: tight_layout would draw the plots over it
+    figure.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(figure)
     return f"wrote {path}"
 
@@ -122,6 +123,8 @@ def plot_optuna_study(storage: str, study_name: str, directory: Path) -> list[st
         try:
             axes = plot(study)
             figure = (axes.flat[0] if hasattr(axes, "flat") else axes).get_figure()
+            if hasattr(axes, "shape"):  # a contour matrix, one row and column per parameter
+                figure.set_size_inches(3.4 * axes.shape[1] + 1.5, 2.8 * axes.shape[0] + 0.5)
             lines.append(save(figure, path))
         except (ValueError, RuntimeError, ImportError) as error:
             lines.append(f"warning: optuna {name} plot of study {study_name!r} skipped: {error}")
