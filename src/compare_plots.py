@@ -11,8 +11,10 @@ import yaml  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from src.runs import Run  # noqa: E402
+from src.seed_groups import NOT_PART_OF_A_SETTING  # noqa: E402
 
 TOP_CURVES = 10
+MAP_AXES = ("scheduler.step_size", "scheduler.gamma")
 
 
 def label(run: Run) -> str:
@@ -71,9 +73,17 @@ def plot_lr_schedules(runs: Sequence[Run], path: Path) -> str:
     return save(figure, path)
 
 
+def the_rest(run: Run) -> dict:
+    """A run's parameters other than step_size and gamma, its seed and the operational keys."""
+    left_out = {*NOT_PART_OF_A_SETTING, *MAP_AXES}
+    return {k: v for k, v in run.params.items() if k not in left_out}
+
+
 def plot_step_size_gamma(runs: Sequence[Run], path: Path) -> str | None:
-    points = [r for r in runs if {"scheduler.step_size", "scheduler.gamma"} <= r.params.keys()]
+    """The completed runs that differ from the first one only in step_size and gamma (and seed), on a map."""
+    points = [r for r in runs if set(MAP_AXES) <= r.params.keys() and r.status == "completed"]
     points = [r for r in points if r.metrics.get("val_acc") is not None]
+    points = [r for r in points if the_rest(r) == the_rest(points[0])] if points else []
     if len({(r.params["scheduler.step_size"], r.params["scheduler.gamma"]) for r in points}) < 2:
         return None
     figure, axes = plt.subplots(figsize=(7, 5))
@@ -87,7 +97,10 @@ def plot_step_size_gamma(runs: Sequence[Run], path: Path) -> str | None:
     )
     figure.colorbar(scatter, ax=axes, label="validation accuracy (%)")
     axes.set(
-        xlabel="step_size", ylabel="gamma", yscale="log", title="Validation accuracy over (step_size, gamma)"
+        xlabel="step_size",
+        ylabel="gamma",
+        yscale="log",
+        title="Validation accuracy over (step_size, gamma), everything else as in the top run",
     )
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     return save(figure, path)

@@ -295,3 +295,18 @@ def test_over_seeds_ranks_settings_by_their_mean_over_the_seeds(tiny_mnist, tmp_
     assert [float(row["val_acc"]) for row in rows] == pytest.approx([s["val_acc"] for s in settings])
     refused = compare(tmp_path, "seeds", "--over-seeds", "--status", "pruned")
     assert refused.returncode == 2 and "--over-seeds takes completed runs only" in refused.stderr
+
+
+def test_step_size_gamma_map_shows_completed_runs_that_differ_only_in_those_two(tmp_path):
+    from src.compare_plots import plot_step_size_gamma
+    from src.runs import Run
+
+    def run(step_size: int, gamma: float, lr: float, status: str = "completed") -> Run:
+        params = {"scheduler.step_size": step_size, "scheduler.gamma": gamma, "optimizer.lr": lr}
+        return Run(tmp_path / f"{step_size}_{gamma}_{lr}", {"status": status, "val_acc": 90.0}, params)
+
+    assert plot_step_size_gamma([run(1, 0.1, 0.001), run(2, 0.5, 0.01)], tmp_path / "lr.png") is None
+    pruned = [run(1, 0.1, 0.001), run(2, 0.5, 0.001, "pruned")]
+    assert plot_step_size_gamma(pruned, tmp_path / "pruned.png") is None
+    assert plot_step_size_gamma([run(1, 0.1, 0.001), run(2, 0.5, 0.001)], tmp_path / "map.png")
+    assert (tmp_path / "map.png").stat().st_size > 0
