@@ -73,7 +73,7 @@ def plot_lr_schedules(runs: Sequence[Run], path: Path) -> str:
     return save(figure, path)
 
 
-def the_rest(run: Run) -> dict:
+def other_params(run: Run) -> dict:
     """A run's parameters other than step_size and gamma, its seed and the operational keys."""
     left_out = {*NOT_PART_OF_A_SETTING, *MAP_AXES}
     return {k: v for k, v in run.params.items() if k not in left_out}
@@ -83,7 +83,9 @@ def plot_step_size_gamma(runs: Sequence[Run], path: Path) -> str | None:
     """The completed runs that differ from the first one only in step_size and gamma (and seed), on a map."""
     points = [r for r in runs if set(MAP_AXES) <= r.params.keys() and r.status == "completed"]
     points = [r for r in points if r.metrics.get("val_acc") is not None]
-    points = [r for r in points if the_rest(r) == the_rest(points[0])] if points else []
+    if points:
+        top = other_params(points[0])
+        points = [r for r in points if other_params(r) == top]
     if len({(r.params["scheduler.step_size"], r.params["scheduler.gamma"]) for r in points}) < 2:
         return None
     figure, axes = plt.subplots(figsize=(7, 5))
