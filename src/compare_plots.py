@@ -1,5 +1,6 @@
 """PNG figures for `python -m src.compare --plot DIR`."""
 
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -126,6 +127,7 @@ def plot_optuna_study(storage: str, study_name: str, directory: Path) -> list[st
     from optuna.visualization import matplotlib as optuna_plots
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # plot_contour's
     study = optuna.load_study(study_name=study_name, storage=storage)
     lines = []
     plots = {
@@ -155,8 +157,10 @@ def write_plots(directory: Path, runs: Sequence[Run], roots: Iterable[Path]) -> 
     ]
     # Accuracies are comparable within one set only (same data, model and epochs): the first set shown.
     first_set = [run for run in runs if run.comparability() == runs[0].comparability()]
-    if heat := plot_step_size_gamma(first_set, directory / "val_acc_step_size_gamma.png"):
-        lines.append(heat)
+    lines.append(
+        plot_step_size_gamma(first_set, directory / "val_acc_step_size_gamma.png")
+        or "skipped val_acc_step_size_gamma.png: no two completed runs differ only in step_size and gamma"
+    )
     for (storage, study_name), _ in find_studies(runs, roots).items():
         try:
             lines += plot_optuna_study(storage, study_name, directory)
