@@ -48,7 +48,7 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as scratch:
         for index, (name, (preset, overrides, _)) in enumerate(SWEEPS.items()):
-            pruner_args = args.pruner_args if "hydra/sweeper/pruner=median" in overrides else []
+            pruner_args = args.pruner_args if MEDIAN[0] in overrides else []
             run, summary = run_optuna_sweep(
                 args.root.resolve(),
                 Path(scratch),

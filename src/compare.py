@@ -111,24 +111,30 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
+def with_set_column(
+    header: list[str], rows: list[list], items: Sequence, groups: dict[tuple, str]
+) -> tuple[list[str], list[list]]:
+    """Each row (a run's or a setting's) led by its comparable set's letter, when there are several sets."""
+    if len(groups) <= 1:
+        return header, rows
+    letters = [groups[item.comparability()] for item in items]
+    return ["set", *header], [[letter, *row] for letter, row in zip(letters, rows, strict=True)]
+
+
 def table_rows(
     runs: Sequence[Run], params: Sequence[str], groups: dict[tuple, str]
 ) -> tuple[list[str], list[list]]:
     header = ["run", "status", *params, *METRIC_KEYS]
-    if len(groups) > 1:
-        header.insert(0, "set")
-    rows = []
-    for run in runs:
-        row = [
+    rows = [
+        [
             relative(run.directory),
             run.status,
             *(run.params.get(k) for k in params),
             *(run.metrics.get(k) for k in METRIC_KEYS),
         ]
-        if len(groups) > 1:
-            row.insert(0, groups[run.comparability()])
-        rows.append(row)
-    return header, rows
+        for run in runs
+    ]
+    return with_set_column(header, rows, runs, groups)
 
 
 def setting_rows(
@@ -137,16 +143,12 @@ def setting_rows(
     """A row per setting: its parameters, how many seeds, each metric's mean and standard deviation."""
     metrics = [column for metric in AGGREGATED_METRICS for column in (metric, f"{metric}_sd")]
     header = [*params, "seeds", *metrics]
-    if len(groups) > 1:
-        header.insert(0, "set")
     rows = []
     for setting in settings:
         record = setting.record()
-        row = [*(setting.params.get(k) for k in params), len(setting.runs), *(record[k] for k in metrics)]
-        if len(groups) > 1:
-            row.insert(0, groups[setting.comparability()])
-        rows.append(row)
-    return header, rows
+        params_shown = [setting.params.get(k) for k in params]
+        rows.append([*params_shown, len(setting.runs), *(record[k] for k in metrics)])
+    return with_set_column(header, rows, settings, groups)
 
 
 def render_text(header: list[str], rows: list[list]) -> str:
@@ -286,12 +288,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"warning: {left_out} runs that did not complete are left out", file=sys.stderr)
         shown, groups = rank(group_by_setting(runs), args)
         header, rows = setting_rows(shown, differing_params(shown), groups)
-        records = setting_records(shown)
     else:
         shown, groups = rank(runs, args)
         header, rows = table_rows(shown, differing_params(shown), groups)
-        records = as_records(shown, groups)
     if args.json:
+        records = setting_records(shown) if args.over_seeds else as_records(shown, groups)
         print(json.dumps(records, indent=2, default=str))
     elif args.markdown:
         print(render_markdown(header, rows))
