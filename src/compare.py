@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from src.run_record import STATUS_COMPLETED, STATUSES
 from src.runs import COMPARABILITY_KEYS, METRIC_KEYS, OPERATIONAL_KEYS, Run, load_runs
 from src.seed_groups import AGGREGATED_METRICS, Setting, group_by_setting
 
@@ -228,9 +229,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--filter", action="append", default=[], help="KEY OP VALUE, e.g. 'scheduler.gamma<0.5'"
     )
-    parser.add_argument(
-        "--status", choices=("completed", "failed", "pruned"), help="only runs with this status"
-    )
+    parser.add_argument("--status", choices=STATUSES, help="only runs with this status")
     parser.add_argument(
         "--csv", type=Path, metavar="FILE", help="also write the table, every parameter, to FILE"
     )
@@ -284,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs = [run for run in runs if run.status == args.status]
     runs = [run for run in runs if all(k(run) for k in keep)]
     if args.over_seeds:
-        if left_out := sum(run.status != "completed" for run in runs):
+        if left_out := sum(run.status != STATUS_COMPLETED for run in runs):
             print(f"warning: {left_out} runs that did not complete are left out", file=sys.stderr)
         shown, groups = rank(group_by_setting(runs), args)
         header, rows = setting_rows(shown, differing_params(shown), groups)

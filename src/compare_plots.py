@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import yaml  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from src.run_record import STATUS_COMPLETED  # noqa: E402
 from src.runs import Run  # noqa: E402
 from src.seed_groups import NOT_PART_OF_A_SETTING  # noqa: E402
 
@@ -82,7 +83,7 @@ def other_params(run: Run) -> dict:
 
 def plot_step_size_gamma(runs: Sequence[Run], path: Path) -> str | None:
     """The completed runs that differ from the first one only in step_size and gamma (and seed), on a map."""
-    points = [r for r in runs if set(MAP_AXES) <= r.params.keys() and r.status == "completed"]
+    points = [r for r in runs if set(MAP_AXES) <= r.params.keys() and r.status == STATUS_COMPLETED]
     points = [r for r in points if r.metrics.get("val_acc") is not None]
     if points:
         top = other_params(points[0])

@@ -116,5 +116,6 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("prune_from", cfg.prune_from, f"one of {', '.join(PRUNE_FROM)}")
     if cfg.optimized_metric not in OPTIMIZED_METRICS:
         raise ConfigError("optimized_metric", cfg.optimized_metric, f"one of {', '.join(OPTIMIZED_METRICS)}")
+    require_bool("overwrite", cfg.get("overwrite", False))
     if cfg.logger.name not in ("tensorboard", "none"):
         raise ConfigError("logger.name", cfg.logger.name, "tensorboard or none (logger=tensorboard|none)")

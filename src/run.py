@@ -23,11 +23,10 @@ from src.hardware import resolve_device, threads_for_this_job
 from src.loop import EpochRecord, fit
 from src.pruning import first_prunable_epoch
 from src.run_files import save_weights, write_epochs, write_summary
+from src.run_record import STATUS_COMPLETED, STATUS_FAILED, STATUS_PRUNED
 from src.shared_prefix import SharedPrefix, constant_lr_epochs
 
 log = logging.getLogger(__name__)
-
-STATUS_COMPLETED, STATUS_FAILED, STATUS_PRUNED = "completed", "failed", "pruned"
 
 
 def build(cfg: DictConfig, device: torch.device) -> tuple[Any, Any, Any]:
@@ -188,6 +187,5 @@ def train(cfg: DictConfig) -> float:
         if trial is not None:
             for key in ("status", "test_acc", "epochs_completed", "epochs_planned", "epochs_reused"):
                 trial.set_user_attr(key, summary[key])
-            trial.set_user_attr("run_dir", str(run_dir))
         log.info("%s: %s", status, run_dir)
     return summary[cfg.optimized_metric]

@@ -18,10 +18,8 @@ import torch
 from torch import nn
 
 from src.loop import EpochRecord
+from src.run_record import METRICS_CSV, METRICS_JSON, WEIGHTS
 
-METRICS_CSV = "metrics.csv"
-METRICS_JSON = "metrics.json"
-WEIGHTS = "model.pt"
 CSV_COLUMNS = list(EpochRecord.__dataclass_fields__)
 
 

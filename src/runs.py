@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from src.run_record import HYDRA_DIR, METRICS_CSV, METRICS_JSON
+
 YamlLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 METRIC_KEYS = ("best_val_acc", "val_acc", "test_acc", "epochs_completed", "wall_time_s")
 # What makes two runs comparable: the same data, model and epoch budget.
@@ -26,6 +28,7 @@ OPERATIONAL_KEYS = (
     "data.download",
     "data.offline_fallback",
     "logger.name",
+    "overwrite",
     "trainer.device",
     "trainer.num_threads",
     "trainer.prefix_cache",
@@ -84,7 +87,7 @@ def find_run_directories(roots: Iterable[Path]) -> tuple[list[Path], list[str]]:
             continue
         for current, dirnames, filenames in os.walk(root):
             path = Path(current)
-            if ".hydra" in dirnames or "metrics.json" in filenames:
+            if HYDRA_DIR in dirnames or METRICS_JSON in filenames:
                 found.append(path)
                 dirnames.clear()
             elif not dirnames and not filenames:
@@ -109,7 +112,7 @@ def read_epochs(path: Path) -> tuple[list[dict[str, float]], str | None]:
 
 
 def load_run(directory: Path) -> tuple[Run | None, list[str]]:
-    metrics_path = directory / "metrics.json"
+    metrics_path = directory / METRICS_JSON
     if not metrics_path.exists():
         return None, [f"{directory}: no metrics.json (the run crashed or is still running)"]
     try:
@@ -119,13 +122,13 @@ def load_run(directory: Path) -> tuple[Run | None, list[str]]:
     except (ValueError, UnicodeDecodeError) as error:
         return None, [f"{directory}: malformed metrics.json ({error})"]
     warnings = []
-    config_path = directory / ".hydra" / "config.yaml"
+    config_path = directory / HYDRA_DIR / "config.yaml"
     params: dict[str, Any] = {}
     try:
         params = flatten_config(yaml.load(config_path.read_text(), Loader=YamlLoader) or {})
     except (OSError, yaml.YAMLError) as error:
         warnings.append(f"{directory}: unreadable .hydra/config.yaml ({type(error).__name__})")
-    epochs, csv_warning = read_epochs(directory / "metrics.csv")
+    epochs, csv_warning = read_epochs(directory / METRICS_CSV)
     if csv_warning:
         warnings.append(csv_warning)
     return Run(directory, metrics, params, epochs), warnings

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from src.run_record import STATUS_COMPLETED
 from src.runs import OPERATIONAL_KEYS, Run
 
 SEED_KEY = "trainer.seed"
@@ -63,7 +64,7 @@ def group_by_setting(runs: Sequence[Run]) -> list[Setting]:
     """Completed runs grouped by everything but their seed, in order of first appearance."""
     settings: dict[tuple, Setting] = {}
     for run in runs:
-        if run.status != "completed":
+        if run.status != STATUS_COMPLETED:
             continue
         params = tuple(sorted((k, repr(v)) for k, v in run.params.items() if k not in NOT_PART_OF_A_SETTING))
         setting = settings.setdefault((run.comparability(), params), Setting([]))

@@ -48,16 +48,20 @@ def run_cli(
     module: str, *args: str, cwd: Path = REPO, timeout: float = 600, **popen
 ) -> subprocess.CompletedProcess:
     """Run `python -m <module> <args>` as a user types it, from the project root."""
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONWARNINGS": "ignore"}
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=env,
+        env=cli_env(),
         **popen,
     )
+
+
+def cli_env() -> dict[str, str]:
+    """The environment of a CLI process: one-line errors as users see them, no library warnings."""
+    return {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONWARNINGS": "ignore"}
 
 
 def run_python(code: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -89,3 +93,20 @@ def compose_run(overrides: list[str], run_dir: Path):
     run_dir.mkdir(parents=True, exist_ok=True)
     HydraConfig.instance().set_config(cfg)
     return cfg
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A PostgreSQL cluster of the test session's own (tests/helpers/postgres.py)."""
+    from helpers.postgres import start_postgres
+
+    server = start_postgres()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server, monkeypatch) -> str:
+    """A fresh database's URL, without the password: it is in PGPASSWORD, as a user would set it."""
+    monkeypatch.setenv("PGPASSWORD", postgres_server.password)
+    return postgres_server.new_database()

@@ -155,7 +155,7 @@ def test_the_pruner_is_asked_from_the_epoch_prune_from_names(
     trial.suggest_int("scheduler.step_size", 3, 3)
     for name in searched:
         trial.suggest_float(name, 1e-3, 1e-2)
-    for override in job_environment(storage, "s", trial.number):
+    for override in job_environment(study._study_id, trial._trial_id):
         name, value = override.removeprefix("++hydra.job.env_set.").split("=", 1)
         monkeypatch.setenv(name, value.strip("'"))
     run_dir = tmp_path / "run"
@@ -163,6 +163,7 @@ def test_the_pruner_is_asked_from_the_epoch_prune_from_names(
         [
             *tiny_data_overrides(tiny_mnist),
             "hparams_search=steplr_optuna",
+            f"hydra.sweeper.storage={storage}",
             "hydra/sweeper/pruner=median",
             "hydra.sweeper.pruner.n_startup_trials=0",
             "trainer.epochs=4",

@@ -192,6 +192,8 @@ def test_killed_sweep_resumes_without_losing_or_repeating_finished_trials(tiny_m
         )
     complete = [t for t in after if t.state == TrialState.COMPLETE]
     assert len(complete) == 6
+    proposed = [tuple(t.params.items()) for t in complete if "retry_of" not in t.user_attrs]
+    assert len(set(proposed)) == len(proposed)  # the resumed sampler did not repeat the killed sweep's draws
     run_dirs = [t.user_attrs["run_dir"] for t in complete]
     assert len(set(run_dirs)) == 6
     assert len(trial_dirs(tmp_path / "second")) == 6 - len(completed_before)
@@ -351,3 +353,105 @@ def test_a_bad_fixed_value_stops_an_optuna_sweep_before_any_trial(tiny_mnist, tm
     result = run_cli("src.train", *args, "optimizer.lr=0.002")
     assert result.returncode == 0, result.stderr[-3000:]
     assert [t.state for t in load_study(tmp_path).trials] == [TrialState.COMPLETE] * 2
+
+
+def test_an_extended_study_continues_its_sampler_and_proposes_what_one_sweep_would(tiny_mnist, tmp_path):
+    """n_trials=2, then the same command with n_trials=4: trials 2-3 are new points (the sampler goes on
+    instead of starting again from its seed), and the 4 trials are exactly those of one n_trials=4 sweep."""
+
+    def sweep(database: str, sweep_dir: str, n_trials: int) -> list[dict]:
+        result = run_cli(
+            "src.train",
+            "--multirun",
+            "hparams_search=steplr_optuna",
+            f"hydra.sweep.dir={tmp_path / sweep_dir}",
+            f"hydra.sweeper.storage=sqlite:///{tmp_path / database}",
+            f"hydra.sweeper.n_trials={n_trials}",
+            *tiny_data_overrides(tiny_mnist),
+            "trainer.epochs=1",
+            "logger=none",
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp_path / database}")
+        return [t.params for t in study.trials]
+
+    sweep("extended.db", "first", 2)
+    extended = sweep("extended.db", "second", 4)
+    assert len({tuple(p.items()) for p in extended}) == 4
+    assert sweep("one_go.db", "one_go", 4) == extended
+
+
+def test_runs_and_sweeps_started_in_the_same_second_never_share_a_directory(tiny_mnist, tmp_path):
+    base = [
+        sys.executable,
+        "-m",
+        "src.train",
+        *tiny_data_overrides(tiny_mnist),
+        "trainer.epochs=1",
+        "logger=none",
+    ]
+    commands = [
+        *([*base, f"scheduler.gamma={gamma}"] for gamma in (0.1, 0.9)),
+        *([*base, "--multirun", f"scheduler.gamma={gamma},0.5"] for gamma in (0.2, 0.3)),
+    ]
+    processes = [
+        subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for command in commands
+    ]
+    assert [p.wait(600) for p in processes] == [0] * 4, [p.stderr.read()[-2000:] for p in processes]
+    run_dirs = sorted((tmp_path / "outputs").glob("*/*"))
+    assert len(run_dirs) == 2
+    for run_dir in run_dirs:  # each run's .hydra/ and metrics are its own
+        gamma = composed(run_dir)["scheduler"]["gamma"]
+        assert f"scheduler.gamma={gamma}" in read_json(run_dir / "metrics.json")["overrides"]
+    sweep_dirs = sorted((tmp_path / "multirun").glob("*/*"))
+    assert len(sweep_dirs) == 2
+    assert sorted(sorted(composed(d)["scheduler"]["gamma"] for d in trial_dirs(s)) for s in sweep_dirs) == [
+        [0.2, 0.5],
+        [0.3, 0.5],
+    ]
+
+
+BAD_SWEEPER_SETTINGS = [
+    ("hydra.sweeper.n_jobs=0", "hydra.sweeper.n_jobs=0 is not allowed: an integer >= 1"),
+    ("hydra.sweeper.n_jobs=-1", "hydra.sweeper.n_jobs=-1 is not allowed: an integer >= 1"),
+    ("hydra.sweeper.n_trials=0", "hydra.sweeper.n_trials=0 is not allowed: an integer >= 1"),
+    (
+        "hydra.sweeper.max_failure_rate=-1",
+        "hydra.sweeper.max_failure_rate=-1.0 is not allowed: a number in [0, 1]",
+    ),
+    (
+        "hydra.sweeper.max_failure_rate=2",
+        "hydra.sweeper.max_failure_rate=2.0 is not allowed: a number in [0, 1]",
+    ),
+    (
+        "hydra.sweeper.grace_period=5",
+        "hydra.sweeper.grace_period=5 is not allowed: an integer number of seconds > heartbeat_interval (10)",
+    ),
+]
+
+
+@pytest.mark.parametrize(("override", "message"), BAD_SWEEPER_SETTINGS)
+def test_bad_sweeper_settings_stop_with_one_line_before_anything_is_written(
+    tiny_mnist, tmp_path, override, message
+):
+    result = run_cli("src.train", *optuna_sweep_args(tiny_mnist, tmp_path, "sweep", override))
+    assert result.returncode != 0
+    assert [line for line in result.stderr.splitlines() if line.strip()] == [f"error: {message}"]
+    assert not (tmp_path / "sweep").exists() and not (tmp_path / "optuna.db").exists()
+
+
+def test_a_plain_sweep_into_a_directory_with_runs_is_refused_unless_overwrite(tiny_mnist, tmp_path):
+    grid = ["--multirun", f"hydra.sweep.dir={tmp_path / 'grid'}", *tiny_data_overrides(tiny_mnist)]
+    grid += ["trainer.epochs=1", "logger=none"]
+    assert run_cli("src.train", *grid, "scheduler.gamma=0.1,0.5").returncode == 0
+    before = {p: p.read_bytes() for p in (tmp_path / "grid").rglob("*") if p.is_file()}
+    again = run_cli("src.train", *grid, "scheduler.gamma=0.2,0.3")
+    assert again.returncode == 2
+    assert again.stderr.strip().splitlines() == [
+        f"error: hydra.sweep.dir={tmp_path / 'grid'} holds the runs of another sweep: choose another "
+        "directory, or add overwrite=true to replace them"
+    ]
+    assert {p: p.read_bytes() for p in (tmp_path / "grid").rglob("*") if p.is_file()} == before
+    assert run_cli("src.train", *grid, "scheduler.gamma=0.2,0.3", "overwrite=true").returncode == 0
+    assert sorted(composed(d)["scheduler"]["gamma"] for d in trial_dirs(tmp_path / "grid")) == [0.2, 0.3]

@@ -216,3 +216,19 @@ def test_progress_bar_shows_when_stdout_is_a_terminal(tiny_mnist, tmp_path):
     os.close(main_fd)
     assert process.wait(timeout=300) == 0, output.decode(errors="replace")[-2000:]
     assert b"batch/s" in output and b"/16" in output  # 1,000 training images in batches of 64
+
+
+def test_an_explicit_run_directory_with_a_finished_run_is_refused_unless_overwrite(tiny_mnist, tmp_path):
+    run = [*tiny_data_overrides(tiny_mnist), "trainer.epochs=1", "logger=none"]
+    assert train_cli(tmp_path, *run).returncode == 0
+    before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    again = train_cli(tmp_path, *run, "scheduler.gamma=0.5")
+    assert again.returncode == 2
+    assert again.stderr.strip().splitlines() == [
+        f"error: hydra.run.dir={tmp_path / 'run'} holds a finished run (metrics.json): choose another "
+        "directory, or add overwrite=true to replace it"
+    ]
+    assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == before
+    forced = train_cli(tmp_path, *run, "scheduler.gamma=0.5", "overwrite=true")
+    assert forced.returncode == 0, forced.stderr
+    assert "scheduler.gamma=0.5" in read_json(tmp_path / "run" / "metrics.json")["overrides"]

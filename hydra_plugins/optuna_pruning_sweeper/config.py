@@ -80,6 +80,13 @@ class PruningOptunaSweeperConf(OptunaSweeperConf):
     n_jobs: int = 1
     # The sweep stops once failed trials exceed this share of n_trials (pruned trials never count).
     max_failure_rate: float = 0.25
+    # Each worker records a heartbeat for its running trials every heartbeat_interval seconds; a trial
+    # without one for grace_period seconds belongs to a dead worker: it is failed and its parameters run
+    # again (workers.py). Integers, as Optuna's RDBStorage takes them.
+    heartbeat_interval: int = 10
+    grace_period: int = 60
+    # Names of the study's objectives, shown by optuna-dashboard instead of "Objective 0".
+    metric_names: list[str] | None = None
 
 
 def register() -> None:

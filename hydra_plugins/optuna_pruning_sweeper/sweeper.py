@@ -1,22 +1,26 @@
-"""hydra-optuna-sweeper, extended: pruning, resumable studies, failed trials that don't end a sweep.
+"""hydra-optuna-sweeper, extended: pruning, resumable studies shared by many workers, failed trials that
+don't end a sweep.
 
-The upstream OptunaSweeperImpl provides the search space (parsing of hydra.sweeper.params and
-the command line), trial configuration, the grid sampler's choices and the launcher. Its sweep()
-loop is replaced here because it can only tell a trial COMPLETE or FAIL and counts n_trials per
-invocation; this loop
+The upstream OptunaSweeperImpl provides the search space (parsing of hydra.sweeper.params and the
+command line), trial configuration, the grid sampler's choices and the launcher. Its sweep() loop is
+replaced here because it can only tell a trial COMPLETE or FAIL and counts n_trials per invocation;
+this loop
 
 - hands each job its trial (trial_bridge) so the task can report per epoch and be PRUNED;
-- counts n_trials over the whole (persistent) study, so rerunning a killed sweep continues it:
-  trials left RUNNING by the dead sweep are marked FAIL (`interrupted`) and their parameters are
-  queued again;
-- records failed trials with their reason and goes on, until failures exceed
-  max_failure_rate x n_trials;
+- counts n_trials over the whole study, so any number of workers (the same command started in several
+  terminals, on several machines or as cluster jobs) share one study, and rerunning a killed sweep
+  continues it. Trials of workers that died are found by heartbeat (workers.py), failed and re-queued;
+- seeds the sampler per trial (seeding.py), so a resumed or shared study never repeats its draws;
+- records failed trials with their reason and goes on, until failures exceed max_failure_rate x n_trials;
 - ends with a summary and optimization_results.yaml.
 """
 
-import functools
+import hashlib
+import json
 import logging
 import math
+import time
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -24,30 +28,38 @@ from typing import Any
 import optuna
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import CompactHydraException
+from hydra.types import HydraContext, TaskFunction
+from hydra.utils import instantiate
 from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 from omegaconf import DictConfig, OmegaConf
-from optuna.distributions import BaseDistribution, distribution_to_json
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+    distribution_to_json,
+)
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-from . import config  # noqa: F401  (registers the configs)
-from .trial_bridge import instantiate_pruner, job_environment
+from . import config as registered_configs  # noqa: F401  (registers the configs)
+from .seeding import SeedPerTrialSampler
+from .storage import StorageError, describe, open_storage
+from .trial_bridge import RUN_DIR, instantiate_pruner, job_environment, run_dir_attr
+from .workers import FAIL_REASON, INTERRUPTED, Heartbeats, Worker, claim, fail_dead_trials, give_up
 
 log = logging.getLogger(__name__)
 
-INTERRUPTED = "interrupted"
-FAIL_REASON = "fail_reason"
-SQLITE_PREFIX = "sqlite:///"
-SWEEP_SETTINGS = "sweep_settings"
-
-
-def absolute_storage(storage: str) -> str:
-    """An SQLite URL with an absolute path (its directory created); other URLs unchanged."""
-    if not storage.startswith(SQLITE_PREFIX):
-        return storage
-    path = Path(storage[len(SQLITE_PREFIX) :]).absolute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return f"{SQLITE_PREFIX}{path}"
+SAMPLER_WHITELIST = ("hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*")
+GRID_SAMPLER = "optuna.samplers.GridSampler"
+ONE_SEQUENCE_SAMPLERS = (GRID_SAMPLER, "optuna.samplers.QMCSampler")
+# Study attributes: the sweep's settings, readable (user attributes, shown by optuna-dashboard and
+# `optuna studies`), and one system attribute per settings digest for the check under concurrency.
+SWEEP_ID, SWEEP_FIXED, SWEEP_SEARCHED = "sweep.id", "sweep.fixed", "sweep.searched"
+SWEEP_CLAIM_PREFIX = "sweep_settings:"
+# How often a worker with nothing to ask looks again at the other workers' running trials.
+POLL_SECONDS = 1.0
 
 
 def tell(study: optuna.Study, trial: optuna.Trial | int, **outcome: Any) -> None:
@@ -72,15 +84,65 @@ def search_space_overrides(params: DictConfig | None) -> list[str]:
     return flatten("", params) if params else []
 
 
-def sweep_settings(
-    distributions: dict[str, BaseDistribution], fixed_params: dict[str, Any], fixed_overrides: list[str]
-) -> dict[str, Any]:
+def describe_distribution(distribution: BaseDistribution) -> str:
+    if isinstance(distribution, CategoricalDistribution):
+        return f"one of {', '.join(map(str, distribution.choices))}"
+    if isinstance(distribution, IntDistribution | FloatDistribution):
+        kind = "int" if isinstance(distribution, IntDistribution) else "float"
+        step = f" step {distribution.step:g}" if distribution.step not in (None, 1) else ""
+        log_scale = " log" if distribution.log else ""
+        return f"{kind} in [{distribution.low:g}, {distribution.high:g}]{step}{log_scale}"
+    return distribution_to_json(distribution)
+
+
+class SweepSettings:
     """What makes the trials of a study comparable: the search space and the fixed task overrides
     (hydra.* settings such as n_trials, the launcher or the pruner may change between invocations)."""
-    return {
-        "search_space": {name: distribution_to_json(d) for name, d in sorted(distributions.items())},
-        "fixed": sorted([f"{name}={value}" for name, value in fixed_params.items()] + list(fixed_overrides)),
-    }
+
+    def __init__(
+        self,
+        distributions: dict[str, BaseDistribution],
+        fixed_params: dict[str, Any],
+        fixed_overrides: list[str],
+    ) -> None:
+        self.distributions = dict(sorted(distributions.items()))
+        self.fixed = sorted(
+            [f"{name}={value}" for name, value in fixed_params.items()] + list(fixed_overrides)
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "search_space": {name: distribution_to_json(d) for name, d in self.distributions.items()},
+            "fixed": self.fixed,
+        }
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.as_json(), sort_keys=True).encode()).hexdigest()[:12]
+
+    def readable(self) -> dict[str, str]:
+        return {
+            SWEEP_ID: self.digest,
+            SWEEP_FIXED: " ".join(self.fixed) or "(none)",
+            SWEEP_SEARCHED: "; ".join(
+                f"{n}: {describe_distribution(d)}" for n, d in self.distributions.items()
+            ),
+        }
+
+
+def settings_difference(before: dict[str, Any], now: dict[str, Any]) -> str:
+    changes = []
+    fixed_before, fixed_now = set(before["fixed"]), set(now["fixed"])
+    if fixed_before != fixed_now:
+        changes.append(
+            f"overrides {sorted(fixed_before - fixed_now)} then, {sorted(fixed_now - fixed_before)} now"
+        )
+    spaces = before["search_space"], now["search_space"]
+    if changed := sorted(
+        k for k in spaces[0].keys() | spaces[1].keys() if spaces[0].get(k) != spaces[1].get(k)
+    ):
+        changes.append(f"search space of {', '.join(changed)} changed")
+    return "; ".join(changes)
 
 
 class SweepError(CompactHydraException):
@@ -90,30 +152,29 @@ class SweepError(CompactHydraException):
         super().__init__(f"error: {message}")
 
 
-def check_same_sweep(study: optuna.Study, settings: dict[str, Any], storage: str) -> None:
-    """Record the sweep's settings on a new study; refuse to mix another sweep's trials into an old one."""
-    recorded = study.user_attrs.get(SWEEP_SETTINGS)
-    if recorded is None:
-        if study.trials:
-            log.warning(f"Study {study.study_name!r} has no recorded sweep settings: adopting this sweep's")
-        study.set_user_attr(SWEEP_SETTINGS, settings)
-        return
-    if recorded == settings:
-        return
-    changes = []
-    before, now = set(recorded["fixed"]), set(settings["fixed"])
-    if before != now:
-        changes.append(f"overrides {sorted(before - now)} then, {sorted(now - before)} now")
-    spaces = recorded["search_space"], settings["search_space"]
-    if changed := sorted(
-        k for k in spaces[0].keys() | spaces[1].keys() if spaces[0].get(k) != spaces[1].get(k)
-    ):
-        changes.append(f"search space of {', '.join(changed)} changed")
-    raise SweepError(
-        f"study {study.study_name!r} in {storage} holds the trials of a sweep with other settings "
-        f"({'; '.join(changes)}): rerun that sweep's command to resume it, or start a new study with "
-        "hydra.sweeper.study_name=NAME"
-    )
+def check_same_sweep(study: optuna.Study, settings: SweepSettings, where: str) -> None:
+    """Refuse to mix another sweep's trials into a study, also when two sweeps start at the same instant.
+
+    Each sweep records a claim under its settings' digest, then reads all claims: of two sweeps with other
+    settings, the later one to read always sees the other's claim, withdraws its own and stops. (Two that
+    read at the same instant may both stop; neither ever goes on beside the other.)
+    """
+    storage, study_id = study._storage, study._study_id
+    own = SWEEP_CLAIM_PREFIX + settings.digest
+    storage.set_study_system_attr(study_id, own, settings.as_json())
+    claims = storage.get_study_system_attrs(study_id)
+    others = {k: v for k, v in claims.items() if k.startswith(SWEEP_CLAIM_PREFIX) and k != own and v}
+    if others:
+        storage.set_study_system_attr(study_id, own, None)  # withdrawn
+        difference = settings_difference(next(iter(others.values())), settings.as_json())
+        raise SweepError(
+            f"study {study.study_name!r} in {where} holds the trials of a sweep with other settings "
+            f"({difference}): rerun that sweep's command to resume it, or start a new study with "
+            "hydra.sweeper.study_name=NAME"
+        )
+    if study.user_attrs.get(SWEEP_ID) != settings.digest:
+        for key, value in settings.readable().items():
+            study.set_user_attr(key, value)
 
 
 def counts_toward_n_trials(trial: FrozenTrial) -> bool:
@@ -121,82 +182,229 @@ def counts_toward_n_trials(trial: FrozenTrial) -> bool:
     return trial.state.is_finished() and not trial.user_attrs.get(INTERRUPTED)
 
 
+def next_job_index(sweep_dir: Path) -> int:
+    """The first job number after the numbered run directories already in the sweep directory (a
+    reused sweep directory never has a run overwritten)."""
+    numbers = (
+        [int(p.name) for p in sweep_dir.glob("[0-9]*") if p.name.isdigit()] if sweep_dir.is_dir() else []
+    )
+    return max(numbers, default=-1) + 1
+
+
 class PruningOptunaSweeperImpl(OptunaSweeperImpl):
-    def __init__(self, sampler: Any, pruner: optuna.pruners.BasePruner, **upstream: Any) -> None:
-        super().__init__(sampler, **upstream)
+    def __init__(
+        self,
+        sampler: DictConfig,
+        pruner: optuna.pruners.BasePruner,
+        heartbeat_interval: int,
+        grace_period: int,
+        metric_names: list[str] | None,
+        **upstream: Any,
+    ) -> None:
+        # Upstream asserts 0 <= max_failure_rate <= 1 here, a traceback: _check_settings says it in one line.
+        super().__init__(None, **{**upstream, "max_failure_rate": 0.0})
+        self.max_failure_rate = upstream["max_failure_rate"]
+        self.sampler_config = sampler
         self.pruner = pruner
+        self.heartbeat_interval = heartbeat_interval
+        self.grace_period = grace_period
+        self.metric_names = list(metric_names) if metric_names else None
+        self.where = ""
+        self.seeding = ""
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        self.cwd = Path(config.hydra.runtime.cwd)
 
     def sweep(self, arguments: list[str]) -> None:
+        self._check_settings()
         self._process_searchspace_config()
         distributions, fixed_params, fixed_overrides = create_params_from_overrides(
             [*self._parse_sweeper_params_config(), *arguments]
         )
         for name in fixed_params:  # a value given on the command line wins over the search space
             distributions.pop(name, None)
-        if isinstance(self.sampler, functools.partial) and self.sampler.func is optuna.samplers.GridSampler:
-            self._use_grid(distributions)
-        study = self._open_study(sweep_settings(distributions, fixed_params, fixed_overrides))
+        self.sampler = self._seeded_sampler(distributions)
+        study = self._open_study(SweepSettings(distributions, fixed_params, fixed_overrides))
+        self.job_idx = next_job_index(Path(self.sweep_dir))
+        worker = Worker.this_process()
         log.info(
-            f"Study {study.study_name!r} in {self.storage}, sampler {type(self.sampler).__name__}, "
-            f"pruner {type(self.pruner).__name__}, directions {self._get_directions()}"
+            f"Study {study.study_name!r} in {self.where}, worker {worker.label}, "
+            f"sampler {self.sampler_name} ({self.seeding}), "
+            f"pruner {type(self.pruner).__name__}, "
+            f"directions {self._get_directions()}"
         )
-        while (to_go := self.n_trials - sum(map(counts_toward_n_trials, study.trials))) > 0:
-            trials = [study.ask() for _ in range(min(self.n_jobs, to_go))]
+        with Heartbeats(study._storage, self.heartbeat_interval) as heartbeats:
+            waiting_logged = False
+            while (batch_size := self._trials_to_ask(study)) is not None:
+                if batch_size == 0:
+                    if not waiting_logged:
+                        log.info("Waiting for the other workers' running trials to finish")
+                        waiting_logged = True
+                    time.sleep(POLL_SECONDS)
+                    continue
+                waiting_logged = False
+                self._run_batch(
+                    study, batch_size, distributions, fixed_params, fixed_overrides, worker, heartbeats
+                )
+                self._check_failure_rate(study)
+        self._report(study)
+
+    def _check_settings(self) -> None:
+        """The sweeper's own settings, each with a one-line error (n_jobs=0 used to loop forever)."""
+        checks = {
+            "n_trials": (
+                self.n_trials,
+                isinstance(self.n_trials, int) and self.n_trials >= 1,
+                "an integer >= 1",
+            ),
+            "n_jobs": (self.n_jobs, isinstance(self.n_jobs, int) and self.n_jobs >= 1, "an integer >= 1"),
+            "max_failure_rate": (
+                self.max_failure_rate,
+                isinstance(self.max_failure_rate, int | float) and 0 <= self.max_failure_rate <= 1,
+                "a number in [0, 1]",
+            ),
+            "heartbeat_interval": (
+                self.heartbeat_interval,
+                isinstance(self.heartbeat_interval, int) and self.heartbeat_interval >= 1,
+                "an integer number of seconds >= 1",
+            ),
+            "grace_period": (
+                self.grace_period,
+                isinstance(self.grace_period, int) and self.grace_period > self.heartbeat_interval,
+                f"an integer number of seconds > heartbeat_interval ({self.heartbeat_interval})",
+            ),
+        }
+        for key, (value, ok, allowed) in checks.items():
+            if not ok or isinstance(value, bool):
+                raise SweepError(f"hydra.sweeper.{key}={value!r} is not allowed: {allowed}")
+
+    @property
+    def sampler_name(self) -> str:
+        return str(self.sampler_config._target_).rsplit(".", 1)[-1]
+
+    def _seeded_sampler(self, distributions: dict[str, BaseDistribution]) -> optuna.samplers.BaseSampler:
+        """The configured sampler, made anew for each trial with a seed of its own (seeding.py), except
+        for samplers whose seed fixes one sequence that the study walks through (the GridSampler's shuffled
+        grid, the QMCSampler's scrambling): those keep the configured seed. The GridSampler gets the search
+        space as its grid, and n_trials is capped at the grid's size."""
+        target = self.sampler_config._target_
+        seed = self.sampler_config.get("seed")
+        grid = None
+        if target == GRID_SAMPLER:
+            grid = {name: self._to_grid_sampler_choices(d) for name, d in distributions.items()}
+            self.n_trials = min(self.n_trials, math.prod(len(choices) for choices in grid.values()))
+            log.info(f"GridSampler: {self.n_trials} trials")
+
+        def make(seed: int | None) -> optuna.samplers.BaseSampler:
+            sampler = instantiate(self.sampler_config, seed=seed, _execution_whitelist_=SAMPLER_WHITELIST)
+            return sampler(grid) if grid is not None else sampler
+
+        if target in ONE_SEQUENCE_SAMPLERS:
+            self.seeding = f"seed {seed}"
+            return make(seed)
+        self.seeding = f"seed {seed} and the trial number"
+        return SeedPerTrialSampler(make, seed)
+
+    def _trials_to_ask(self, study: optuna.Study) -> int | None:
+        """How many trials to ask now: None when the study is done (n_trials finished, none running),
+        0 when only other workers' trials are left running (one of them may yet have to run again)."""
+        fail_dead_trials(study, self.grace_period)
+        trials = study.get_trials(deepcopy=False)
+        finished = sum(map(counts_toward_n_trials, trials))
+        running = sum(t.state == TrialState.RUNNING for t in trials)
+        to_go = self.n_trials - finished - running
+        if to_go > 0:
+            return min(self.n_jobs, to_go)
+        return 0 if running else None
+
+    def _run_batch(
+        self,
+        study: optuna.Study,
+        batch_size: int,
+        distributions: dict[str, BaseDistribution],
+        fixed_params: dict[str, Any],
+        fixed_overrides: list[str],
+        worker: Worker,
+        heartbeats: Heartbeats,
+    ) -> None:
+        trials = []
+        for _ in range(batch_size):
+            # Optuna expects heartbeats inside optimize() only; this loop records them itself.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
+                trial = study.ask()
+            heartbeats.add(trial._trial_id)
+            claim(study, trial, worker)
+            trials.append(trial)
+        try:
             overrides = [
-                (*trial_overrides, *job_environment(self.storage, study.study_name, trial.number))
+                (*trial_overrides, *job_environment(study._study_id, trial._trial_id))
                 for trial, trial_overrides in zip(
                     trials,
                     self._configure_trials(trials, distributions, fixed_params, fixed_overrides),
                     strict=True,
                 )
             ]
+            returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
+        except BaseException:  # Ctrl-C or a launcher crash: never leave these trials RUNNING
+            for trial in trials:
+                give_up(
+                    study,
+                    study._storage.get_trial(trial._trial_id),
+                    "interrupted: the sweep stopped while it ran",
+                )
+            raise
+        self.job_idx += len(returns)
+        for trial, job in zip(trials, returns, strict=True):
             try:
-                returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
-            except BaseException:  # Ctrl-C or a launcher crash: never leave these trials RUNNING
-                for trial in trials:
-                    mark_interrupted(study, study._storage.get_trial(trial._trial_id))
-                raise
-            self.job_idx += len(returns)
-            for trial, job in zip(trials, returns, strict=True):
                 self._tell(study, trial, job)
-            self._check_failure_rate(study)
-        self._report(study)
+            except UpdateFinishedTrialError:
+                log.warning(
+                    f"Trial {trial.number} had been given up by another worker (its heartbeat went stale): "
+                    "its result is not recorded in the study"
+                )
+            heartbeats.discard(trial._trial_id)
 
     def _parse_sweeper_params_config(self) -> list[str]:
         return search_space_overrides(self.params)
 
-    def _use_grid(self, distributions: dict[str, BaseDistribution]) -> None:
-        """Build the (partial) GridSampler from the search space; n_trials is capped at the grid's size."""
-        grid = {name: self._to_grid_sampler_choices(d) for name, d in distributions.items()}
-        self.sampler = self.sampler(grid)
-        self.n_trials = min(self.n_trials, math.prod(len(choices) for choices in grid.values()))
-        log.info(f"GridSampler: {self.n_trials} trials")
-
-    def _open_study(self, settings: dict[str, Any]) -> optuna.Study:
-        # Without a storage the study lives in the sweep directory: jobs reach their trial through it.
-        self.storage = absolute_storage(self.storage or f"{SQLITE_PREFIX}{self.sweep_dir}/optuna.db")
+    def _open_study(self, settings: SweepSettings) -> optuna.Study:
+        try:
+            storage = open_storage(
+                self.storage,
+                sweep_dir=lambda: Path(self.sweep_dir),
+                cwd=self.cwd,
+                heartbeat_interval=self.heartbeat_interval,
+                grace_period=self.grace_period,
+            )
+        except StorageError as error:
+            raise SweepError(str(error)) from None
+        self.where = describe(storage)
         study = optuna.create_study(
             study_name=self.study_name,
-            storage=self.storage,
+            storage=storage,
             sampler=self.sampler,
             pruner=self.pruner,
             directions=self._get_directions(),
             load_if_exists=True,
         )
-        check_same_sweep(study, settings, self.storage)
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            mark_interrupted(study, trial)
+        check_same_sweep(study, settings, self.where)
+        if self.metric_names and study.metric_names != self.metric_names:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names(self.metric_names)
         finished = sum(map(counts_toward_n_trials, study.trials))
         if finished:
             log.info(
-                f"Resuming study {study.study_name!r}: {finished} finished trials kept, "
+                f"Study {study.study_name!r} holds {finished} finished trials: "
                 f"{max(0, self.n_trials - finished)} to go (n_trials={self.n_trials} counts the whole study)"
             )
         return study
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, job: JobReturn) -> None:
-        if job.hydra_cfg is not None:
-            trial.set_user_attr("run_dir", str(job.hydra_cfg.hydra.runtime.output_dir))
+        if job.hydra_cfg is not None and RUN_DIR not in trial.user_attrs:
+            trial.set_user_attr(RUN_DIR, run_dir_attr(Path(job.hydra_cfg.hydra.runtime.output_dir), self.cwd))
         if job.status is JobStatus.FAILED:
             # The job's exception (job.return_value would re-raise it with an "Error executing job" banner).
             error = job._return_value
@@ -243,7 +451,7 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
         results: dict[str, Any] = {
             "name": "optuna",
             "study_name": study.study_name,
-            "storage": self.storage,
+            "storage": self.where,
             "trials": {state: states.get(state, 0) for state in ("complete", "pruned", "fail")},
             "epochs_used": sum(t.user_attrs.get("epochs_completed", 0) for t in trials),
             "epochs_reused": sum(t.user_attrs.get("epochs_reused", 0) for t in trials),
@@ -270,7 +478,7 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
             log.info(f"Best trial {best.number}: {best.params}")
             log.info(
                 f"  validation {best.value:.4g}, test {'-' if test is None else f'{test:.4g}'}, "
-                f"directory {best.user_attrs.get('run_dir')}"
+                f"directory {best.user_attrs.get(RUN_DIR)}"
             )
         else:
             results["solutions"] = [{"params": t.params, "values": t.values} for t in study.best_trials]
@@ -285,7 +493,7 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
 
 
 # What a task may record on its trial (trial_bridge) for the summary.
-REPORTED_ATTRS = ("run_dir", "status", "test_acc", "epochs_completed", "epochs_planned")
+REPORTED_ATTRS = (RUN_DIR, "status", "test_acc", "epochs_completed", "epochs_planned")
 
 
 def best_trial_info(trial: FrozenTrial) -> dict[str, Any]:
@@ -295,23 +503,18 @@ def best_trial_info(trial: FrozenTrial) -> dict[str, Any]:
     }
 
 
-def mark_interrupted(study: optuna.Study, trial: FrozenTrial) -> None:
-    """FAIL a trial whose sweep died, flagged so it doesn't count, and queue its parameters again."""
-    if trial.state != TrialState.RUNNING:
-        return
-    study._storage.set_trial_user_attr(trial._trial_id, INTERRUPTED, True)
-    study._storage.set_trial_user_attr(
-        trial._trial_id, FAIL_REASON, "interrupted: the sweep stopped while it ran"
-    )
-    tell(study, trial.number, state=TrialState.FAIL)
-    if trial.params:
-        study.enqueue_trial(trial.params)
-    log.warning(f"Trial {trial.number} was interrupted: marked failed, its parameters queued again")
-
-
 class PruningOptunaSweeper(OptunaSweeper):
     """`hydra/sweeper=optuna_pruning`: the Optuna sweeper with a `pruner` (hydra/sweeper/pruner=...)."""
 
-    def __init__(self, sampler: Any, pruner: DictConfig | None, **upstream: Any) -> None:
-        super().__init__(sampler, **upstream)  # instantiates the sampler (whitelisted)
-        self.sweeper = PruningOptunaSweeperImpl(self.sweeper.sampler, instantiate_pruner(pruner), **upstream)
+    def __init__(
+        self,
+        sampler: DictConfig,
+        pruner: DictConfig | None,
+        heartbeat_interval: int,
+        grace_period: int,
+        metric_names: list[str] | None = None,
+        **upstream: Any,
+    ) -> None:
+        self.sweeper = PruningOptunaSweeperImpl(
+            sampler, instantiate_pruner(pruner), heartbeat_interval, grace_period, metric_names, **upstream
+        )

@@ -1,28 +1,31 @@
 """The job's side of the optuna_pruning sweeper: reach this job's own Optuna trial.
 
-The sweeper sets three environment variables for each job it launches (through
-hydra.job.env_set); a task function calls current_trial() and, per epoch, trial.report(value, step)
-then trial.should_prune(), exactly as in Optuna's own examples.
+The sweeper hands each job two integers through `hydra.job.env_set` (the study's and the trial's ids,
+nothing that needs quoting or could be secret); the job opens the storage from its own Hydra config
+(hydra.sweeper.storage, exactly as the sweeper did). A task function calls current_trial() and, per
+epoch, trial.report(value, step) then trial.should_prune(), exactly as in Optuna's own examples.
 """
 
 import os
+from pathlib import Path
 
 import optuna
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 
-STORAGE_ENV = "HYDRA_OPTUNA_STORAGE"
-STUDY_ENV = "HYDRA_OPTUNA_STUDY"
-TRIAL_ENV = "HYDRA_OPTUNA_TRIAL_NUMBER"
+from .storage import open_storage
+
+STUDY_ID_ENV = "HYDRA_OPTUNA_STUDY_ID"
+TRIAL_ID_ENV = "HYDRA_OPTUNA_TRIAL_ID"
 PRUNER_WHITELIST = ("optuna.pruners.*",)
+RUN_DIR = "run_dir"  # trial user attr: the job's output directory (see run_dir_attr)
 
 
-def job_environment(storage: str, study_name: str, trial_number: int) -> tuple[str, ...]:
+def job_environment(study_id: int, trial_id: int) -> tuple[str, ...]:
     """The overrides that hand a job its trial (read back by current_trial)."""
     return (
-        f"++hydra.job.env_set.{STORAGE_ENV}='{storage}'",
-        f"++hydra.job.env_set.{STUDY_ENV}='{study_name}'",
-        f"++hydra.job.env_set.{TRIAL_ENV}={trial_number}",
+        f"++hydra.job.env_set.{STUDY_ID_ENV}={study_id}",
+        f"++hydra.job.env_set.{TRIAL_ID_ENV}={trial_id}",
     )
 
 
@@ -32,16 +35,38 @@ def instantiate_pruner(pruner_cfg: object) -> optuna.pruners.BasePruner:
     return instantiate(pruner_cfg, _execution_whitelist_=PRUNER_WHITELIST)
 
 
+def run_dir_attr(run_dir: Path, project_dir: Path) -> str:
+    """A run directory as a trial records it: relative to the directory the sweep was started in when it
+    lies inside it (so the path still means something where the study is read from another checkout or
+    mount of the project), else absolute."""
+    try:
+        return str(run_dir.resolve().relative_to(project_dir.resolve()))
+    except ValueError:
+        return str(run_dir.resolve())
+
+
 def current_trial() -> optuna.Trial | None:
-    """This job's running Optuna trial, with the sweep's pruner; None outside an optuna_pruning sweep."""
-    trial_number = os.environ.get(TRIAL_ENV)
-    if trial_number is None:
+    """This job's running Optuna trial, with the sweep's pruner; None outside an optuna_pruning sweep.
+
+    Records the job's output directory on the trial at once, so that a trial that never finishes can
+    still be found on disk.
+    """
+    trial_id = os.environ.get(TRIAL_ID_ENV)
+    if trial_id is None:
         return None
-    sweeper_cfg = HydraConfig.get().sweeper
-    study = optuna.load_study(
-        study_name=os.environ[STUDY_ENV],
-        storage=os.environ[STORAGE_ENV],
-        pruner=instantiate_pruner(sweeper_cfg.get("pruner")),
+    hydra_cfg = HydraConfig.get()
+    storage = open_storage(
+        hydra_cfg.sweeper.get("storage"),
+        sweep_dir=lambda: Path(hydra_cfg.sweep.dir),
+        cwd=Path(hydra_cfg.runtime.cwd),
     )
-    trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, int(trial_number))
-    return optuna.Trial(study, trial_id)
+    study = optuna.load_study(
+        study_name=storage.get_study_name_from_id(int(os.environ[STUDY_ID_ENV])),
+        storage=storage,
+        pruner=instantiate_pruner(hydra_cfg.sweeper.get("pruner")),
+    )
+    trial = optuna.Trial(study, int(trial_id))
+    trial.set_user_attr(
+        RUN_DIR, run_dir_attr(Path(hydra_cfg.runtime.output_dir), Path(hydra_cfg.runtime.cwd))
+    )
+    return trial

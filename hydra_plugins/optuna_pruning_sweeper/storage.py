@@ -1,0 +1,136 @@
+"""Where a study lives: `hydra.sweeper.storage` as a URL, a `_target_` config, or null.
+
+- null: SQLite in the sweep directory (`<sweep dir>/optuna.db`);
+- a URL: Optuna's RDBStorage (`sqlite:///multirun/optuna.db`, `postgresql+psycopg://user@host/db`, ...),
+  relative SQLite paths taken from the directory the sweep was started in;
+- a config: a class under optuna.storages, e.g. RDBStorage with engine options, or JournalStorage with a
+  JournalFileBackend (a journal file on a shared filesystem) or a JournalRedisBackend.
+
+The sweeper and each of its jobs open the storage from this same config (the job through its own Hydra
+config), so nothing about the storage reaches a job through a file Hydra writes: a password given as
+`${oc.env:VAR}` stays an interpolation in every `.hydra/` file, and the sweep's logs and result files
+show URLs with the password masked (`describe`).
+"""
+
+import random
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+import sqlalchemy.exc
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from sqlalchemy.engine import make_url
+
+STORAGE_WHITELIST = ("optuna.storages.*",)
+SQLITE_PREFIX = "sqlite:///"
+DEFAULT_DATABASE = "optuna.db"
+# Workers that start together create the tables and the study at the same instant: those races end in
+# one of these errors for all but one of them, and opening again succeeds.
+RACE_MESSAGES = ("locked", "already exists", "duplicate", "unique constraint", "deadlock")
+OPEN_ATTEMPTS = 12
+
+
+class StorageError(Exception):
+    """A storage that cannot be opened; the message names it (password masked) and the cause."""
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ***."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (sqlalchemy.exc.ArgumentError, ValueError):
+        return url
+
+
+def sqlite_url(url: str, cwd: Path) -> str:
+    """An SQLite URL with an absolute path (relative ones are taken from `cwd`) whose directory exists."""
+    if not url.startswith(SQLITE_PREFIX) or url == f"{SQLITE_PREFIX}:memory:":
+        return url
+    path = cwd / url[len(SQLITE_PREFIX) :]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"{SQLITE_PREFIX}{path.resolve()}"
+
+
+def storage_url_or_config(spec: Any, sweep_dir: Callable[[], Path], cwd: Path) -> str | DictConfig:
+    """hydra.sweeper.storage with its default applied and relative SQLite paths made absolute."""
+    if spec is None:
+        return sqlite_url(f"{SQLITE_PREFIX}{Path(sweep_dir(), DEFAULT_DATABASE)}", cwd)
+    if isinstance(spec, str):
+        return sqlite_url(spec, cwd)
+    if isinstance(spec, DictConfig) and "_target_" in spec:
+        return spec
+    raise StorageError(
+        f"hydra.sweeper.storage={spec!r} is not allowed: null, a storage URL or a config with a _target_ "
+        "under optuna.storages"
+    )
+
+
+def is_race(error: Exception) -> bool:
+    message = str(error).lower()
+    return isinstance(error, sqlalchemy.exc.IntegrityError) or any(m in message for m in RACE_MESSAGES)
+
+
+def with_retries(open_once: Any, what: str) -> Any:
+    """open_once(), again after a short random pause when it lost a creation race to another worker."""
+    for attempt in range(OPEN_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():  # heartbeats are experimental in Optuna, used here on purpose
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return open_once()
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError) as error:
+            if not is_race(error) or attempt == OPEN_ATTEMPTS - 1:
+                raise StorageError(f"cannot open the Optuna storage {what}: {one_line(error)}") from error
+            time.sleep(random.uniform(0.05, 0.3) * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def one_line(error: BaseException) -> str:
+    """An error's first line, without SQLAlchemy's statement and background links."""
+    original = getattr(error, "orig", None) or error
+    return str(original).strip().splitlines()[0] if str(original).strip() else type(original).__name__
+
+
+def open_storage(
+    spec: Any,
+    *,
+    sweep_dir: Callable[[], Path],
+    cwd: Path,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+) -> BaseStorage:
+    """The storage named by hydra.sweeper.storage (`sweep_dir()`: where a null storage puts its database).
+    RDB storages get Optuna's heartbeat settings (unless their config sets its own); the caller records
+    the heartbeats."""
+    spec = storage_url_or_config(spec, sweep_dir, cwd)
+    heartbeat = {"heartbeat_interval": heartbeat_interval, "grace_period": grace_period}
+    if isinstance(spec, str):
+        engine_kwargs = {"connect_args": {"timeout": 60}} if spec.startswith(SQLITE_PREFIX) else {}
+        return with_retries(
+            lambda: RDBStorage(spec, engine_kwargs=engine_kwargs, **heartbeat), mask_url(spec)
+        )
+    target = str(spec._target_)
+    if target.endswith("RDBStorage"):
+        overrides = {k: v for k, v in heartbeat.items() if spec.get(k) is None}
+        return with_retries(
+            lambda: instantiate(spec, **overrides, _execution_whitelist_=STORAGE_WHITELIST),
+            mask_url(str(spec.get("url"))),
+        )
+    return with_retries(lambda: instantiate(spec, _execution_whitelist_=STORAGE_WHITELIST), target)
+
+
+def describe(storage: BaseStorage) -> str:
+    """The storage for logs and result files: a URL with its password masked, or the journal's file."""
+    if isinstance(storage, optuna.storages._CachedStorage):
+        storage = storage._backend
+    if isinstance(storage, RDBStorage):
+        return mask_url(storage.url)
+    if isinstance(storage, JournalStorage):
+        backend = storage._backend
+        path = getattr(backend, "_file_path", None)
+        return f"journal file {path}" if path else f"journal {type(backend).__name__}"
+    return type(storage).__name__
