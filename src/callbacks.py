@@ -3,7 +3,8 @@
 Hydra creates a run's output directory (and writes .hydra/ into it) before it calls the task
 function, so a check inside src.train.main comes too late to leave the disk alone: a typo would
 leave an empty run directory behind, or overwrite the .hydra/ of the existing run it was pointed
-at. This callback checks the config, and the directory a run or sweep is about to write, first.
+at. This callback checks the config, and the directory a run or sweep is about to write, first; and it enters
+a process that will train into the machine's CPU share (src/cpu_share.py) before its first job.
 """
 
 import sys
@@ -14,9 +15,11 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from src.config import validate
+from src.cpu_share import CpuShare, job_cpus
 from src.errors import UserInputError
 from src.run_record import METRICS_JSON
 
+IN_PROCESS_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 # The sweeper that numbers its jobs after the runs already in its sweep directory (it never overwrites one).
 RESUMING_SWEEPER = "hydra_plugins.optuna_pruning_sweeper.sweeper.PruningOptunaSweeper"
 
@@ -58,9 +61,13 @@ class CheckConfigFirst(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config, check_run_dir)
+        CpuShare(job_cpus()).register()
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config, check_sweep_dir)
+        if config.hydra.launcher.get("_target_") == IN_PROCESS_LAUNCHER:
+            # This process will train the jobs: other workers starting now count it from their first job.
+            CpuShare(job_cpus()).register()
 
     @staticmethod
     def _check(config: DictConfig, check_directory: Any) -> None:

@@ -5,12 +5,15 @@
     python -m src.compare --filter 'scheduler.gamma<0.5' --status completed --top 5
     python -m src.compare --sort test_acc --csv runs.csv --plot figures/
     python -m src.compare multirun/2026-11-25/10-00-00 --over-seeds   a row per setting, over its seeds
+    python -m src.compare 'multirun/2026-11-25/*'           every sweep worker's directory of that day
+    python -m src.compare --study steplr --storage sqlite:///multirun/optuna.db   the runs of a study's trials
 
 Reads files only (no torch), so it stays fast over thousands of runs.
 """
 
 import argparse
 import csv
+import glob
 import io
 import json
 import operator
@@ -23,8 +26,11 @@ from typing import Any
 from src.run_record import STATUS_COMPLETED, STATUSES
 from src.runs import COMPARABILITY_KEYS, METRIC_KEYS, OPERATIONAL_KEYS, Run, load_runs
 from src.seed_groups import AGGREGATED_METRICS, Setting, group_by_setting
+from src.study_runs import StudyError, study_run_dirs
 
 DEFAULT_ROOTS = (Path("outputs"), Path("multirun"))
+DEFAULT_STORAGE = "sqlite:///multirun/optuna.db"
+GLOB_CHARACTERS = frozenset("*?[")
 OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
     "<=": operator.le,
     ">=": operator.ge,
@@ -219,7 +225,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "paths", nargs="*", type=Path, help="run or sweep directories (default: outputs/ multirun/)"
+        "paths",
+        nargs="*",
+        type=Path,
+        help="run or sweep directories, or quoted glob patterns (default: outputs/ multirun/)",
+    )
+    parser.add_argument(
+        "--study", metavar="NAME", help="the run directories of this Optuna study's trials (all its workers')"
+    )
+    parser.add_argument(
+        "--storage",
+        default=DEFAULT_STORAGE,
+        help=f"the study's storage: a URL or an Optuna journal file (default {DEFAULT_STORAGE})",
     )
     parser.add_argument(
         "--sort", default="val_acc", help="metric or config key, largest first (default val_acc)"
@@ -251,6 +268,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def expand(path: Path) -> list[Path]:
+    """A path as given, or the directories a quoted glob pattern matches (sorted)."""
+    if path.exists() or not GLOB_CHARACTERS & set(str(path)):
+        return [path]
+    return [Path(match) for match in sorted(glob.glob(str(path)))] or [path]
+
+
+def chosen_roots(args: argparse.Namespace) -> tuple[list[Path], list[str]]:
+    """Where to look for runs: a study's trials, the paths given, or outputs/ and multirun/ (skipped
+    quietly when absent; a directory the user names must exist)."""
+    if args.study:
+        return study_run_dirs(args.study, args.storage, Path.cwd())
+    if args.paths:
+        return [match for path in args.paths for match in expand(path)], []
+    return [root for root in DEFAULT_ROOTS if root.is_dir()], []
+
+
 def rank(items: list, args: argparse.Namespace) -> tuple[list, dict[tuple, str]]:
     """Runs or settings sorted by --sort within each comparable set, cut to --top; and the sets."""
     items.sort(key=sort_key(args.sort, args.ascending))
@@ -266,14 +300,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    # The default roots are skipped quietly when absent; a directory the user names must exist.
-    roots = args.paths or [root for root in DEFAULT_ROOTS if root.is_dir()]
-    runs, warnings = load_runs(roots)
+    try:
+        roots, warnings = chosen_roots(args)
+    except StudyError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    runs, run_warnings = load_runs(roots)
+    warnings += run_warnings
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if not runs:
+        where = f"study {args.study!r}" if args.study else ", ".join(map(str, args.paths or DEFAULT_ROOTS))
         print(
-            f"error: no runs found in {', '.join(map(str, args.paths or DEFAULT_ROOTS))} "
+            f"error: no runs found in {where} "
             "(a run directory holds metrics.json "
             "and .hydra/; train one with python -m src.train)",
             file=sys.stderr,

@@ -18,12 +18,13 @@ from omegaconf import DictConfig
 
 from hydra_plugins.optuna_pruning_sweeper.trial_bridge import current_trial
 from src.config import EXECUTION_WHITELIST
+from src.cpu_share import CpuShare, job_cpus
 from src.data import MnistSplits, load_mnist
 from src.hardware import resolve_device, threads_for_this_job
 from src.loop import EpochRecord, fit
 from src.pruning import first_prunable_epoch
 from src.run_files import save_weights, write_epochs, write_summary
-from src.run_record import STATUS_COMPLETED, STATUS_FAILED, STATUS_PRUNED
+from src.run_record import STATUS_COMPLETED, STATUS_FAILED, STATUS_INTERRUPTED, STATUS_PRUNED
 from src.shared_prefix import SharedPrefix, constant_lr_epochs
 
 log = logging.getLogger(__name__)
@@ -82,9 +83,11 @@ def epoch_results(records: list[EpochRecord]) -> dict[str, Any]:
 
 def train(cfg: DictConfig) -> float:
     started = time.perf_counter()
+    share = CpuShare(job_cpus())
+    share.register()  # one of the processes that train on this machine's CPUs (src/cpu_share.py)
+    torch.set_num_threads(threads_for_this_job(cfg.trainer.num_threads, share))
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    torch.set_num_threads(threads_for_this_job(cfg.trainer.num_threads))
     device = resolve_device(cfg.trainer.device)
     data = load_data(cfg, device)
     torch.manual_seed(cfg.trainer.seed)
@@ -160,6 +163,9 @@ def train(cfg: DictConfig) -> float:
     except Exception as error:
         status, reason = STATUS_FAILED, f"{type(error).__name__}: {error}"
         raise
+    except BaseException as stop:  # Ctrl-C (KeyboardInterrupt), or an exit asked from outside
+        status, reason = STATUS_INTERRUPTED, f"{type(stop).__name__}: stopped from outside"
+        raise
     finally:
         summary = {
             "status": status,
@@ -177,7 +183,11 @@ def train(cfg: DictConfig) -> float:
             "hyperparameters": hyperparameters(cfg),
         }
         if status != STATUS_FAILED:
-            save_weights(run_dir, model)
+            try:
+                save_weights(run_dir, model)
+            except OSError as error:  # a full disk: the outcome is still recorded
+                summary["weights_error"] = f"{type(error).__name__}: {error}"
+                log.error("weights not saved: %s", summary["weights_error"])
         write_summary(run_dir, summary)
         if tensorboard:
             finals = {

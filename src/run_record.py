@@ -12,4 +12,5 @@ HYDRA_DIR = ".hydra"  # Hydra's composed config and overrides
 STATUS_COMPLETED = "completed"
 STATUS_FAILED = "failed"
 STATUS_PRUNED = "pruned"
-STATUSES = (STATUS_COMPLETED, STATUS_FAILED, STATUS_PRUNED)
+STATUS_INTERRUPTED = "interrupted"  # stopped from outside (Ctrl-C): its last epoch is not the planned one
+STATUSES = (STATUS_COMPLETED, STATUS_FAILED, STATUS_PRUNED, STATUS_INTERRUPTED)

@@ -27,6 +27,7 @@ from torch import nn
 
 from src.config import EXECUTION_WHITELIST
 from src.data import MnistSplits, raw_files_identity
+from src.hardware import cpu_identity
 from src.loop import EpochRecord
 from src.run_files import write_atomically
 
@@ -78,6 +79,7 @@ def state_key(cfg: DictConfig, data: MnistSplits, device: torch.device) -> str:
         "data_files": raw_files_identity(Path(data_cfg["root"])),
         "trainer": {k: cfg.trainer[k] for k in ("batch_size", "eval_batch_size", "seed")},
         "device": str(device),
+        "cpu": cpu_identity(),
         "threads": torch.get_num_threads(),
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:24]
@@ -139,7 +141,12 @@ class SharedPrefix:
             "records": [asdict(record) for record in records],
             "run_dir": str(self.run_dir),
         }
-        write_atomically(self.path(epoch), lambda f: torch.save(state, f))
+        try:
+            write_atomically(self.path(epoch), lambda f: torch.save(state, f))
+        except OSError as error:  # a full or read-only cache costs later runs these epochs, not this run
+            log.warning(
+                "prefix state %s not stored (%s): later runs train these epochs", self.path(epoch), error
+            )
 
     def resume(
         self,

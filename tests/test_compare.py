@@ -310,3 +310,20 @@ def test_step_size_gamma_map_shows_completed_runs_that_differ_only_in_those_two(
     assert plot_step_size_gamma(pruned, tmp_path / "pruned.png") is None
     assert plot_step_size_gamma([run(1, 0.1, 0.001), run(2, 0.5, 0.001)], tmp_path / "map.png")
     assert (tmp_path / "map.png").stat().st_size > 0
+
+
+def test_a_study_lists_the_run_directories_of_its_trials(runs_root):
+    storage = f"sqlite:///{runs_root}/multirun/optuna.db"
+    records = json.loads(compare(runs_root, "--study", "steplr", "--storage", storage, "--json").stdout)
+    sweep_runs = sorted(p for p in (runs_root / "multirun" / "optuna").iterdir() if p.name.isdigit())
+    assert len(sweep_runs) == 3
+    assert sorted(runs_root / record["run"] for record in records) == sweep_runs
+    unknown = compare(runs_root, "--study", "nope", "--storage", storage)
+    assert unknown.returncode == 2
+    assert unknown.stderr.strip().splitlines() == [f"error: no study 'nope' in {storage}; it holds: steplr"]
+
+
+def test_a_quoted_glob_reads_every_matching_sweep_directory(runs_root):
+    records = json.loads(compare(runs_root, "multirun/*", "--json").stdout)
+    assert len(records) == 3 + len(GAMMAS)
+    assert {record["run"].split("/")[1] for record in records} == {"optuna", "grid"}

@@ -163,11 +163,15 @@ def test_a_killed_worker_trial_is_failed_and_rerun_by_the_other_worker(tiny_mnis
     check_study_finished_together(trials, 4, 2, tmp_path)
 
 
-def test_a_hung_worker_trial_goes_stale_and_the_worker_ends_cleanly_when_it_wakes(tiny_mnist, tmp_path):
+@pytest.mark.parametrize("kind", ["sqlite", "journal", "postgres"])
+def test_a_hung_worker_trial_goes_stale_and_the_worker_ends_cleanly_when_it_wakes(
+    tiny_mnist, tmp_path, request, kind
+):
     """SIGSTOP stands for a lost machine: the process is there, its heartbeats are not. The other worker
     fails the trial once its heartbeat is older than the grace period and runs it again; the hung worker,
-    woken up, finds its trial taken over and ends without a crash."""
-    override, load = storage_for("sqlite", tmp_path, None)
+    woken up, finds its trial taken over and ends without a crash. RDB storages keep Optuna's heartbeats,
+    the journal file a heartbeat attribute of the trial."""
+    override, load = storage_for(kind, tmp_path, request)
     heartbeat = ("hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=3")
     command = sweep_command(tiny_mnist, override, *SLOW_TRIALS, *heartbeat)
     hung = start_worker(command, tmp_path, "hung.log")
@@ -268,3 +272,49 @@ def test_a_postgres_password_from_the_environment_reaches_no_file_and_no_log(
     assert f"127.0.0.1:{postgres_server.port}" in results
     if password_from == "interpolation":
         assert "sweeper:***@" in results
+
+
+def test_workers_share_epochs_through_a_cache_beside_the_study_with_results_as_from_scratch(
+    tiny_mnist, tmp_path
+):
+    """trainer.prefix_cache on a filesystem both workers see: a worker reuses epochs the other trained, and a
+    trial that did so ends exactly where the same trial trained from scratch ends."""
+    override, load = storage_for("sqlite", tmp_path, None)
+    command = sweep_command(tiny_mnist, override, "hydra.sweeper.n_trials=6", "trainer.epochs=3")
+    command[command.index("trainer.prefix_cache=null")] = f"trainer.prefix_cache={tmp_path / 'shared_cache'}"
+    workers = [start_worker(command, tmp_path, f"worker{i}.log") for i in range(2)]
+    assert [finish(worker) for worker in workers] == [0, 0]
+    trials = load().trials
+    check_study_finished_together(trials, 6, 2, tmp_path)
+    metrics = {t.number: read_json(tmp_path / t.user_attrs["run_dir"] / "metrics.json") for t in trials}
+    worker_of_run = {
+        str((tmp_path / t.user_attrs["run_dir"]).resolve()): t.user_attrs["worker"] for t in trials
+    }
+    across = [
+        t
+        for t in trials
+        if metrics[t.number]["epochs_reused"]
+        and worker_of_run[metrics[t.number]["reused_from"]] != t.user_attrs["worker"]
+    ]
+    assert across, "no worker reused epochs the other one trained"
+    trial = across[0]
+    scratch = tmp_path / "scratch"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "src.train",
+            f"hydra.run.dir={scratch}",
+            *tiny_data_overrides(tiny_mnist),
+            "logger=none",
+            "trainer.epochs=3",
+            *(f"{name}={value}" for name, value in trial.params.items()),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert read_json(scratch / "metrics.json")["val_acc"] == metrics[trial.number]["val_acc"]
+    assert read_json(scratch / "metrics.json")["test_acc"] == metrics[trial.number]["test_acc"]

@@ -1,7 +1,12 @@
 """`python -m src.train ...` as a user types it: help, bad input, refused targets, data problems."""
 
+import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -232,3 +237,37 @@ def test_an_explicit_run_directory_with_a_finished_run_is_refused_unless_overwri
     forced = train_cli(tmp_path, *run, "scheduler.gamma=0.5", "overwrite=true")
     assert forced.returncode == 0, forced.stderr
     assert "scheduler.gamma=0.5" in read_json(tmp_path / "run" / "metrics.json")["overrides"]
+
+
+def test_ctrl_c_is_recorded_as_interrupted_and_never_ranked_as_completed(tiny_mnist, tmp_path):
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "src.train",
+            f"hydra.run.dir={run_dir}",
+            *tiny_data_overrides(tiny_mnist),
+            "trainer.epochs=500",
+            "trainer.batch_size=8",
+            "logger=none",
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        csv_path = run_dir / "metrics.csv"
+        if csv_path.exists() and len(csv_path.read_text().strip().splitlines()) >= 3:  # 2 epochs done
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(120) != 0
+    metrics = read_json(run_dir / "metrics.json")
+    assert metrics["status"] == "interrupted" and "KeyboardInterrupt" in metrics["reason"]
+    assert 2 <= metrics["epochs_completed"] < 500
+    completed = run_cli("src.compare", str(tmp_path), "--status", "completed")
+    assert completed.returncode == 0 and len(completed.stdout.strip().splitlines()) == 1  # the header only
+    listed = run_cli("src.compare", str(tmp_path), "--status", "interrupted", "--json")
+    assert [record["status"] for record in json.loads(listed.stdout)] == ["interrupted"]

@@ -95,6 +95,25 @@ def one_line(error: BaseException) -> str:
     return str(original).strip().splitlines()[0] if str(original).strip() else type(original).__name__
 
 
+def engine_defaults(url: str, grace_period: int | None) -> dict[str, Any]:
+    """SQLAlchemy engine options for a study that several workers share.
+
+    SQLite: wait up to 60 s for another worker's write lock (instead of 5 s). PostgreSQL: check a pooled
+    connection before using it, and let the server end a session that stays inside a transaction for
+    longer than the grace period: a hung or lost worker must not hold its trial's rows locked, which
+    would stop every other worker at the row (its transactions otherwise last milliseconds).
+    """
+    if url.startswith(SQLITE_PREFIX):
+        return {"connect_args": {"timeout": 60}}
+    if url.startswith("postgresql"):
+        options = {"pool_pre_ping": True}
+        if grace_period:
+            timeout = f"-c idle_in_transaction_session_timeout={grace_period * 1000}"
+            options["connect_args"] = {"options": timeout}
+        return options
+    return {}
+
+
 def open_storage(
     spec: Any,
     *,
@@ -104,18 +123,20 @@ def open_storage(
     grace_period: int | None = None,
 ) -> BaseStorage:
     """The storage named by hydra.sweeper.storage (`sweep_dir()`: where a null storage puts its database).
-    RDB storages get Optuna's heartbeat settings (unless their config sets its own); the caller records
-    the heartbeats."""
+    RDB storages get Optuna's heartbeat settings and engine_defaults (unless their config sets its own);
+    the caller records the heartbeats."""
     spec = storage_url_or_config(spec, sweep_dir, cwd)
     heartbeat = {"heartbeat_interval": heartbeat_interval, "grace_period": grace_period}
     if isinstance(spec, str):
-        engine_kwargs = {"connect_args": {"timeout": 60}} if spec.startswith(SQLITE_PREFIX) else {}
+        engine_kwargs = engine_defaults(spec, grace_period)
         return with_retries(
             lambda: RDBStorage(spec, engine_kwargs=engine_kwargs, **heartbeat), mask_url(spec)
         )
     target = str(spec._target_)
     if target.endswith("RDBStorage"):
         overrides = {k: v for k, v in heartbeat.items() if spec.get(k) is None}
+        if spec.get("engine_kwargs") is None:
+            overrides["engine_kwargs"] = engine_defaults(str(spec.get("url")), grace_period)
         return with_retries(
             lambda: instantiate(spec, **overrides, _execution_whitelist_=STORAGE_WHITELIST),
             mask_url(str(spec.get("url"))),

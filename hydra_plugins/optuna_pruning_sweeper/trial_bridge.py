@@ -59,6 +59,7 @@ def current_trial() -> optuna.Trial | None:
         hydra_cfg.sweeper.get("storage"),
         sweep_dir=lambda: Path(hydra_cfg.sweep.dir),
         cwd=Path(hydra_cfg.runtime.cwd),
+        grace_period=hydra_cfg.sweeper.get("grace_period"),
     )
     study = optuna.load_study(
         study_name=storage.get_study_name_from_id(int(os.environ[STUDY_ID_ENV])),

@@ -21,13 +21,14 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
 from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
+
+from .processes import process_start_time, read_text
 
 log = logging.getLogger(__name__)
 
@@ -43,24 +44,6 @@ FAILED_TRIAL, RETRY_HISTORY = "failed_trial", "retry_history"
 # System attributes a re-queued trial keeps: its grid point, for the GridSampler.
 KEPT_ON_RETRY = ("grid_id", "search_space")
 MAX_RETRY = 1
-
-
-def read_text(path: str) -> str | None:
-    try:
-        return Path(path).read_text()
-    except OSError:
-        return None
-
-
-def process_start_time(pid: int) -> str | None:
-    """Field 22 of /proc/PID/stat (start time in clock ticks since boot), None when no such process
-    is running; a zombie (ended, not yet reaped: PID 1 here does not reap orphans) counts as ended."""
-    stat = read_text(f"/proc/{pid}/stat")
-    if stat is None:
-        return None
-    fields = stat.rsplit(")", 1)[-1].split()
-    state, start = fields[0], fields[19]
-    return None if state in ("Z", "X") else start
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,54 @@
+"""The run directories of an Optuna study's trials: `python -m src.compare --study NAME --storage URL`.
+
+Every worker of a distributed sweep writes into a sweep directory of its own, on its own machine; the
+study knows them all. Each trial records its run directory (`run_dir`) relative to the directory its
+sweep was started in when it lies inside it, so the paths resolve from the project directory wherever
+the study is read (another checkout, another mount of a shared filesystem).
+"""
+
+from pathlib import Path
+
+
+class StudyError(Exception):
+    """A study that cannot be read; the message says which and what exists."""
+
+
+def open_study_storage(storage: str):
+    """An Optuna storage from a URL, or from the path of a journal file (which no URL can name)."""
+    if "://" in storage:
+        return storage
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    if not Path(storage).is_file():
+        raise StudyError(f"--storage {storage}: neither a storage URL nor an Optuna journal file")
+    return JournalStorage(JournalFileBackend(storage))
+
+
+def study_run_dirs(study_name: str, storage: str, project_dir: Path) -> tuple[list[Path], list[str]]:
+    """The run directories of the study's trials that exist here, and a warning for each one that does not."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        opened = open_study_storage(storage)
+        names = [summary.study_name for summary in optuna.get_all_study_summaries(opened)]
+    except StudyError:
+        raise
+    except Exception as error:
+        raise StudyError(f"--storage {storage}: cannot be read ({type(error).__name__}: {error})") from None
+    if study_name not in names:
+        raise StudyError(f"no study {study_name!r} in {storage}; it holds: {', '.join(names) or 'no study'}")
+    directories, warnings = [], []
+    for trial in optuna.load_study(study_name=study_name, storage=opened).trials:
+        recorded = trial.user_attrs.get("run_dir")
+        if recorded is None:
+            warnings.append(f"trial {trial.number} ({trial.state.name.lower()}): no run directory recorded")
+            continue
+        directory = project_dir / recorded
+        if directory.is_dir():
+            directories.append(directory)
+        else:
+            worker = trial.user_attrs.get("worker", "an unknown worker")
+            warnings.append(f"trial {trial.number}: {recorded} is not here (it ran on {worker})")
+    return directories, warnings

@@ -1,0 +1,184 @@
+"""Trials and sweep workers as cluster jobs, on a real one-node SLURM cluster started for these tests
+(tests/helpers/slurm.py), and as submitit's local subprocesses; threads sized from what a job was given."""
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import REPO, cli_env, run_cli, tiny_data_overrides
+from test_pruning import MEDIAN_PRUNER, PRUNING_SWEEP, check_pruned_trials, run_pruning_sweep
+from test_scale_out import check_study_finished_together, sweep_command
+from test_sweeps import optuna_sweep_args
+
+from src.hardware import cpus_given
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    from helpers.slurm import start_slurm
+
+    cluster = start_slurm()
+    yield cluster
+    cluster.stop()
+
+
+def threads_logged(run_dir: Path) -> int:
+    return int(re.search(r"(\d+) threads", (run_dir / "train.log").read_text()).group(1))
+
+
+def test_submitit_local_jobs_report_every_epoch_and_get_pruned(tiny_mnist, tmp_path):
+    run_pruning_sweep(
+        tiny_mnist, tmp_path, "sweep", "hydra/launcher=submitit_local", "hydra.sweeper.n_jobs=3"
+    )
+    check_pruned_trials(tmp_path, "sweep")
+    assert list((tmp_path / "sweep" / ".submitit").glob("*/*_log.out"))  # the jobs ran as submitit's
+
+
+def test_an_optuna_sweep_runs_its_trials_as_slurm_jobs_that_report_and_get_pruned(
+    slurm, tiny_mnist, tmp_path
+):
+    args = optuna_sweep_args(
+        tiny_mnist,
+        tmp_path,
+        "sweep",
+        *PRUNING_SWEEP,
+        *MEDIAN_PRUNER,
+        "hydra/launcher=slurm",
+        "hydra.sweeper.n_jobs=2",
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "src.train", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**cli_env(), "SLURM_CONF": str(slurm.conf)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    pruned = check_pruned_trials(tmp_path, "sweep")
+    study = optuna.load_study(study_name="steplr", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert len(study.trials) == 6 and len(pruned) >= 1
+    job_logs = list((tmp_path / "sweep" / ".submitit").glob("*/*_log.out"))
+    assert len(job_logs) == 6  # one SLURM job (array task) per trial
+    for trial in study.trials:  # each job sized its threads from its allocation (1 CPU), not the node's
+        assert threads_logged(Path(trial.user_attrs["run_dir"])) == 1
+
+
+def test_sweep_workers_submitted_as_slurm_jobs_finish_one_study(slurm, tiny_mnist, tmp_path):
+    command = sweep_command(
+        tiny_mnist, f"hydra.sweeper.storage=sqlite:///{tmp_path / 'optuna.db'}", "hydra.sweeper.n_trials=4"
+    )
+    submitted = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            "--array=0-1",
+            "--cpus-per-task=1",
+            "--mem=2G",
+            f"--chdir={tmp_path}",
+            f"--output={tmp_path}/worker-%a.log",
+            f"--wrap={shlex.join(command)}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**cli_env(), "SLURM_CONF": str(slurm.conf)},
+    )
+    job = submitted.stdout.strip()
+    deadline = time.monotonic() + 600
+    while job in " ".join(slurm.queue()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    logs = [path.read_text() for path in sorted(tmp_path.glob("worker-*.log"))]
+    assert len(logs) == 2 and not [log for log in logs if "Traceback" in log], "\n".join(logs)[-3000:]
+    trials = optuna.load_study(study_name="steplr", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
+    check_study_finished_together(trials, 4, 2, tmp_path)
+    assert len({t.user_attrs["worker"] for t in trials}) == 2
+    assert {threads_logged(tmp_path / t.user_attrs["run_dir"]) for t in trials} == {1}
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 CPUs to give a run fewer than all")
+def test_a_run_sizes_its_threads_from_its_cpu_affinity(tiny_mnist, tmp_path):
+    result = subprocess.run(
+        [
+            "taskset",
+            "-c",
+            "0",
+            sys.executable,
+            "-m",
+            "src.train",
+            f"hydra.run.dir={tmp_path / 'run'}",
+            *tiny_data_overrides(tiny_mnist),
+            "trainer.epochs=1",
+            "logger=none",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert threads_logged(tmp_path / "run") == 1
+    unrestricted = run_cli("src.train", f"hydra.run.dir={tmp_path / 'all'}", *tiny_data_overrides(tiny_mnist))
+    assert unrestricted.returncode == 0 and threads_logged(tmp_path / "all") == len(os.sched_getaffinity(0))
+
+
+def test_slurm_cpus_per_task_caps_the_cpus_a_job_uses(monkeypatch):
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
+    assert cpus_given() == 1
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK")
+    assert cpus_given() == len(os.sched_getaffinity(0))
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 CPUs to share")
+def test_a_run_started_beside_another_training_job_takes_its_share_of_the_cpus(tiny_mnist, tmp_path):
+    """Two sweep workers on one machine used to run a thread per core each: 4 threads on 2 cores."""
+    busy = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "src.train",
+            f"hydra.run.dir={tmp_path / 'busy'}",
+            *tiny_data_overrides(tiny_mnist),
+            "trainer.epochs=500",
+            "trainer.batch_size=8",
+            "logger=none",
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not (tmp_path / "busy" / "metrics.csv").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        beside = run_cli(
+            "src.train", f"hydra.run.dir={tmp_path / 'beside'}", *tiny_data_overrides(tiny_mnist)
+        )
+        assert beside.returncode == 0, beside.stderr[-2000:]
+    finally:
+        busy.kill()
+        busy.wait()
+    assert threads_logged(tmp_path / "busy") == len(os.sched_getaffinity(0))
+    assert threads_logged(tmp_path / "beside") == len(os.sched_getaffinity(0)) // 2
+
+
+def test_the_cpu_share_counts_live_jobs_on_overlapping_cpus_and_forgets_dead_ones(tmp_path, monkeypatch):
+    from src import cpu_share
+
+    monkeypatch.setattr(cpu_share, "REGISTRY", tmp_path)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (tmp_path / f"{dead.pid}.1").write_text("0,1")  # a job that ended without leaving
+    (tmp_path / f"{os.getppid()}.{cpu_share.process_start_time(os.getppid())}").write_text("0")
+    (tmp_path / f"1.{cpu_share.process_start_time(1)}").write_text("7")  # alive, on other CPUs
+    share = cpu_share.CpuShare(frozenset({0, 1}))
+    share.register()
+    assert share.entry.read_text() == "0,1"
+    assert share.jobs_sharing_my_cpus() == 2  # this job and the parent on CPU 0
+    assert not (tmp_path / f"{dead.pid}.1").exists()
