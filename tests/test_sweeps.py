@@ -455,3 +455,29 @@ def test_a_plain_sweep_into_a_directory_with_runs_is_refused_unless_overwrite(ti
     assert {p: p.read_bytes() for p in (tmp_path / "grid").rglob("*") if p.is_file()} == before
     assert run_cli("src.train", *grid, "scheduler.gamma=0.2,0.3", "overwrite=true").returncode == 0
     assert sorted(composed(d)["scheduler"]["gamma"] for d in trial_dirs(tmp_path / "grid")) == [0.2, 0.3]
+
+
+BAD_STORAGES = [
+    ("{_target_: os.system, command: 'echo PWNED'}", "_target_ 'os.system' is not allowed"),
+    (
+        "{_target_: optuna.storages.JournalStorage, log_storage: {_target_: builtins.open, file: x}}",
+        "_target_ 'builtins.open' is not allowed",
+    ),
+    ("5", "hydra.sweeper.storage=5 is not allowed"),
+    ("sqlite:///NOT_A_DATABASE", "file is not a database"),
+]
+
+
+@pytest.mark.parametrize(("storage", "message"), BAD_STORAGES)
+def test_a_bad_storage_stops_the_sweep_with_one_line_and_runs_nothing(tiny_mnist, tmp_path, storage, message):
+    not_a_database = tmp_path / "notes.db"
+    not_a_database.write_text("not a database\n")
+    args = optuna_sweep_args(tiny_mnist, tmp_path, "sweep", "trainer.epochs=1")
+    args.remove(next(a for a in args if a.startswith("hydra.sweeper.storage=")))
+    storage = storage.replace("NOT_A_DATABASE", str(not_a_database))
+    result = run_cli("src.train", *args, f"hydra.sweeper.storage={storage}")
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("error: ") and message in errors[0], result.stderr
+    assert "PWNED" not in result.stdout + result.stderr
+    assert not (tmp_path / "sweep").exists() and not_a_database.read_text() == "not a database\n"

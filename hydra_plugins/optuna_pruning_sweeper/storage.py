@@ -22,11 +22,12 @@ from typing import Any
 import optuna
 import sqlalchemy.exc
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from sqlalchemy.engine import make_url
 
-STORAGE_WHITELIST = ("optuna.storages.*",)
+STORAGE_PACKAGE = "optuna.storages."
+STORAGE_WHITELIST = (f"{STORAGE_PACKAGE}*",)
 SQLITE_PREFIX = "sqlite:///"
 DEFAULT_DATABASE = "optuna.db"
 # Workers that start together create the tables and the study at the same instant: those races end in
@@ -63,11 +64,27 @@ def storage_url_or_config(spec: Any, sweep_dir: Callable[[], Path], cwd: Path) -
     if isinstance(spec, str):
         return sqlite_url(spec, cwd)
     if isinstance(spec, DictConfig) and "_target_" in spec:
+        for target in targets(spec):
+            if not target.startswith(STORAGE_PACKAGE):
+                allowed = f"a class under {STORAGE_PACKAGE}*"
+                raise StorageError(f"hydra.sweeper.storage: _target_ {target!r} is not allowed: {allowed}")
         return spec
     raise StorageError(
         f"hydra.sweeper.storage={spec!r} is not allowed: null, a storage URL or a config with a _target_ "
         "under optuna.storages"
     )
+
+
+def targets(node: Any) -> list[str]:
+    """Every _target_ in a config, nested ones included."""
+    if isinstance(node, DictConfig):
+        own = [str(node["_target_"])] if "_target_" in node else []
+        return own + [
+            t for key, value in node.items_ex(resolve=False) if key != "_target_" for t in targets(value)
+        ]
+    if isinstance(node, ListConfig):
+        return [t for value in node for t in targets(value)]
+    return []
 
 
 def is_race(error: Exception) -> bool:
@@ -86,6 +103,8 @@ def with_retries(open_once: Any, what: str) -> Any:
             if not is_race(error) or attempt == OPEN_ATTEMPTS - 1:
                 raise StorageError(f"cannot open the Optuna storage {what}: {one_line(error)}") from error
             time.sleep(random.uniform(0.05, 0.3) * (attempt + 1))
+        except Exception as error:  # not a database, a file that cannot be read, a refused config...
+            raise StorageError(f"cannot open the Optuna storage {what}: {one_line(error)}") from error
     raise AssertionError("unreachable")
 
 
