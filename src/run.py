@@ -13,6 +13,7 @@ from typing import Any
 import optuna
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig
 
@@ -25,9 +26,20 @@ from src.loop import EpochRecord, fit
 from src.pruning import first_prunable_epoch
 from src.run_files import save_weights, write_epochs, write_summary
 from src.run_record import STATUS_COMPLETED, STATUS_FAILED, STATUS_INTERRUPTED, STATUS_PRUNED
+from src.runs import OPERATIONAL_KEYS
 from src.shared_prefix import SharedPrefix, constant_lr_epochs
 
 log = logging.getLogger(__name__)
+# Overrides that say where and how a run went, not what it trained: left out of its TensorBoard name.
+NOT_IN_A_RUN_NAME = (
+    "data.",
+    "logger",
+    "hparams_search",
+    "overwrite",
+    "prune_from",
+    "optimized_metric",
+    *OPERATIONAL_KEYS,
+)
 
 
 def build(cfg: DictConfig, device: torch.device) -> tuple[Any, Any, Any]:
@@ -105,9 +117,11 @@ def train(cfg: DictConfig) -> float:
     )
     tensorboard = None
     if cfg.logger.name == "tensorboard":
-        from src.tensorboard_log import TensorBoardLog
+        from src.tensorboard_log import TensorBoardLog, session_name
 
-        tensorboard = TensorBoardLog(run_dir)
+        job = str(hydra_cfg.job.num) if hydra_cfg.mode == RunMode.MULTIRUN else "run"
+        named_by = [o for o in hydra_cfg.overrides.task if not o.lstrip("+~").startswith(NOT_IN_A_RUN_NAME)]
+        tensorboard = TensorBoardLog(run_dir, hyperparameters(cfg), session_name(job, named_by))
     log.info(
         "data: %s (train %d, val %d, test %d) | device %s, %d threads",
         data.source,
@@ -190,10 +204,7 @@ def train(cfg: DictConfig) -> float:
                 log.error("weights not saved: %s", summary["weights_error"])
         write_summary(run_dir, summary)
         if tensorboard:
-            finals = {
-                k: summary[k] for k in ("val_acc", "best_val_acc", "test_acc") if summary[k] is not None
-            }
-            tensorboard.close(summary["hyperparameters"], finals)
+            tensorboard.close(status)
         if trial is not None:
             for key in ("status", "test_acc", "epochs_completed", "epochs_planned", "epochs_reused"):
                 trial.set_user_attr(key, summary[key])

@@ -208,15 +208,20 @@ def test_tensorboard_reader_reads_the_logged_scalars_back(runs_root):
     assert [e.value for e in val] == pytest.approx([float(r["val_acc"]) for r in rows])
     assert [e.value for e in events.Scalars("lr")] == pytest.approx([float(r["lr"]) for r in rows])
     assert {"loss/train", "loss/val", "accuracy/test"} <= set(events.Tags()["scalars"])
-    # HParams: the run's hyperparameters, and its final metrics as hparam/* scalars.
-    from tensorboard.plugins.hparams import plugin_data_pb2
+    # HParams: the run as a session (hyperparameters, a readable name, status), no experiment of its own.
+    from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
-    start = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
-    hparams = plugin_data_pb2.HParamsPluginData.FromString(start).session_start_info.hparams
-    assert hparams["scheduler.gamma"].number_value == pytest.approx(0.3)
-    assert hparams["scheduler"].string_value == "StepLR"
-    summary = read_json(run_dir / "metrics.json")
-    assert events.Scalars("hparam/val_acc")[-1].value == pytest.approx(summary["val_acc"])
+    content = events.PluginTagToContent("hparams")
+    assert set(content) == {"_hparams_/session_start_info", "_hparams_/session_end_info"}
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        content["_hparams_/session_start_info"]
+    ).session_start_info
+    assert start.hparams["scheduler.gamma"].number_value == pytest.approx(0.3)
+    assert start.hparams["scheduler"].string_value == "StepLR"
+    assert start.group_name == "run: epochs=2 gamma=0.3"  # the overrides as given, data and logger left out
+    end = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_end_info"]).session_end_info
+    assert end.status == api_pb2.STATUS_SUCCESS
+    assert not [tag for tag in events.Tags()["scalars"] if tag.startswith("hparam/")]
 
 
 def test_logger_none_writes_no_event_files(tiny_mnist, tmp_path):

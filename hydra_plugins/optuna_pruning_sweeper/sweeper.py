@@ -22,10 +22,12 @@ import math
 import time
 import warnings
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import optuna
+import yaml
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import CompactHydraException
 from hydra.types import HydraContext, TaskFunction
@@ -175,6 +177,17 @@ def check_same_sweep(study: optuna.Study, settings: SweepSettings, where: str) -
     if study.user_attrs.get(SWEEP_ID) != settings.digest:
         for key, value in settings.readable().items():
             study.set_user_attr(key, value)
+
+
+def typed_value(text: Any) -> Any:
+    """A value given on the command line as YAML reads it (3, 0.5, true), else the text itself."""
+    if not isinstance(text, str):
+        return text
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return value if isinstance(value, int | float | bool) else text
 
 
 def counts_toward_n_trials(trial: FrozenTrial) -> bool:
@@ -365,6 +378,21 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
                     "its result is not recorded in the study"
                 )
             heartbeats.discard(trial._trial_id)
+
+    def _configure_trials(
+        self,
+        trials: list[optuna.Trial],
+        distributions: dict[str, BaseDistribution],
+        fixed_params: dict[str, Any],
+        fixed_overrides: list[str],
+    ) -> Sequence[Sequence[str]]:
+        """Upstream's, with the fixed values recorded on each trial as the numbers or booleans they are
+        (upstream records the text typed: `trainer.epochs` was '3' beside an `epochs_planned` of 3)."""
+        overrides = super()._configure_trials(trials, distributions, fixed_params, fixed_overrides)
+        for trial in trials:
+            for name, value in fixed_params.items():
+                trial.set_user_attr(name, typed_value(value))
+        return overrides
 
     def _parse_sweeper_params_config(self) -> list[str]:
         return search_space_overrides(self.params)

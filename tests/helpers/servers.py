@@ -77,3 +77,32 @@ def stop_process(process: subprocess.Popen, timeout: float = 20) -> None:
 
 def remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+def http_json(url: str, body: dict | None = None, timeout: float = 30):
+    """GET (or POST a JSON body to) a local server; the decoded JSON answer."""
+    import json
+    import urllib.request
+
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as answer:
+        return json.loads(answer.read())
+
+
+def start_web_server(command: list[str], probe_url: str, log: Path, timeout: float = 120) -> subprocess.Popen:
+    """A web server (TensorBoard, optuna-dashboard) as a child process, once `probe_url` answers."""
+    import urllib.error
+
+    server = subprocess.Popen(command, stdout=open(log, "w"), stderr=subprocess.STDOUT)  # noqa: SIM115
+
+    def answers() -> bool:
+        assert server.poll() is None, log.read_text()[-2000:]
+        try:
+            http_json(probe_url, timeout=5)
+            return True
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+
+    wait_until(answers, timeout, " ".join(command[:2]))
+    return server
