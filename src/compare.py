@@ -17,6 +17,7 @@ import glob
 import io
 import json
 import operator
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -30,6 +31,10 @@ from src.study_runs import StudyError, study_run_dirs
 
 DEFAULT_ROOTS = (Path("outputs"), Path("multirun"))
 DEFAULT_STORAGE = "sqlite:///multirun/optuna.db"
+# Columns of results (shown to 2 decimals); every other column is a parameter (shown to tell values apart).
+METRIC_COLUMNS = frozenset(
+    {*METRIC_KEYS, "seeds", *AGGREGATED_METRICS, *(f"{metric}_sd" for metric in AGGREGATED_METRICS)}
+)
 GLOB_CHARACTERS = frozenset("*?[")
 OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
     "<=": operator.le,
@@ -107,6 +112,8 @@ def relative(path: Path) -> str:
 
 
 def format_value(value: Any) -> str:
+    """A metric as the table shows it: accuracies and times to 2 decimals, small or large numbers to 4
+    significant digits."""
     if value is None:
         return "-"
     if isinstance(value, float):
@@ -116,6 +123,25 @@ def format_value(value: Any) -> str:
             else f"{value:.2f}".rstrip("0").rstrip(".")
         )
     return str(value)
+
+
+def parameter_formatter(values: Sequence[Any]) -> Callable[[Any], str]:
+    """How to show a parameter column: numbers with the fewest significant digits, 4 or more, that still
+    tell its distinct values apart (gammas 0.0934 and 0.0858 are not both 0.09)."""
+    numbers = {v for v in values if isinstance(v, float)}
+    for digits in range(4, 18):
+        if len({f"{v:.{digits}g}" for v in numbers}) == len(numbers):
+            break
+    return lambda value: f"{value:.{digits}g}" if isinstance(value, float) else format_value(value)
+
+
+def formatted_rows(header: list[str], rows: list[list]) -> list[list[str]]:
+    """The cells as text: metric columns by format_value, parameter columns by parameter_formatter."""
+    formatters = [
+        format_value if name in METRIC_COLUMNS else parameter_formatter([row[i] for row in rows])
+        for i, name in enumerate(header)
+    ]
+    return [[formatter(value) for formatter, value in zip(formatters, row, strict=True)] for row in rows]
 
 
 def with_set_column(
@@ -159,15 +185,18 @@ def setting_rows(
 
 
 def render_text(header: list[str], rows: list[list]) -> str:
-    cells = [header, *[[format_value(v) for v in row] for row in rows]]
+    cells = [header, *formatted_rows(header, rows)]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)
 
 
 def render_markdown(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(format_value(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
+    """A GitHub table; a `|` inside a cell is escaped, so every row splits back into its cells."""
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+    return "\n".join([line(header), "|" + "---|" * len(header), *map(line, formatted_rows(header, rows))])
 
 
 def as_records(runs: Sequence[Run], groups: dict[tuple, str]) -> list[dict[str, Any]]:
@@ -195,10 +224,18 @@ def setting_records(settings: Sequence[Setting]) -> list[dict[str, Any]]:
 
 
 def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence]) -> None:
+    """Every value at full precision, written to a temporary file beside `path` and renamed over it (a
+    failed write leaves an existing file as it was); UsageError when it cannot be written."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerows([header, *rows])
-    path.write_text(buffer.getvalue())
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_text(buffer.getvalue())
+        os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise UsageError(f"--csv {path}: cannot write it ({error.strerror or error})") from None
 
 
 def every_param_table(runs: Sequence[Run], groups: dict[tuple, str]) -> tuple[list[str], list[list]]:
@@ -345,7 +382,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in describe_groups(groups):
             print(f"  {line}", file=sys.stderr)
     if args.csv and shown:
-        write_csv(args.csv, *((header, rows) if args.over_seeds else every_param_table(shown, groups)))
+        try:
+            write_csv(args.csv, *((header, rows) if args.over_seeds else every_param_table(shown, groups)))
+        except UsageError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     if args.plot and shown:
         from src.compare_plots import write_plots
 
@@ -356,4 +397,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BrokenPipeError:  # the reader left (`python -m src.compare | head`): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)

@@ -3,17 +3,25 @@
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import yaml  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import (  # noqa: E402
+    FixedLocator,
+    FuncFormatter,
+    LogLocator,
+    MaxNLocator,
+    NullFormatter,
+)
 
 from src.run_record import STATUS_COMPLETED  # noqa: E402
 from src.runs import Run  # noqa: E402
 from src.seed_groups import NOT_PART_OF_A_SETTING  # noqa: E402
+from src.study_runs import open_study_storage  # noqa: E402
 
 TOP_CURVES = 10
 MAP_AXES = ("scheduler.step_size", "scheduler.gamma")
@@ -60,19 +68,42 @@ def plot_validation_curves(runs: Sequence[Run], path: Path) -> str:
 
 
 def plot_lr_schedules(runs: Sequence[Run], path: Path) -> str:
+    """Each epoch's learning rate as a step from the epoch's start to the next one's (the last epoch too)."""
     figure, axes = plt.subplots(figsize=(8, 5))
     for run in runs:
         if run.epochs:
-            axes.step(
-                [e["epoch"] for e in run.epochs],
-                [e["lr"] for e in run.epochs],
-                where="post",
-                label=label(run),
-            )
-    axes.set(xlabel="epoch", ylabel="learning rate", yscale="log", title="Learning-rate schedule of each run")
+            axes.step(*lr_steps(run.epochs), where="post", label=label(run))
+    axes.set(
+        xlabel="epoch (each drawn from its start to the next epoch's)",
+        ylabel="learning rate",
+        yscale="log",
+        title="Learning-rate schedule of each run",
+    )
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    readable_log_axis(axes.yaxis)
     if len(runs) <= 15:
         axes.legend(fontsize=7)
     return save(figure, path)
+
+
+def lr_steps(epochs: Sequence[dict[str, float]]) -> tuple[list[float], list[float]]:
+    """Step corners of a schedule: each epoch's lr from its start to the next epoch's, so the last epoch
+    (whose decay a 2-epoch grid shows) is as wide as the others."""
+    starts = [e["epoch"] for e in epochs]
+    rates = [e["lr"] for e in epochs]
+    return [*starts, starts[-1] + 1], [*rates, rates[-1]]
+
+
+def readable_log_axis(axis: matplotlib.axis.Axis, values: Sequence[float] = ()) -> None:
+    """Plain labels on a log axis: at the values themselves when there are a few, else at 1, 2 and 5 times
+    the powers of ten; no minor labels (matplotlib's overlap: `2x10^-1 3x10^-1 4x10^-1...`)."""
+    distinct = sorted(set(values))
+    if 0 < len(distinct) <= 8:
+        axis.set_major_locator(FixedLocator(distinct))
+    else:
+        axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.3g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def other_params(run: Run) -> dict:
@@ -106,7 +137,12 @@ def plot_step_size_gamma(runs: Sequence[Run], path: Path) -> str | None:
         yscale="log",
         title="Validation accuracy over (step_size, gamma), everything else as in the top run",
     )
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    step_sizes = sorted({r.params["scheduler.step_size"] for r in points})
+    axes.set_xlim(step_sizes[0] - 0.5, step_sizes[-1] + 0.5)
+    axes.xaxis.set_major_locator(
+        FixedLocator(step_sizes) if len(step_sizes) <= 12 else MaxNLocator(integer=True)
+    )
+    readable_log_axis(axes.yaxis, [r.params["scheduler.gamma"] for r in points])
     return save(figure, path)
 
 
@@ -123,31 +159,81 @@ def find_studies(runs: Sequence[Run], roots: Iterable[Path]) -> dict[tuple[str, 
     return studies
 
 
-def plot_optuna_study(storage: str, study_name: str, directory: Path) -> list[str]:
+def shown_trials(study: Any, runs: Sequence[Run]) -> Any:
+    """The study restricted to the trials whose run directory is among the runs shown (one sweep directory
+    given: that sweep's trials, not the whole study's), as an in-memory study."""
+    import optuna
+
+    shown = {run.directory.resolve() for run in runs}
+    trials = [
+        t
+        for t in study.trials
+        if t.user_attrs.get("run_dir") and (Path.cwd() / t.user_attrs["run_dir"]).resolve() in shown
+    ]
+    view = optuna.create_study(directions=study.directions)
+    view.add_trials(trials)
+    return view
+
+
+def plot_optuna_study(storage: str, study_name: str, runs: Sequence[Run], directory: Path) -> list[str]:
     import optuna
     from optuna.visualization import matplotlib as optuna_plots
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # plot_contour's
-    study = optuna.load_study(study_name=study_name, storage=storage)
-    lines = []
+    study = optuna.load_study(study_name=study_name, storage=open_study_storage(storage))
+    target = (study.metric_names or ["objective"])[0]
+    view = shown_trials(study, runs)
+    if not view.trials:
+        return [
+            f"skipped the optuna plots of study {study_name!r}: none of its trials is among the runs shown"
+        ]
+    scope = f"study {study_name!r}, {len(view.trials)} of its {len(study.trials)} trials"
     plots = {
-        "optimization_history": optuna_plots.plot_optimization_history,
-        "param_importances": optuna_plots.plot_param_importances,
-        "contour": optuna_plots.plot_contour,
+        "optimization_history": (optuna_plots.plot_optimization_history, f"{target} of each trial ({scope})"),
+        "param_importances": (
+            optuna_plots.plot_param_importances,
+            f"Importance of each parameter for {target} ({scope})",
+        ),
+        "contour": (optuna_plots.plot_contour, f"{target} over each pair of parameters ({scope})"),
     }
-    for name, plot in plots.items():
+    lines = []
+    for name, (plot, title) in plots.items():
         path = directory / f"optuna_{study_name}_{name}.png"
         try:
-            axes = plot(study)
-            figure = (axes.flat[0] if hasattr(axes, "flat") else axes).get_figure()
+            axes = plot(view, target_name=target)
+            subplots = list(axes.flat) if hasattr(axes, "flat") else [axes]
+            figure = subplots[0].get_figure()
+            if not any(ax.collections or ax.lines or ax.patches or ax.images for ax in subplots):
+                plt.close(figure)
+                lines.append(f"skipped {path.name}: the trials shown give it nothing to draw")
+                continue
             if hasattr(axes, "shape"):  # a contour matrix, one row and column per parameter
                 figure.set_size_inches(3.4 * axes.shape[1] + 1.5, 2.8 * axes.shape[0] + 0.5)
+                figure.suptitle(title)
+            else:
+                for side in ("left", "right"):  # Optuna puts some of its titles there
+                    axes.set_title("", loc=side)
+                axes.set_title(title, fontsize=10)
+            for subplot in subplots:
+                integer_axes(subplot, view)
             lines.append(save(figure, path))
         except (ValueError, RuntimeError, ImportError) as error:
             lines.append(f"warning: optuna {name} plot of study {study_name!r} skipped: {error}")
             plt.close("all")
     return lines
+
+
+def integer_axes(axes: matplotlib.axes.Axes, study: Any) -> None:
+    """Whole-number ticks on the axes of integer parameters (and of trial numbers)."""
+    from optuna.distributions import IntDistribution
+
+    integers = {
+        name for t in study.trials for name, d in t.distributions.items() if isinstance(d, IntDistribution)
+    }
+    for axis, text in ((axes.xaxis, axes.get_xlabel()), (axes.yaxis, axes.get_ylabel())):
+        if text in integers or text == "Trial":
+            axis.set_major_locator(MaxNLocator(integer=True))
 
 
 def write_plots(directory: Path, runs: Sequence[Run], roots: Iterable[Path]) -> list[str]:
@@ -164,7 +250,9 @@ def write_plots(directory: Path, runs: Sequence[Run], roots: Iterable[Path]) -> 
     )
     for (storage, study_name), _ in find_studies(runs, roots).items():
         try:
-            lines += plot_optuna_study(storage, study_name, directory)
-        except KeyError as error:
-            lines.append(f"warning: study {study_name!r} not found in {storage}: {error}")
+            lines += plot_optuna_study(storage, study_name, runs, directory)
+        except Exception as error:  # a study that moved, a storage that needs a password...
+            lines.append(
+                f"warning: study {study_name!r} in {storage} not read: {type(error).__name__}: {error}"
+            )
     return lines

@@ -14,11 +14,16 @@ class StudyError(Exception):
 
 
 def open_study_storage(storage: str):
-    """An Optuna storage from a URL, or from the path of a journal file (which no URL can name)."""
+    """An Optuna storage from a URL, or from the path of a journal file (which no URL can name; also as the
+    sweeper describes it: `journal file PATH`)."""
     if "://" in storage:
         return storage
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
+
+    from hydra_plugins.optuna_pruning_sweeper.storage import JOURNAL_PREFIX
+
+    storage = storage.removeprefix(JOURNAL_PREFIX)
 
     if not Path(storage).is_file():
         raise StudyError(f"--storage {storage}: neither a storage URL nor an Optuna journal file")

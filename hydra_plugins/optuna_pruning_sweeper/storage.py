@@ -30,6 +30,7 @@ STORAGE_PACKAGE = "optuna.storages."
 STORAGE_WHITELIST = (f"{STORAGE_PACKAGE}*",)
 SQLITE_PREFIX = "sqlite:///"
 DEFAULT_DATABASE = "optuna.db"
+JOURNAL_PREFIX = "journal file "  # how describe() names a journal file storage (compare reads it back)
 # Workers that start together create the tables and the study at the same instant: those races end in
 # one of these errors for all but one of them, and opening again succeeds.
 RACE_MESSAGES = ("locked", "already exists", "duplicate", "unique constraint", "deadlock")
@@ -172,5 +173,5 @@ def describe(storage: BaseStorage) -> str:
     if isinstance(storage, JournalStorage):
         backend = storage._backend
         path = getattr(backend, "_file_path", None)
-        return f"journal file {path}" if path else f"journal {type(backend).__name__}"
+        return f"{JOURNAL_PREFIX}{path}" if path else f"journal {type(backend).__name__}"
     return type(storage).__name__
