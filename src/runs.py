@@ -6,6 +6,7 @@ naming the directory; the other runs are still read.
 """
 
 import csv
+import io
 import json
 import os
 from collections.abc import Iterable
@@ -19,6 +20,19 @@ from src.run_record import HYDRA_DIR, METRICS_CSV, METRICS_JSON
 
 YamlLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 METRIC_KEYS = ("best_val_acc", "val_acc", "test_acc", "epochs_completed", "wall_time_s")
+# metrics.json values compare sorts, filters and averages: numbers or nothing.
+NUMERIC_METRICS = (
+    *METRIC_KEYS,
+    "best_epoch",
+    "epochs_planned",
+    "epochs_reused",
+    "n_train",
+    "n_val",
+    "n_test",
+)
+# Far above what a run writes (metrics.json and config.yaml: a few kB; metrics.csv: ~100 bytes an epoch).
+MAX_JSON_BYTES = 1_000_000
+MAX_CSV_BYTES = 50_000_000
 # What makes two runs comparable: the same data, model and epoch budget.
 COMPARABILITY_KEYS = ("data_source", "n_train", "n_val", "n_test", "model", "trainer.epochs")
 # Config keys that say where and how a run went, not what it trained: never shown as a difference
@@ -55,7 +69,8 @@ class Run:
         return self.params.get(key)
 
     def comparability(self) -> tuple:
-        return tuple(self.value(key) for key in COMPARABILITY_KEYS)
+        values = (self.value(key) for key in COMPARABILITY_KEYS)
+        return tuple(repr(v) if isinstance(v, list | dict) else v for v in values)  # hashable
 
 
 def flatten_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -79,13 +94,17 @@ def flatten_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def find_run_directories(roots: Iterable[Path]) -> tuple[list[Path], list[str]]:
-    """Directories that look like runs (.hydra/ or metrics.json), and warnings for empty ones."""
+    """Directories that look like runs (.hydra/ or metrics.json); warnings for empty or unreadable ones."""
     found, warnings = [], []
     for root in roots:
         if not root.is_dir():
             warnings.append(f"{root}: no such directory")
             continue
-        for current, dirnames, filenames in os.walk(root):
+
+        def unreadable(error: OSError) -> None:
+            warnings.append(f"{error.filename}: cannot be read ({error.strerror}), skipped")
+
+        for current, dirnames, filenames in os.walk(root, onerror=unreadable):
             path = Path(current)
             if HYDRA_DIR in dirnames or METRICS_JSON in filenames:
                 found.append(path)
@@ -96,38 +115,78 @@ def find_run_directories(roots: Iterable[Path]) -> tuple[list[Path], list[str]]:
     return found, warnings
 
 
+class UnreadableFile(Exception):
+    """A run file that cannot be what the run wrote; the message says why."""
+
+
+def read_small_text(path: Path, limit: int) -> str:
+    """A run file's text, refused unless it is a readable UTF-8 file of at most `limit` bytes (a run writes
+    a few kilobytes: a 300 MB metrics.json once took compare 22 s and 4.8 GB to read)."""
+    try:
+        size = path.stat().st_size
+        if not path.is_file():
+            raise UnreadableFile("not a file")
+        if size > limit:
+            raise UnreadableFile(f"{size / 1e6:.0f} MB, larger than any run writes")
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise UnreadableFile("not UTF-8 text") from None
+    except OSError as error:
+        raise UnreadableFile(error.strerror or type(error).__name__) from None
+
+
 def read_epochs(path: Path) -> tuple[list[dict[str, float]], str | None]:
     """The complete rows of metrics.csv, and a warning when the file is truncated or unreadable."""
     if not path.exists():
         return [], None
+    try:
+        text = read_small_text(path, MAX_CSV_BYTES)
+    except UnreadableFile as error:
+        return [], f"{path.parent}: unreadable {METRICS_CSV} ({error})"
     rows = []
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        for line_number, row in enumerate(reader, start=2):
-            try:
-                rows.append({key: float(value) for key, value in row.items()})
-            except (TypeError, ValueError):
-                return rows, f"{path.parent}: truncated metrics.csv (line {line_number} is incomplete)"
+    for line_number, row in enumerate(csv.DictReader(io.StringIO(text)), start=2):
+        try:
+            rows.append({key: float(value) for key, value in row.items()})
+        except (TypeError, ValueError):
+            return rows, f"{path.parent}: truncated {METRICS_CSV} (line {line_number} is incomplete)"
     return rows, None
+
+
+def checked_metrics(metrics: dict[str, Any], directory: Path) -> tuple[dict[str, Any], list[str]]:
+    """metrics.json with every value the table ranks by that is not a number left out, with a warning."""
+    bad = [
+        key
+        for key in NUMERIC_METRICS
+        if key in metrics
+        and metrics[key] is not None
+        and (isinstance(metrics[key], bool) or not isinstance(metrics[key], int | float))
+    ]
+    warnings = [
+        f"{directory}: {METRICS_JSON} has {key}={metrics[key]!r}, not a number: left out" for key in bad
+    ]
+    return {k: (None if k in bad else v) for k, v in metrics.items()}, warnings
 
 
 def load_run(directory: Path) -> tuple[Run | None, list[str]]:
     metrics_path = directory / METRICS_JSON
-    if not metrics_path.exists():
+    if not os.path.lexists(metrics_path):
         return None, [f"{directory}: no metrics.json (the run crashed or is still running)"]
     try:
-        metrics = json.loads(metrics_path.read_text())
+        metrics = json.loads(read_small_text(metrics_path, MAX_JSON_BYTES))
         if not isinstance(metrics, dict):
             raise ValueError("not a JSON object")
-    except (ValueError, UnicodeDecodeError) as error:
-        return None, [f"{directory}: malformed metrics.json ({error})"]
-    warnings = []
+    except UnreadableFile as error:
+        return None, [f"{directory}: unreadable {METRICS_JSON} ({error})"]
+    except ValueError as error:
+        return None, [f"{directory}: malformed {METRICS_JSON} ({error})"]
+    metrics, warnings = checked_metrics(metrics, directory)
     config_path = directory / HYDRA_DIR / "config.yaml"
     params: dict[str, Any] = {}
     try:
-        params = flatten_config(yaml.load(config_path.read_text(), Loader=YamlLoader) or {})
-    except (OSError, yaml.YAMLError) as error:
-        warnings.append(f"{directory}: unreadable .hydra/config.yaml ({type(error).__name__})")
+        config = yaml.load(read_small_text(config_path, MAX_JSON_BYTES), Loader=YamlLoader) or {}
+        params = flatten_config(config if isinstance(config, dict) else {})
+    except (UnreadableFile, yaml.YAMLError) as error:
+        warnings.append(f"{directory}: unreadable {HYDRA_DIR}/config.yaml ({error})")
     epochs, csv_warning = read_epochs(directory / METRICS_CSV)
     if csv_warning:
         warnings.append(csv_warning)

@@ -408,3 +408,39 @@ def test_csv_is_written_whole_or_not_at_all_with_one_line_for_a_path_that_cannot
     assert is_a_directory.returncode == 2 and "cannot write it" in is_a_directory.stderr
     assert compare(runs_root, "--csv", str(target)).returncode == 0
     assert target.read_text().startswith("run,") and not list(tmp_path.glob(".runs.csv.*"))
+
+
+def test_hostile_run_files_each_give_a_warning_and_compare_goes_on(runs_root, tmp_path):
+    root = tmp_path / "hostile"
+    shutil.copytree(runs_root / "multirun" / "grid", root)
+    runs = sorted(p for p in root.iterdir() if p.is_dir())
+    (runs[0] / "metrics.csv").write_bytes(bytes(range(256)) * 4)  # binary
+    (runs[0] / ".hydra" / "config.yaml").write_bytes(b"\xff\xfe\x00garbage")  # not UTF-8
+    metrics = json.loads((runs[1] / "metrics.json").read_text())
+    (runs[1] / "metrics.json").write_text(json.dumps({**metrics, "val_acc": [1, 2], "data_source": ["x"]}))
+    (runs[2] / "metrics.json").unlink()
+    (runs[2] / "metrics.json").mkdir()  # a directory where the file belongs
+    looped = root / "looped"
+    shutil.copytree(runs[1], looped)
+    (looped / "metrics.json").unlink()
+    (looped / "metrics.json").symlink_to(looped / "metrics.json")  # unreadable: a symlink to itself
+    huge = root / "huge"
+    shutil.copytree(runs[1], huge)
+    with open(huge / "metrics.json", "wb") as f:
+        f.truncate(300_000_000)  # sparse: 300 MB that a run never writes
+    result = compare(root, str(root), "--json")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    expected = [
+        (runs[0], "unreadable metrics.csv (not UTF-8 text)"),
+        (runs[0], "unreadable .hydra/config.yaml (not UTF-8 text)"),
+        (runs[1], "val_acc=[1, 2], not a number: left out"),
+        (runs[2], "unreadable metrics.json (not a file)"),
+        (looped, "unreadable metrics.json (Too many levels of symbolic links)"),
+        (huge, "unreadable metrics.json (300 MB, larger than any run writes)"),
+    ]
+    for directory, message in expected:
+        assert any(str(directory) in w and message in w for w in warnings), (message, warnings)
+    listed = {record["run"] for record in json.loads(result.stdout)}
+    assert {runs[0].name, runs[1].name} <= listed and runs[2].name not in listed and "huge" not in listed
