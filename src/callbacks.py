@@ -12,11 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
+from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
+from hydra_plugins.optuna_pruning_sweeper.disk import unwritable_reason
 from src.config import validate
 from src.cpu_share import CpuShare, job_cpus
-from src.errors import UserInputError
+from src.errors import ConfigError, UserInputError
+from src.mnist_files import training_images
 from src.run_record import METRICS_JSON
 
 IN_PROCESS_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
@@ -28,9 +31,16 @@ class DirectoryInUse(UserInputError):
     pass
 
 
+def check_writable(key: str, directory: Path) -> None:
+    if reason := unwritable_reason(directory):
+        raise DirectoryInUse(f"{key}={directory} cannot be written: {reason}")
+
+
 def check_run_dir(config: DictConfig) -> None:
-    """A run never writes into a directory that holds another run's results (unless overwrite=true)."""
+    """A run never writes into a directory that holds another run's results (unless overwrite=true), nor
+    into one it cannot write."""
     run_dir = Path(config.hydra.run.dir)
+    check_writable("hydra.run.dir", run_dir)
     if (run_dir / METRICS_JSON).exists() and not config.get("overwrite"):
         raise DirectoryInUse(
             f"hydra.run.dir={run_dir} holds a finished run ({METRICS_JSON}): choose another directory, "
@@ -41,12 +51,34 @@ def check_run_dir(config: DictConfig) -> None:
 def check_sweep_dir(config: DictConfig) -> None:
     """Sweepers that number their jobs from 0 would overwrite the runs of a reused sweep directory."""
     sweep_dir = Path(config.hydra.sweep.dir)
+    check_writable("hydra.sweep.dir", sweep_dir)
     if config.hydra.sweeper.get("_target_") == RESUMING_SWEEPER or config.get("overwrite"):
         return
     if sweep_dir.is_dir() and any(sweep_dir.glob(f"*/{METRICS_JSON}")):
         raise DirectoryInUse(
             f"hydra.sweep.dir={sweep_dir} holds the runs of another sweep: choose another directory, "
             "or add overwrite=true to replace them"
+        )
+
+
+def check_machine_and_data(config: DictConfig) -> None:
+    """What the composed config asks of this machine and its files, when it can be told without loading
+    anything: a data.root that is a file, a CUDA device that isn't there, a data.val_size the training file
+    cannot hold. Deeper problems (a corrupt file) are found when the run reads the data."""
+    root = Path(to_absolute_path(config.data.root))
+    if root.exists() and not root.is_dir():
+        raise ConfigError("data.root", str(config.data.root), f"a directory ({root} is a file)")
+    if config.trainer.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("trainer.device", "cuda", "auto or cpu: this machine has no CUDA device")
+    count = training_images(root)
+    if count is not None and not 0 < config.data.val_size < count:
+        raise ConfigError(
+            "data.val_size",
+            config.data.val_size,
+            f"between 1 and {count - 1} (the training set in {root} has {count})",
         )
 
 
@@ -74,6 +106,7 @@ class CheckConfigFirst(Callback):
         try:
             validate(config)
             check_directory(config)
+            check_machine_and_data(config)
         except UserInputError as error:
             print(f"error: {error}", file=sys.stderr)
             raise SystemExit(2) from None

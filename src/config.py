@@ -6,7 +6,9 @@ were typed; every value the run depends on is checked here, at the boundary.
 
 import math
 from numbers import Real
+from pathlib import Path
 
+import yaml
 from omegaconf import DictConfig
 
 from src.errors import ConfigError
@@ -24,6 +26,9 @@ TARGETS = {
     "scheduler": ("torch.optim.lr_scheduler.", "a torch.optim.lr_scheduler class (StepLR, ...)"),
 }
 DEVICES = ("auto", "cpu", "cuda")
+CONF = Path(__file__).resolve().parents[1] / "conf"
+# Groups that hold the app's own settings (not a class's arguments): a key they don't define is a typo.
+GROUPS_OF_SETTINGS = ("trainer", "data")
 OPTIMIZED_METRICS = ("val_acc", "best_val_acc")
 
 
@@ -89,8 +94,39 @@ def _check_scheduler(node: DictConfig) -> None:
         require_decay_factor("scheduler.factor", node.get("factor"))
 
 
+def group_keys(group: str) -> set[str]:
+    """The keys a group's options define (conf/<group>/*.yaml): the settings it has."""
+    return {key for path in (CONF / group).glob("*.yaml") for key in (yaml.safe_load(path.read_text()) or {})}
+
+
+def check_known_keys(cfg: DictConfig) -> None:
+    """No setting the app does not have: `+trainer.foo=1` would be accepted and silently do nothing."""
+    for group in GROUPS_OF_SETTINGS:
+        known = group_keys(group)
+        for key in cfg[group]:
+            if key not in known:
+                allowed = f"not a {group} setting (they are {', '.join(sorted(known))})"
+                raise ConfigError(f"{group}.{key}", cfg[group]._get_node(key)._value(), allowed)
+
+
+def check_targets(node: DictConfig, path: str = "") -> None:
+    """Only the model, optimizer and scheduler groups name a class: a `_target_` anywhere else in the
+    task config (`+model.x={_target_: os.system}`) would be built by nothing, or by something it shouldn't."""
+    for key in node:
+        child = node._get_node(key)
+        where = f"{path}{key}"
+        if key == "_target_" and path.rstrip(".") not in TARGETS:
+            raise ConfigError(
+                where, child._value(), "a _target_ is allowed only as model, optimizer or scheduler's"
+            )
+        if isinstance(child, DictConfig) and where != "hydra":
+            check_targets(child, f"{where}.")
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError for the first value that would make the run fail or mean nothing."""
+    check_known_keys(cfg)
+    check_targets(cfg)
     trainer = cfg.trainer
     require_int("trainer.epochs", trainer.epochs, 1)
     require_int("trainer.batch_size", trainer.batch_size, 1)

@@ -17,15 +17,10 @@ import numpy as np
 import torch
 
 from src.errors import DataError
+from src.mnist_files import RAW_FILES, raw_dir
 
 log = logging.getLogger(__name__)
 
-RAW_FILES = {
-    "train_images": "train-images-idx3-ubyte",
-    "train_labels": "train-labels-idx1-ubyte",
-    "test_images": "t10k-images-idx3-ubyte",
-    "test_labels": "t10k-labels-idx1-ubyte",
-}
 IDX_UBYTE = 0x08
 IMAGE_SHAPE = (28, 28)
 SOURCE_MNIST = "mnist"
@@ -101,10 +96,6 @@ class MnistSplits:
         return MnistSplits(
             self.train.standardized(), self.val.standardized(), self.test.standardized(), self.source
         )
-
-
-def raw_dir(root: Path) -> Path:
-    return Path(root) / "MNIST" / "raw"
 
 
 def read_idx(path: Path, expected_ndim: int) -> torch.Tensor:

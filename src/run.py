@@ -6,6 +6,7 @@ is validated before this runs (src.train.main).
 """
 
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -199,8 +200,9 @@ def train(cfg: DictConfig) -> float:
         if status != STATUS_FAILED:
             try:
                 save_weights(run_dir, model)
-            except OSError as error:  # a full disk: the outcome is still recorded
-                summary["weights_error"] = f"{type(error).__name__}: {error}"
+            except (OSError, RuntimeError) as error:  # a full disk (torch's zip writer raises RuntimeError)
+                free_kb = shutil.disk_usage(run_dir).free // 1024
+                summary["weights_error"] = f"{type(error).__name__}: {error} ({free_kb} kB free in {run_dir})"
                 log.error("weights not saved: %s", summary["weights_error"])
         write_summary(run_dir, summary)
         if tensorboard:

@@ -6,16 +6,22 @@ sweep's config is checked even before Hydra writes anything (src.callbacks.Check
 job's, with the values its sweeper chose, here.
 """
 
+import contextlib
+import logging
+import shutil
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from src.command_line import check_command_line
 from src.config import EXECUTION_WHITELIST, validate
 from src.errors import TrainingDiverged, UserInputError
 from src.fast_exit import run_then_exit
+from src.run_record import HYDRA_DIR
 
 
 @hydra.main(config_path="../conf", config_name="train", execution_whitelist=EXECUTION_WHITELIST)
@@ -29,9 +35,26 @@ def main(cfg: DictConfig) -> float:
         if HydraConfig.get().mode == RunMode.RUN:
             # A single run: one clear line and a non-zero exit instead of a traceback.
             print(f"error: {error}", file=sys.stderr)
+            if isinstance(error, UserInputError):
+                discard_if_never_started(Path(HydraConfig.get().runtime.output_dir))
             sys.exit(2 if isinstance(error, UserInputError) else 1)
         raise  # in a sweep, the sweeper records the job as failed and goes on
 
 
+def discard_if_never_started(run_dir: Path) -> None:
+    """Remove a run directory that holds nothing but what Hydra wrote before the run (.hydra/, the log):
+    input found bad only once the run read it (a corrupt data file) leaves no empty run behind."""
+    if run_dir.is_dir() and all(p.name == HYDRA_DIR or p.suffix == ".log" for p in run_dir.iterdir()):
+        logging.shutdown()  # the log file is closed before it is removed
+        shutil.rmtree(run_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):  # the date directory Hydra made for it, if nothing else is there
+            run_dir.parent.rmdir()
+
+
 if __name__ == "__main__":
+    try:
+        check_command_line(sys.argv[1:])
+    except UserInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
     run_then_exit(main)

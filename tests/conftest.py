@@ -110,3 +110,29 @@ def postgres_url(postgres_server, monkeypatch) -> str:
     """A fresh database's URL, without the password: it is in PGPASSWORD, as a user would set it."""
     monkeypatch.setenv("PGPASSWORD", postgres_server.password)
     return postgres_server.new_database()
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A tmpfs of a given size (and optionally read-only) mounted for the test: a full or read-only disk
+    for real (needs root, as in CI)."""
+    from helpers.servers import missing
+
+    mounts = []
+
+    def mount(size: str, read_only: bool = False) -> Path:
+        point = tmp_path / f"disk{len(mounts)}"
+        point.mkdir()
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)], capture_output=True
+        )
+        if done.returncode != 0:
+            missing("a tmpfs of the test's own", f"mounting needs root: {done.stderr.decode().strip()}")
+        mounts.append(point)
+        if read_only:
+            subprocess.run(["mount", "-o", "remount,ro", str(point)], check=True)
+        return point
+
+    yield mount
+    for point in mounts:
+        subprocess.run(["umount", "-l", str(point)], check=False)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torchvision.datasets
 
-from src.data import RAW_FILES, load_mnist, raw_dir
+from src.data import load_mnist
+from src.mnist_files import RAW_FILES, raw_dir
 
 
 class SlowFakeMnistDownload:

@@ -481,3 +481,18 @@ def test_a_bad_storage_stops_the_sweep_with_one_line_and_runs_nothing(tiny_mnist
     assert len(errors) == 1 and errors[0].startswith("error: ") and message in errors[0], result.stderr
     assert "PWNED" not in result.stdout + result.stderr
     assert not (tmp_path / "sweep").exists() and not_a_database.read_text() == "not a database\n"
+
+
+def test_a_sweep_into_a_read_only_file_system_stops_before_its_study_exists(
+    tiny_mnist, tmp_path, small_filesystem
+):
+    disk = small_filesystem("1m", read_only=True)
+    args = optuna_sweep_args(tiny_mnist, tmp_path, "sweep", "trainer.epochs=1")
+    result = run_cli("src.train", *args, f"hydra.sweep.dir={disk / 'sweep'}")
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert (
+        line.startswith(f"error: hydra.sweep.dir={disk / 'sweep'} cannot be written: ")
+        and "read-only" in line
+    )
+    assert not (tmp_path / "optuna.db").exists()  # no study, so no trial left FAIL or WAITING in it

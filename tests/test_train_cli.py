@@ -57,7 +57,31 @@ BAD_INPUTS = [
     ("trainer.device=tpu", "trainer.device='tpu'", "auto, cpu, cuda"),
     ("data.normalize=maybe", "data.normalize='maybe'", "true or false"),
     ("prune_from=never", "prune_from='never'", "auto, first_epoch, first_decay"),
+    ("model=resnet", "model='resnet'", "one of cnn, mlp, simple_net"),
+    ("hparams_search=nope", "hparams_search='nope'", "one of steplr_lr_optuna, steplr_optuna"),
+    ("+trainer.foo=1", "trainer.foo=1", "not a trainer setting (they are batch_size, device, epochs"),
+    ("+data.rooot=x", "data.rooot='x'", "not a data setting"),
+    ("+model.x._target_=os.system", "model.x._target_='os.system'", "a _target_ may be set only on"),
+    (
+        "+model.x={_target_: os.system}",
+        "model.x._target_='os.system'",
+        "only as model, optimizer or scheduler",
+    ),
+    (
+        "+hydra.callbacks.x._target_=os.system",
+        "hydra.callbacks.x._target_='os.system'",
+        "under src.callbacks.",
+    ),
+    (
+        "hydra.sweeper.pruner._target_=builtins.eval",
+        "pruner._target_='builtins.eval'",
+        "under optuna.pruners.",
+    ),
+    ("data.val_size=1200", "data.val_size=1200", "between 1 and 1199 (the training set in"),
+    ("data.root=/etc/hostname", "data.root='/etc/hostname'", "a directory (/etc/hostname is a file)"),
 ]
+if not __import__("torch").cuda.is_available():
+    BAD_INPUTS.append(("trainer.device=cuda", "trainer.device='cuda'", "this machine has no CUDA device"))
 
 
 @pytest.mark.parametrize(("override", "names", "allowed"), BAD_INPUTS)
@@ -129,7 +153,7 @@ def test_corrupt_or_truncated_idx_files_stop_with_one_line(tiny_mnist, tmp_path,
     assert result.returncode != 0
     assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
     assert "train-images-idx3-ubyte" in result.stderr
-    assert not (tmp_path / "run" / "metrics.csv").exists()
+    assert not (tmp_path / "run").exists()  # found only when the run read it: its empty directory is removed
 
 
 def test_without_files_and_network_falls_back_to_the_offline_sample_loudly(tmp_path):
@@ -271,3 +295,29 @@ def test_ctrl_c_is_recorded_as_interrupted_and_never_ranked_as_completed(tiny_mn
     assert completed.returncode == 0 and len(completed.stdout.strip().splitlines()) == 1  # the header only
     listed = run_cli("src.compare", str(tmp_path), "--status", "interrupted", "--json")
     assert [record["status"] for record in json.loads(listed.stdout)] == ["interrupted"]
+
+
+def test_a_run_into_a_read_only_or_full_file_system_stops_with_one_line_before_writing(
+    tiny_mnist, small_filesystem
+):
+    read_only = small_filesystem("1m", read_only=True)
+    full = small_filesystem("200k")
+    (full / "filler").write_bytes(b"\0" * 150_000)
+    for disk, reason in ((read_only, "is not writable (read-only"), (full, "kB free, less than the 1 MB")):
+        result = run_cli("src.train", f"hydra.run.dir={disk / 'run'}", *tiny_data_overrides(tiny_mnist))
+        assert result.returncode == 2
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith(f"error: hydra.run.dir={disk / 'run'} cannot be written: ") and reason in line
+        assert not (disk / "run").exists()
+
+
+def test_a_disk_that_fills_up_before_the_weights_still_leaves_the_run_outcome(tiny_mnist, small_filesystem):
+    disk = small_filesystem("1100k")  # room for the run's files, not for a 3 MB model.pt
+    run_dir = disk / "run"
+    big_model = ["model=mlp", "model.hidden_sizes=[1024]", "trainer.epochs=1", "logger=none"]
+    result = run_cli("src.train", f"hydra.run.dir={run_dir}", *tiny_data_overrides(tiny_mnist), *big_model)
+    assert result.returncode == 0, result.stderr
+    metrics = read_json(run_dir / "metrics.json")
+    assert metrics["status"] == "completed" and metrics["epochs_completed"] == 1
+    assert "kB free in" in metrics["weights_error"]
+    assert not (run_dir / "model.pt").exists() and not list(run_dir.glob(".*.tmp"))

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import time
 import warnings
 from collections import Counter
@@ -46,6 +47,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from . import config as registered_configs  # noqa: F401  (registers the configs)
+from .disk import unwritable_reason
 from .seeding import SeedPerTrialSampler
 from .storage import StorageError, describe, open_storage
 from .trial_bridge import RUN_DIR, instantiate_pruner, job_environment, run_dir_attr
@@ -341,6 +343,8 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
         worker: Worker,
         heartbeats: Heartbeats,
     ) -> None:
+        if reason := unwritable_reason(Path(self.sweep_dir)):  # before any trial is asked for it
+            raise SweepError(f"hydra.sweep.dir={self.sweep_dir} cannot be written: {reason}")
         trials = []
         for _ in range(batch_size):
             # Optuna expects heartbeats inside optimize() only; this loop records them itself.
@@ -517,7 +521,10 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
         # The sweep directory does not exist yet when a resumed study had no trial left to run.
         sweep_dir = Path(self.sweep_dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
+        path = sweep_dir / "optimization_results.yaml"
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # renamed into place: never half a file
+        OmegaConf.save(OmegaConf.create(results), temporary)
+        os.replace(temporary, path)
 
 
 # What a task may record on its trial (trial_bridge) for the summary.

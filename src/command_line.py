@@ -1,0 +1,68 @@
+"""Checks of the command line itself, before Hydra composes anything.
+
+Hydra answers an unknown config group option (`model=resnet`) with a dozen lines (the options, then its
+config search path), and instantiates hydra.callbacks before any callback of ours could check them. These
+two kinds of override are checked here, on the words as typed, so they fail in one line like every other
+bad value.
+"""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from src.errors import ConfigError
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+# Where an override may name a class (`..._target_=...`), and the classes it may name there.
+TARGET_PLACES = {
+    "hydra.callbacks.NAME": ("src.callbacks.",),
+    "hydra.sweeper.sampler": ("optuna.samplers.", "hydra_plugins.hydra_optuna_sweeper."),
+    "hydra.sweeper.pruner": ("optuna.pruners.",),
+    "hydra.sweeper.storage": ("optuna.storages.",),
+    "model": ("src.models.",),
+    "optimizer": ("torch.optim.",),
+    "scheduler": ("torch.optim.lr_scheduler.",),
+}
+
+
+def target_place(node: str) -> str | None:
+    """The entry of TARGET_PLACES for the node whose _target_ is set (a callback has a name of its own)."""
+    parts = node.split(".")
+    if len(parts) == 3 and parts[:2] == ["hydra", "callbacks"]:
+        return "hydra.callbacks.NAME"
+    return node if node in TARGET_PLACES and node != "hydra.callbacks.NAME" else None
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(path.stem for path in (CONF / group).glob("*.yaml"))
+
+
+def check_group_option(key: str, value: str) -> None:
+    """`group=option` for one of this app's config groups (conf/<group>/) names an existing option."""
+    if not (CONF / key).is_dir() or key == "hydra" or value in ("null", ""):
+        return
+    options = group_options(key)
+    if value not in options:
+        raise ConfigError(key, value, f"one of {', '.join(options)} (conf/{key}/)")
+
+
+def check_target(key: str, value: str) -> None:
+    """An override that sets a `_target_` names a class that may be built where it is set."""
+    place = target_place(key.removesuffix("._target_"))
+    if place is None:
+        raise ConfigError(key, value, f"a _target_ may be set only on {', '.join(TARGET_PLACES)}")
+    allowed = TARGET_PLACES[place]
+    if not value.startswith(allowed):
+        raise ConfigError(key, value, f"a class under {' or '.join(allowed)}")
+
+
+def check_command_line(arguments: Sequence[str]) -> None:
+    """Raise ConfigError for the first override that Hydra would report in many lines, or too late."""
+    for argument in arguments:
+        if argument.startswith("-") or "=" not in argument:
+            continue
+        key, _, value = argument.lstrip("+~").partition("=")
+        value = value.strip().strip("'\"")
+        if key.endswith("_target_"):
+            check_target(key, value)
+        elif "." not in key and "/" not in key:
+            check_group_option(key, value)
