@@ -21,6 +21,7 @@ from src.cpu_share import CpuShare, job_cpus
 from src.errors import ConfigError, UserInputError
 from src.mnist_files import training_images
 from src.run_record import METRICS_JSON
+from src.sweep_process import name_sweep_process
 
 IN_PROCESS_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 # The sweeper that numbers its jobs after the runs already in its sweep directory (it never overwrites one).
@@ -97,6 +98,7 @@ class CheckConfigFirst(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config, check_sweep_dir)
+        name_sweep_process()
         if config.hydra.launcher.get("_target_") == IN_PROCESS_LAUNCHER:
             # This process will train the jobs: other workers starting now count it from their first job.
             CpuShare(job_cpus()).register()

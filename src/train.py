@@ -22,6 +22,7 @@ from src.config import EXECUTION_WHITELIST, validate
 from src.errors import TrainingDiverged, UserInputError
 from src.fast_exit import run_then_exit
 from src.run_record import HYDRA_DIR
+from src.sweep_process import stopped_when_sweep_process_ends
 
 
 @hydra.main(config_path="../conf", config_name="train", execution_whitelist=EXECUTION_WHITELIST)
@@ -30,7 +31,8 @@ def main(cfg: DictConfig) -> float:
         validate(cfg)
         from src.run import train
 
-        return train(cfg)
+        with stopped_when_sweep_process_ends():
+            return train(cfg)
     except (UserInputError, TrainingDiverged) as error:
         if HydraConfig.get().mode == RunMode.RUN:
             # A single run: one clear line and a non-zero exit instead of a traceback.

@@ -5,10 +5,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, tiny_data_overrides
+from helpers.cli import run_cli, tiny_data_overrides
 from helpers.servers import free_port, http_json, start_web_server, stop_process
-from test_pruning import MEDIAN_PRUNER, PRUNING_SWEEP
-from test_sweeps import optuna_sweep_args
+from helpers.sweeps import MEDIAN_PRUNER, PRUNING_SWEEP, optuna_sweep_args
+
+# Real servers, several processes, long trials: the slow tier (make test-all; CI runs it).
+pytestmark = pytest.mark.slow
+
 
 ALL_STATUSES = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
 

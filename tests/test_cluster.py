@@ -11,12 +11,20 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import REPO, cli_env, run_cli, tiny_data_overrides
-from test_pruning import MEDIAN_PRUNER, PRUNING_SWEEP, check_pruned_trials, run_pruning_sweep
-from test_scale_out import check_study_finished_together, sweep_command
-from test_sweeps import optuna_sweep_args
+from helpers.cli import REPO, cli_env, run_cli, tiny_data_overrides
+from helpers.sweeps import (
+    MEDIAN_PRUNER,
+    PRUNING_SWEEP,
+    check_pruned_trials,
+    optuna_sweep_args,
+    run_pruning_sweep,
+)
+from helpers.workers import check_study_finished_together, sweep_command
 
 from src.hardware import cpus_given
+
+# Real servers, several processes, long trials: the slow tier (make test-all; CI runs it).
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

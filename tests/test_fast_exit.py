@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import run_python
+from helpers.cli import run_python
 
 from src.fast_exit import exit_code, has_child_processes
 

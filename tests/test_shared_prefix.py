@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_run, read_json, run_cli
+from helpers.cli import compose_run, read_json, run_cli
+from helpers.sweeps import load_study, optuna_sweep_args
+from helpers.training import read_rows, rows_without_timing, train_tiny
 from omegaconf import OmegaConf
-from test_sweeps import load_study, optuna_sweep_args
-from test_training import read_rows, rows_without_timing, train_tiny
 
 from src.shared_prefix import constant_lr_epochs
 

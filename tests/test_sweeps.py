@@ -11,33 +11,11 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from conftest import REPO, read_json, run_cli, tiny_data_overrides
+from helpers.cli import REPO, read_json, run_cli, tiny_data_overrides
+from helpers.sweeps import STUDY, composed, load_study, optuna_sweep_args, trial_dirs
 from optuna.trial import TrialState
 
-STUDY = "steplr"
-
-
-def optuna_sweep_args(tiny_mnist: Path, tmp_path: Path, sweep_dir: str = "sweep", *extra: str) -> list[str]:
-    return [
-        "--multirun",
-        "hparams_search=steplr_optuna",
-        f"hydra.sweep.dir={tmp_path / sweep_dir}",
-        f"hydra.sweeper.storage=sqlite:///{tmp_path / 'optuna.db'}",
-        *tiny_data_overrides(tiny_mnist),
-        *extra,
-    ]
-
-
-def load_study(tmp_path: Path) -> optuna.Study:
-    return optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
-
-
-def trial_dirs(sweep_dir: Path) -> list[Path]:
-    return sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit())
-
-
-def composed(run_dir: Path) -> dict:
-    return yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
+from hydra_plugins.optuna_pruning_sweeper.processes import process_start_time
 
 
 def test_optuna_sweep_writes_a_directory_per_trial_and_a_persistent_study(tiny_mnist, tmp_path):
@@ -496,3 +474,94 @@ def test_a_sweep_into_a_read_only_file_system_stops_before_its_study_exists(
         and "read-only" in line
     )
     assert not (tmp_path / "optuna.db").exists()  # no study, so no trial left FAIL or WAITING in it
+
+
+def test_a_quote_in_the_working_directory_storage_and_study_name_breaks_nothing(tiny_mnist, tmp_path):
+    """Jobs get their trial as two integers, never as a path or a name built into an override."""
+    project = tmp_path / "it's mine"
+    project.mkdir()
+    storage = "sqlite:///" + str(project / "o'db.db")
+    sweep = [
+        "--multirun",
+        "hparams_search=steplr_optuna",
+        "hydra/launcher=joblib",
+        "hydra.sweeper.n_jobs=2",
+        "hydra.sweeper.n_trials=2",
+        "trainer.epochs=1",
+        "logger=none",
+        # Hydra's override grammar: a value with a quote is written inside the other kind of quotes.
+        '''hydra.sweeper.study_name="o'brien"''',
+        f'hydra.sweeper.storage="{storage}"',
+        *tiny_data_overrides(tiny_mnist),
+    ]
+    result = run_cli("src.train", *sweep, cwd=project)
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = optuna.load_study(study_name="o'brien", storage=storage)
+    completed = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(completed) == 2 == len(study.trials)
+    for trial in completed:
+        assert read_json(project / trial.user_attrs["run_dir"] / "metrics.json")["status"] == "completed"
+    listing = run_cli("src.compare", "--study", "o'brien", "--storage", storage, cwd=project)
+    assert listing.returncode == 0, listing.stderr[-3000:]
+    assert listing.stdout.count("  completed  ") == 2, listing.stdout
+
+
+def descendants(pid: int) -> set[int]:
+    """The processes below pid now (children of children included), from /proc."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[-1].split()[1])
+        except (OSError, ValueError):
+            continue
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def test_killing_a_joblib_sweep_stops_its_workers_training(tiny_mnist, tmp_path):
+    """SIGKILL reaches only the sweep's process: its joblib workers notice within seconds, record their run
+    as interrupted and end, instead of training on for nobody."""
+    from helpers.workers import start_worker
+
+    sweep = start_worker(
+        [
+            sys.executable,
+            "-m",
+            "src.train",
+            *optuna_sweep_args(
+                tiny_mnist,
+                tmp_path,
+                "sweep",
+                "hydra/launcher=joblib",
+                "hydra.sweeper.n_jobs=2",
+                "hydra.sweeper.n_trials=2",
+                "trainer.epochs=400",
+                "logger=none",
+                "trainer.prefix_cache=null",
+            ),
+        ],
+        tmp_path,
+        "sweep.log",
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while len(list((tmp_path / "sweep").glob("*/metrics.csv"))) < 2:
+            assert sweep.poll() is None and time.monotonic() < deadline, (tmp_path / "sweep.log").read_text()
+            time.sleep(0.5)
+        workers = descendants(sweep.pid)
+        assert workers
+        os.kill(sweep.pid, signal.SIGKILL)
+        sweep.wait()
+        deadline = time.monotonic() + 30
+        while live := {pid for pid in workers if process_start_time(pid) is not None}:
+            assert time.monotonic() < deadline, f"workers {live} still run 30 s after their sweep was killed"
+            time.sleep(0.5)
+    finally:
+        os.killpg(sweep.pid, signal.SIGKILL)
+    for run_dir in trial_dirs(tmp_path / "sweep"):
+        metrics = read_json(run_dir / "metrics.json")
+        assert metrics["status"] == "interrupted"
+        assert 0 < metrics["epochs_completed"] < 400

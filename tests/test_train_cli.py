@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, read_json, run_cli, tiny_data_overrides
+from helpers.cli import REPO, read_json, run_cli, tiny_data_overrides
 
 from src.data import read_idx
 

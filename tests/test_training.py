@@ -1,13 +1,10 @@
 """Training runs in-process on the tiny MNIST: every config option, the StepLR schedule, determinism."""
 
-import csv
 import math
-from pathlib import Path
 
 import pytest
-from conftest import compose_run, read_json, tiny_data_overrides
-
-from src.run import train
+from helpers.cli import read_json
+from helpers.training import read_rows, rows_without_timing, train_tiny
 
 GROUP_OPTIONS = [
     "model=simple_net",
@@ -24,23 +21,6 @@ GROUP_OPTIONS = [
     "logger=none",
     "logger=tensorboard",
 ]
-
-
-def read_rows(run_dir: Path) -> list[dict[str, str]]:
-    with open(run_dir / "metrics.csv") as f:
-        return list(csv.DictReader(f))
-
-
-TIMING = {"train_time_s", "epoch_time_s"}
-
-
-def rows_without_timing(run_dir: Path) -> list[dict[str, str]]:
-    """metrics.csv without the columns that measure time (the rest must be reproducible)."""
-    return [{k: v for k, v in row.items() if k not in TIMING} for row in read_rows(run_dir)]
-
-
-def train_tiny(tiny_mnist: Path, run_dir: Path, *overrides: str) -> float:
-    return train(compose_run([*tiny_data_overrides(tiny_mnist), *overrides], run_dir))
 
 
 @pytest.mark.parametrize("option", GROUP_OPTIONS)
