@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from src.atomic_files import write_text_atomically
 from src.run_record import STATUS_COMPLETED, STATUSES
 from src.runs import COMPARABILITY_KEYS, METRIC_KEYS, OPERATIONAL_KEYS, Run, load_runs
 from src.seed_groups import AGGREGATED_METRICS, Setting, group_by_setting
@@ -33,7 +34,12 @@ DEFAULT_ROOTS = (Path("outputs"), Path("multirun"))
 DEFAULT_STORAGE = "sqlite:///multirun/optuna.db"
 # Columns of results (shown to 2 decimals); every other column is a parameter (shown to tell values apart).
 METRIC_COLUMNS = frozenset(
-    {*METRIC_KEYS, "seeds", *AGGREGATED_METRICS, *(f"{metric}_sd" for metric in AGGREGATED_METRICS)}
+    {
+        *METRIC_KEYS,
+        "seeds",
+        *AGGREGATED_METRICS,
+        *(f"{metric}_{spread}" for metric in AGGREGATED_METRICS for spread in ("sd", "ci95")),
+    }
 )
 GLOB_CHARACTERS = frozenset("*?[")
 OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
@@ -174,7 +180,9 @@ def setting_rows(
     settings: Sequence[Setting], params: Sequence[str], groups: dict[tuple, str]
 ) -> tuple[list[str], list[list]]:
     """A row per setting: its parameters, how many seeds, each metric's mean and standard deviation."""
-    metrics = [column for metric in AGGREGATED_METRICS for column in (metric, f"{metric}_sd")]
+    metrics = [
+        column for metric in AGGREGATED_METRICS for column in (metric, f"{metric}_sd", f"{metric}_ci95")
+    ]
     header = [*params, "seeds", *metrics]
     rows = []
     for setting in settings:
@@ -212,15 +220,35 @@ def as_records(runs: Sequence[Run], groups: dict[tuple, str]) -> list[dict[str, 
     ]
 
 
-def setting_records(settings: Sequence[Setting]) -> list[dict[str, Any]]:
+def setting_records(settings: Sequence[Setting], verdicts: dict[int, dict]) -> list[dict[str, Any]]:
     return [
         {
             **setting.record(),
             "runs": [relative(run.directory) for run in setting.runs],
             "params": setting.params,
+            "compared_with_best": verdicts.get(id(setting)),
         }
         for setting in settings
     ]
+
+
+def seed_verdicts(settings: Sequence[Setting], sort: str) -> tuple[dict[int, dict], list[str]]:
+    """Within each comparable set of settings, the best (by validation: --sort when it is a validation
+    metric, else val_acc) against each other one on their common seeds: per setting, and as sentences."""
+    from src.verdict import judge, setting_names
+
+    metric = sort if sort in ("val_acc", "best_val_acc") else "val_acc"
+    by_setting, sentences = {}, []
+    for kind in dict.fromkeys(setting.comparability() for setting in settings):
+        members = [setting for setting in settings if setting.comparability() == kind]
+        if len(members) < 2:
+            continue
+        names = setting_names(members, parameter_formatter)
+        verdict = judge(members, names, metric)
+        for comparison in verdict["comparisons"]:
+            by_setting[id(members[names.index(comparison["versus"])])] = comparison
+            sentences.append(comparison["verdict"])
+    return by_setting, sentences
 
 
 def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence]) -> None:
@@ -229,12 +257,9 @@ def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence]) -> No
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerows([header, *rows])
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        temporary.write_text(buffer.getvalue())
-        os.replace(temporary, path)
+        write_text_atomically(path, buffer.getvalue())
     except OSError as error:
-        temporary.unlink(missing_ok=True)
         raise UsageError(f"--csv {path}: cannot write it ({error.strerror or error})") from None
 
 
@@ -358,21 +383,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.status:
         runs = [run for run in runs if run.status == args.status]
     runs = [run for run in runs if all(k(run) for k in keep)]
+    verdicts, sentences = {}, []
     if args.over_seeds:
         if left_out := sum(run.status != STATUS_COMPLETED for run in runs):
             print(f"warning: {left_out} runs that did not complete are left out", file=sys.stderr)
         shown, groups = rank(group_by_setting(runs), args)
         header, rows = setting_rows(shown, differing_params(shown), groups)
+        verdicts, sentences = seed_verdicts(shown, args.sort)
     else:
         shown, groups = rank(runs, args)
         header, rows = table_rows(shown, differing_params(shown), groups)
     if args.json:
-        records = setting_records(shown) if args.over_seeds else as_records(shown, groups)
+        records = setting_records(shown, verdicts) if args.over_seeds else as_records(shown, groups)
         print(json.dumps(records, indent=2, default=str))
     elif args.markdown:
         print(render_markdown(header, rows))
+        print("".join(f"\n- {sentence}" for sentence in sentences), end="\n" if sentences else "")
     else:
         print(render_text(header, rows))
+        print("".join(f"\n{sentence}" for sentence in sentences), end="\n" if sentences else "")
     if len(groups) > 1:
         print(
             f"warning: {len(groups)} sets of runs that are not comparable (different data, model or epochs); "

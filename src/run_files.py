@@ -8,38 +8,18 @@ model.pt     the final weights (state_dict)
 import csv
 import io
 import json
-import os
-import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 from torch import nn
 
+from src.atomic_files import write_atomically, write_text_atomically
 from src.loop import EpochRecord
 from src.run_record import METRICS_CSV, METRICS_JSON, WEIGHTS
 
 CSV_COLUMNS = list(EpochRecord.__dataclass_fields__)
-
-
-def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write through `write` into a temporary sibling of its own (two processes may write the same
-    path), flush it to disk, then rename it over `path`."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    try:
-        with open(temporary, "xb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    write_atomically(path, lambda f: f.write(text.encode()))
 
 
 def write_epochs(run_dir: Path, records: Sequence[EpochRecord]) -> None:

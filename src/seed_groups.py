@@ -12,6 +12,7 @@ from typing import Any
 
 from src.run_record import STATUS_COMPLETED
 from src.runs import OPERATIONAL_KEYS, Run
+from src.seed_statistics import estimate
 
 SEED_KEY = "trainer.seed"
 # A setting is everything else: the seed and the operational keys vary between its runs.
@@ -54,10 +55,20 @@ class Setting:
     def comparability(self) -> tuple:
         return self.runs[0].comparability()
 
+    def ci95(self, metric: str) -> float | None:
+        """Half the width of the mean's 95% t interval (src/seed_statistics.py): mean ± this."""
+        values = self.values(metric)
+        return estimate(values).half_width if len(values) > 1 else None
+
     def record(self) -> dict[str, Any]:
-        means = {metric: self.mean(metric) for metric in AGGREGATED_METRICS}
-        spreads = {f"{metric}_sd": self.sd(metric) for metric in AGGREGATED_METRICS}
-        return {"seeds": self.seeds, **means, **spreads}
+        record: dict[str, Any] = {"seeds": self.seeds}
+        for metric in AGGREGATED_METRICS:
+            record |= {
+                metric: self.mean(metric),
+                f"{metric}_sd": self.sd(metric),
+                f"{metric}_ci95": self.ci95(metric),
+            }
+        return record
 
 
 def group_by_setting(runs: Sequence[Run]) -> list[Setting]:

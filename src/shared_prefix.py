@@ -25,11 +25,11 @@ from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from src.atomic_files import write_atomically
 from src.config import EXECUTION_WHITELIST
 from src.data import MnistSplits, raw_files_identity
 from src.hardware import cpu_identity
 from src.loop import EpochRecord
-from src.run_files import write_atomically
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import statistics
 from pathlib import Path
 
 import pytest
-from conftest import read_json, run_cli, run_python, tiny_data_overrides
+from helpers.cli import read_json, run_cli, run_python, tiny_data_overrides
 from PIL import Image
 
 GAMMAS = (0.1, 0.5, 0.9)
@@ -293,14 +293,16 @@ def test_over_seeds_ranks_settings_by_their_mean_over_the_seeds(tiny_mnist, tmp_
     assert table[0].split() == [
         "scheduler.step_size",
         "seeds",
-        "val_acc",
-        "val_acc_sd",
-        "test_acc",
-        "test_acc_sd",
-        "best_val_acc",
-        "best_val_acc_sd",
+        *(
+            f"{metric}{spread}"
+            for metric in ("val_acc", "test_acc", "best_val_acc")
+            for spread in ("", "_sd", "_ci95")
+        ),
     ]
-    assert len(table) == 3 and table[1].split()[1] == "3"
+    assert len(table) == 5 and table[1].split()[1] == "3"
+    assert table[3] == "" and "step_size=" in table[4] and "3 paired seeds" in table[4]
+    assert settings[0]["compared_with_best"] is None
+    assert settings[1]["compared_with_best"]["common_seeds"] == [0, 1, 2]
     compare(tmp_path, "seeds", "--over-seeds", "--csv", str(tmp_path / "settings.csv"))
     with open(tmp_path / "settings.csv") as f:
         rows = list(csv.DictReader(f))

@@ -1,0 +1,316 @@
+"""Rerun a sweep's best settings over fresh seeds and say which differences hold.
+
+    python -m src.confirm multirun/2026-11-25/10-00-00 --top 3 --seeds 5
+    python -m src.confirm --study steplr --storage sqlite:///multirun/optuna.db --top 3 --seeds 5
+    python -m src.confirm multirun/2026-11-25/10-00-00 --seeds 10 hydra/launcher=joblib   add seeds, 2 at once
+
+A sweep's best value is the maximum of many noisy trials: it is biased upward (the winner's curse). This
+takes the top settings of a sweep (an Optuna sweep's directory or study, or a plain grid's directory),
+ranked by the metric the sweep optimized, and trains each with seeds the sweep did not use: the first
+--seeds integers that no run of the sweep had. Each setting's runs are a normal Hydra multirun
+(`python -m src.train --multirun ... trainer.seed=...`, any launcher: extra `key=value` arguments go to
+it), in OUT/setting-<id>/seed_<seed>/, so compare, TensorBoard and the dashboard read them. A rerun skips
+the seeds already completed (an interrupted one is trained again), so it resumes and adds seeds.
+
+The verdict, printed and written to OUT/confirmation.yaml (and .md with --markdown), with a plot
+(OUT/confirmation.png): per setting the mean ± sd and 95% t interval of the metric, beside the sweep's
+value; the best setting against each other one on their common seeds (paired t-test); how many seeds
+would likely tell a difference apart; and the winner's test accuracy, which is reported, never used to
+choose. OUT defaults to the sweep directory's sibling `<sweep>-confirmation` (for a study:
+multirun/<study>-confirmation).
+"""
+
+import argparse
+import hashlib
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from src.atomic_files import write_text_atomically
+from src.compare import (
+    DEFAULT_STORAGE,
+    comparability_groups,
+    describe_groups,
+    expand,
+    parameter_formatter,
+    relative,
+    render_markdown,
+    render_text,
+)
+from src.run_record import STATUS_COMPLETED
+from src.runs import Run, load_runs
+from src.seed_groups import SEED_KEY, Setting, group_by_setting
+from src.study_runs import StudyError, study_run_dirs
+from src.verdict import judge, setting_names
+
+CONFIRMATION_FILE = "confirmation.yaml"
+DEFAULT_METRIC = "val_acc"
+# Keys the confirmation sets itself in every run: the seed, and one shared-epochs cache for all settings.
+SET_BY_CONFIRMATION = (SEED_KEY, "trainer.prefix_cache", "overwrite")
+
+
+class ConfirmError(Exception):
+    """A confirmation that cannot be done as asked; the message says why and what to do."""
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m src.confirm",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "sources",
+        nargs="*",
+        help="the sweep's directories (or quoted globs); arguments with '=' are Hydra overrides for the "
+        "reruns (hydra/launcher=joblib, trainer.device=cpu, ...)",
+    )
+    parser.add_argument("--study", metavar="NAME", help="take the sweep from this Optuna study's trials")
+    parser.add_argument(
+        "--storage", default=DEFAULT_STORAGE, help=f"the study's storage (default {DEFAULT_STORAGE})"
+    )
+    parser.add_argument(
+        "--top", type=int, default=3, help="how many of the best settings to rerun (default 3)"
+    )
+    parser.add_argument(
+        "--seeds", type=int, default=5, help="seeds per setting, new to the sweep (default 5)"
+    )
+    parser.add_argument("--out", type=Path, help="where the reruns and the verdict go")
+    parser.add_argument(
+        "--markdown", action="store_true", help="print markdown, also written to confirmation.md"
+    )
+    args = parser.parse_intermixed_args(argv)
+    args.overrides = [text for text in args.sources if "=" in text]
+    args.sources = [Path(text) for text in args.sources if "=" not in text]
+    if args.top < 1:
+        parser.error(f"--top {args.top}: must be at least 1")
+    if args.seeds < 2:
+        parser.error(f"--seeds {args.seeds}: at least 2 (an interval needs two values)")
+    if bool(args.study) == bool(args.sources):
+        parser.error("name the sweep: its directories, or --study NAME (with --storage)")
+    return args
+
+
+def source_runs(args: argparse.Namespace) -> tuple[list[Run], Path]:
+    """The sweep's runs, and the default place of the confirmation."""
+    if args.study:
+        directories, warnings = study_run_dirs(args.study, args.storage, Path.cwd())
+        out = Path("multirun") / f"{args.study}-confirmation"
+    else:
+        directories = [match for path in args.sources for match in expand(path)]
+        if missing := [str(d) for d in directories if not d.is_dir()]:
+            raise ConfirmError(f"no such directory: {', '.join(missing)}")
+        warnings = []
+        out = directories[0].with_name(f"{directories[0].resolve().name}-confirmation")
+    runs, run_warnings = load_runs(directories)
+    for warning in warnings + run_warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return runs, out
+
+
+def optimized_metric(runs: Sequence[Run]) -> str:
+    metrics = {str(run.params.get("optimized_metric", DEFAULT_METRIC)) for run in runs}
+    if len(metrics) > 1:
+        raise ConfirmError(
+            f"the runs optimized different metrics ({', '.join(sorted(metrics))}): confirm one sweep"
+        )
+    return metrics.pop()
+
+
+def top_settings(runs: Sequence[Run], metric: str, top: int) -> list[Setting]:
+    """The sweep's best settings by their best completed run (the value the sweep reported); refused
+    when the completed runs are not comparable."""
+    completed = [
+        run for run in runs if run.status == STATUS_COMPLETED and run.metrics.get(metric) is not None
+    ]
+    if not completed:
+        raise ConfirmError(f"no completed run with {metric} in the sweep: nothing to confirm")
+    groups = comparability_groups(completed)
+    if len(groups) > 1:
+        described = "; ".join(describe_groups(groups))
+        raise ConfirmError(
+            f"the runs are not comparable (different data, model or epochs: {described}): confirm one sweep"
+        )
+    settings = group_by_setting(completed)
+    settings.sort(key=lambda s: -max(s.values(metric)))
+    return settings[:top]
+
+
+def confirmation_seeds(runs: Sequence[Run], count: int) -> list[int]:
+    """The first `count` non-negative integers no run of the sweep used as its seed."""
+    used = {run.params.get(SEED_KEY) for run in runs}
+    seeds, candidate = [], 0
+    while len(seeds) < count:
+        if candidate not in used:
+            seeds.append(candidate)
+        candidate += 1
+    return seeds
+
+
+def setting_id(setting: Setting) -> str:
+    return hashlib.sha256(repr(sorted(setting.params.items())).encode()).hexdigest()[:8]
+
+
+def completed_seeds(setting_dir: Path) -> set:
+    """Seeds completed in a setting's directory; the directories of runs that did not complete (an
+    interrupted confirmation) are removed, so that their seed is trained again from scratch."""
+    runs, _ = load_runs([setting_dir]) if setting_dir.is_dir() else ([], [])
+    done = set()
+    for run in runs:
+        if run.status == STATUS_COMPLETED:
+            done.add(run.params.get(SEED_KEY))
+        else:
+            print(f"{relative(run.directory)}: {run.status}, trained again", file=sys.stderr)
+            shutil.rmtree(run.directory)
+    return done
+
+
+def rerun(setting: Setting, setting_dir: Path, seeds: list[int], out: Path, overrides: list[str]) -> None:
+    """Train the seeds a setting lacks, as one Hydra multirun of `python -m src.train`."""
+    from src.rerun import rerun_overrides
+
+    source = setting.runs[0].directory
+    command = [
+        sys.executable,
+        "-m",
+        "src.train",
+        "--multirun",
+        *rerun_overrides(source, leave_out=SET_BY_CONFIRMATION),
+        f"trainer.seed={','.join(map(str, seeds))}",
+        f"trainer.prefix_cache={(out / '.prefix_cache').resolve()}",
+        # One directory per seed, named by it: a rerun adds the seeds it lacks beside the others.
+        f"hydra.sweep.dir={setting_dir}",
+        "hydra.sweep.subdir=seed_${trainer.seed}",
+        "overwrite=true",
+        *overrides,
+    ]
+    print(
+        f"{relative(setting_dir)}: seeds {', '.join(map(str, seeds))} (as {relative(source)})",
+        file=sys.stderr,
+    )
+    if subprocess.run(command).returncode != 0:
+        raise ConfirmError(
+            f"the reruns in {setting_dir} failed (see above); run the same command again to resume"
+        )
+
+
+def report(
+    settings: list[Setting], confirmed: list[Setting], names: list[str], metric: str, sweep: dict
+) -> dict[str, Any]:
+    verdict = judge(confirmed, names, metric)
+    by_name = dict(zip(names, zip(settings, confirmed, strict=True), strict=True))
+    for record in verdict["settings"]:
+        original, rerun_setting = by_name[record["name"]]
+        record["params"] = original.params
+        record["seeds"] = rerun_setting.seeds
+        record["sweep_value"] = max(original.values(metric))
+        record["sweep_runs"] = [relative(run.directory) for run in original.runs]
+        record["runs"] = [relative(run.directory) for run in rerun_setting.runs]
+    return {"sweep": sweep, **verdict}
+
+
+def table(verdict: dict[str, Any]) -> tuple[list[str], list[list]]:
+    metric = verdict["metric"]
+    header = ["setting", "seeds", f"sweep {metric}", f"{metric} mean", "sd", "ci95 low", "ci95 high", "bias"]
+    rows = []
+    for record in verdict["settings"]:
+        low, high = record["ci95"] or (None, None)
+        bias = record["sweep_value"] - record["mean"]
+        rows.append(
+            [
+                record["name"],
+                record["n"],
+                record["sweep_value"],
+                record["mean"],
+                record["sd"],
+                low,
+                high,
+                bias,
+            ]
+        )
+    return header, rows
+
+
+def describe(verdict: dict[str, Any], markdown: bool) -> str:
+    header, rows = table(verdict)
+    lines = [render_markdown(header, rows) if markdown else render_text(header, rows), ""]
+    lines += [f"- {c['verdict']}" if markdown else c["verdict"] for c in verdict["comparisons"]]
+    if test := verdict["best_test_acc"]:
+        interval = f", 95% CI {test['ci95'][0]:.2f} to {test['ci95'][1]:.2f}" if test["ci95"] else ""
+        lines.append(
+            f"{'- ' if markdown else ''}test accuracy of {verdict['best']} (reported, not used to choose): "
+            f"{test['mean']:.2f}{interval} over {test['n']} seeds"
+        )
+    lines.append(
+        f"{'- ' if markdown else ''}intervals: {verdict['interval']}; comparisons: {verdict['test']}"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    started, trained_now = time.perf_counter(), 0
+    try:
+        runs, default_out = source_runs(args)
+        out = args.out or default_out
+        runs = [run for run in runs if out.resolve() not in run.directory.resolve().parents]
+        metric = optimized_metric(runs)
+        settings = top_settings(runs, metric, args.top)
+        seeds = confirmation_seeds(runs, args.seeds)
+        setting_dirs = [out / f"setting-{setting_id(setting)}" for setting in settings]
+        for setting, setting_dir in zip(settings, setting_dirs, strict=True):
+            if missing := [seed for seed in seeds if seed not in completed_seeds(setting_dir)]:
+                rerun(setting, setting_dir, missing, out, args.overrides)
+                trained_now += len(missing)
+            else:
+                print(
+                    f"{relative(setting_dir)}: seeds {', '.join(map(str, seeds))} already completed",
+                    file=sys.stderr,
+                )
+        confirmed = []
+        for setting_dir in setting_dirs:
+            reruns = [r for s in group_by_setting(load_runs([setting_dir])[0]) for r in s.runs]
+            confirmed.append(Setting([run for run in reruns if run.params.get(SEED_KEY) in seeds]))
+            if len(confirmed[-1].values(metric)) < 2:
+                raise ConfirmError(f"{setting_dir}: fewer than 2 completed reruns; run the command again")
+    except (ConfirmError, StudyError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    names = setting_names(settings, parameter_formatter)
+    reruns = [run for setting in confirmed for run in setting.runs]
+    effort = {
+        "runs": len(reruns),
+        "epochs": sum(int(run.metrics.get("epochs_completed") or 0) for run in reruns),
+        "epochs_reused": sum(int(run.metrics.get("epochs_reused") or 0) for run in reruns),
+        "trained_now": trained_now,
+        "wall_time_s": round(time.perf_counter() - started, 1),
+    }
+    sweep = {
+        "runs": len(runs),
+        "study": args.study,
+        "directories": [str(p) for p in args.sources],
+        "seeds": seeds,
+    }
+    verdict = {**report(settings, confirmed, names, metric, sweep), "reruns": effort}
+    write_text_atomically(out / CONFIRMATION_FILE, yaml.safe_dump(verdict, sort_keys=False))
+    text = describe(verdict, args.markdown)
+    if args.markdown:
+        write_text_atomically(out / "confirmation.md", text + "\n")
+    from src.confirm_plot import plot_confirmation
+
+    plot_confirmation(out / "confirmation.png", verdict, confirmed, names)
+    print(text)
+    print(
+        f"written: {relative(out / CONFIRMATION_FILE)}, {relative(out / 'confirmation.png')}", file=sys.stderr
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""Confirming a sweep's best settings over fresh seeds: the statistics, the rerun configs, the CLI."""
+
+import math
+import shutil
+import statistics
+
+import optuna
+import pytest
+import yaml
+from helpers.cli import REPO, read_json, run_cli, tiny_data_overrides
+from omegaconf import OmegaConf
+from scipy import stats
+
+from src.seed_statistics import estimate, paired, seeds_needed
+
+
+def test_an_estimate_is_the_mean_with_its_student_t_interval():
+    values = [1.0, 2.0, 3.0, 4.0, 5.0]
+    result = estimate(values)
+    # By hand: sd = sqrt(2.5), t(0.975, 4) = 2.7764451, half width = 2.7764451 * sqrt(2.5) / sqrt(5).
+    assert result.mean == 3.0 and result.sd == pytest.approx(math.sqrt(2.5))
+    assert result.half_width == pytest.approx(2.7764451 * math.sqrt(2.5) / math.sqrt(5), rel=1e-6)
+    low, high = stats.ttest_1samp(values, 0).confidence_interval(0.95)
+    assert (result.low, result.high) == pytest.approx((low, high))
+    assert estimate([7.0]).low is None
+
+
+def test_a_paired_comparison_is_scipys_paired_t_test_on_the_common_seeds():
+    first = {0: 92.1, 1: 92.4, 2: 91.9, 3: 92.6, 4: 92.2, 9: 50.0}
+    second = {0: 91.8, 1: 92.3, 2: 91.5, 3: 92.5, 4: 91.7, 7: 99.0}
+    result = paired(first, second)
+    common = [0, 1, 2, 3, 4]
+    assert list(result.seeds) == common
+    expected = stats.ttest_rel([first[s] for s in common], [second[s] for s in common])
+    assert result.p_value == pytest.approx(expected.pvalue)
+    assert result.difference.mean == pytest.approx(statistics.fmean(first[s] - second[s] for s in common))
+    low, high = expected.confidence_interval(0.95)
+    assert (result.difference.low, result.difference.high) == pytest.approx((low, high))
+    assert result.told_apart and result.seeds_needed is None
+
+
+def test_the_seeds_needed_are_the_fewest_that_reach_80_percent_power():
+    needed = seeds_needed(0.1, 0.2)
+    assert needed is not None and needed > 5
+
+    def enough(n: int) -> bool:
+        return (stats.t.ppf(0.975, n - 1) + stats.t.ppf(0.8, n - 1)) * 0.2 / 0.1 <= math.sqrt(n)
+
+    assert enough(needed) and not enough(needed - 1)
+    assert seeds_needed(0.0, 0.2) is None
+    undecided = paired({0: 1.0, 1: 2.0, 2: 3.0}, {0: 1.5, 1: 1.0, 2: 3.2})
+    assert not undecided.told_apart and undecided.seeds_needed == seeds_needed(
+        undecided.difference.mean, undecided.difference.sd
+    )
+
+
+def test_rerun_overrides_compose_the_config_a_sweep_trial_ran_with(tiny_mnist, tmp_path):
+    """The preset's own task values come back without its sweeper; quotes in values survive."""
+    from hydra import compose, initialize_config_dir
+
+    from src.rerun import rerun_overrides
+
+    result = run_cli(
+        "src.train",
+        "--multirun",
+        "hparams_search=steplr_optuna",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        f"hydra.sweeper.storage=sqlite:///{tmp_path / 'optuna.db'}",
+        "hydra.sweeper.n_trials=1",
+        "trainer.epochs=1",
+        "model=mlp",
+        "logger=none",
+        """+tag='it\\'s "quoted"'""",
+        *tiny_data_overrides(tiny_mnist),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = tmp_path / "sweep" / "0"
+    overrides = rerun_overrides(run_dir, leave_out=["trainer.seed"])
+    assert not any(o.startswith("hparams_search") for o in overrides)
+    with initialize_config_dir(config_dir=str(REPO / "conf")):
+        again = OmegaConf.to_container(compose("train", overrides=overrides))
+    saved = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"))
+    assert again == saved
+    assert again["tag"] == """it's "quoted\"""" and again["model"]["_target_"] == "src.models.MLP"
+
+
+# Two settings, three seeds, on joblib's launcher with two jobs at once (any Hydra launcher will do).
+CONFIRM_TOP_2 = ["--top", "2", "--seeds", "3", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+
+
+def test_confirm_reruns_the_top_settings_over_new_seeds_and_judges_them(tiny_mnist, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    sweep = run_cli(
+        "src.train",
+        "--multirun",
+        "hparams_search=steplr_optuna",
+        "hydra/sweeper/sampler=grid",
+        "scheduler.gamma=choice(0.05,0.5,0.9)",
+        "scheduler.step_size=1",
+        "trainer.epochs=2",
+        "logger=none",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        f"hydra.sweeper.storage={storage}",
+        *tiny_data_overrides(tiny_mnist),
+    )
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    trials = optuna.load_study(study_name="steplr", storage=storage).trials
+    top = sorted(trials, key=lambda trial: -trial.value)[:2]
+
+    result = run_cli("src.confirm", "sweep", *CONFIRM_TOP_2, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "sweep-confirmation"
+    verdict = yaml.safe_load((out / "confirmation.yaml").read_text())
+    assert verdict["metric"] == "val_acc" and verdict["sweep"]["seeds"] == [1, 2, 3]  # the sweep used seed 0
+    assert [s["params"]["scheduler.gamma"] for s in verdict["settings"]] == sorted(
+        (trial.params["scheduler.gamma"] for trial in top),
+        key=lambda gamma: (
+            -next(s["mean"] for s in verdict["settings"] if s["params"]["scheduler.gamma"] == gamma)
+        ),
+    )
+    values = {}
+    for setting in verdict["settings"]:
+        runs = [read_json(tmp_path / run / "metrics.json") for run in setting["runs"]]
+        assert [run["seed"] for run in runs] == setting["seeds"] == [1, 2, 3]
+        assert all(
+            run["status"] == "completed"
+            and run["hyperparameters"]["scheduler.gamma"] == setting["params"]["scheduler.gamma"]
+            for run in runs
+        )
+        assert setting["mean"] == pytest.approx(statistics.fmean(run["val_acc"] for run in runs))
+        trial = next(t for t in top if t.params["scheduler.gamma"] == setting["params"]["scheduler.gamma"])
+        assert setting["sweep_value"] == pytest.approx(trial.value)
+        values[setting["name"]] = [run["val_acc"] for run in runs]
+    comparison = verdict["comparisons"][0]
+    expected = stats.ttest_rel(values[comparison["setting"]], values[comparison["versus"]])
+    if math.isnan(expected.pvalue):
+        assert comparison["p_value"] in (0.0, 1.0)
+    else:
+        assert comparison["p_value"] == pytest.approx(expected.pvalue)
+    assert comparison["verdict"] in result.stdout and "3 paired seeds" in comparison["verdict"]
+    assert "test accuracy of" in result.stdout and verdict["best_test_acc"]["n"] == 3
+    assert (out / "confirmation.png").stat().st_size > 10_000
+
+    # Rerun with more seeds: only seed 4 is trained; an interrupted run is trained again; nothing else.
+    setting_dirs = sorted(out.glob("setting-*"))
+    kept = setting_dirs[0] / "seed_1" / "metrics.json"
+    kept_time = kept.stat().st_mtime_ns
+    interrupted = setting_dirs[1] / "seed_2" / "metrics.json"
+    interrupted.write_text(interrupted.read_text().replace('"completed"', '"interrupted"'))
+    more = run_cli("src.confirm", "sweep", "--top", "2", "--seeds", "4", cwd=tmp_path)
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert kept.stat().st_mtime_ns == kept_time
+    assert read_json(interrupted)["status"] == "completed"
+    assert "seeds 2, 4 (as" in more.stderr and "seeds 4 (as" in more.stderr
+    assert yaml.safe_load((out / "confirmation.yaml").read_text())["settings"][0]["n"] == 4
+
+    # From the study instead of the directory: the same settings, all their seeds already there.
+    again = run_cli(
+        "src.confirm",
+        "--study",
+        "steplr",
+        "--storage",
+        storage,
+        "--top",
+        "2",
+        "--seeds",
+        "4",
+        "--out",
+        str(out),
+        "--markdown",
+        cwd=tmp_path,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("already completed") == 2
+    assert again.stdout.startswith("| setting |") and (out / "confirmation.md").read_text().startswith(
+        "| setting"
+    )
+
+    listing = run_cli("src.compare", str(out), "--over-seeds", cwd=tmp_path)
+    assert listing.returncode == 0 and "4 paired seeds" in listing.stdout
+
+
+def test_confirm_refuses_runs_that_are_not_comparable(tiny_mnist, tmp_path):
+    for epochs in (1, 2):
+        result = run_cli(
+            "src.train",
+            f"hydra.run.dir={tmp_path / 'runs' / str(epochs)}",
+            f"trainer.epochs={epochs}",
+            "logger=none",
+            *tiny_data_overrides(tiny_mnist),
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+    refused = run_cli("src.confirm", "runs", cwd=tmp_path)
+    assert refused.returncode == 2
+    lines = refused.stderr.strip().splitlines()
+    assert (
+        len(lines) == 1
+        and lines[0].startswith("error: the runs are not comparable")
+        and "trainer.epochs=1" in lines[0]
+    )
+    assert not list(tmp_path.glob("*-confirmation"))
+    missing = run_cli("src.confirm", "nowhere", cwd=tmp_path)
+    assert missing.returncode == 2 and missing.stderr.strip() == "error: no such directory: nowhere"
+    shutil.rmtree(tmp_path / "runs" / "2")
+    single = run_cli("src.confirm", "runs", "--seeds", "1", cwd=tmp_path)
+    assert single.returncode == 2 and "--seeds 1: at least 2" in single.stderr
+
+
+def test_settings_with_unequal_seeds_are_paired_on_the_seeds_both_ran_and_the_verdict_says_so(tmp_path):
+    from src.runs import Run
+    from src.seed_groups import Setting
+    from src.verdict import judge
+
+    def setting(gamma: float, values: dict[int, float]) -> Setting:
+        return Setting(
+            [
+                Run(
+                    tmp_path / f"{gamma}-{seed}",
+                    {"val_acc": value, "test_acc": value - 1},
+                    {"trainer.seed": seed},
+                )
+                for seed, value in values.items()
+            ]
+        )
+
+    better = setting(0.5, {1: 92.0, 2: 92.3, 3: 92.1, 4: 92.2, 5: 92.4})
+    worse = setting(0.1, {1: 91.0, 2: 91.2, 3: 91.1})
+    verdict = judge([worse, better], ["gamma=0.1", "gamma=0.5"], "val_acc")
+    assert verdict["best"] == "gamma=0.5" and [s["n"] for s in verdict["settings"]] == [5, 3]
+    comparison = verdict["comparisons"][0]
+    assert comparison["common_seeds"] == [1, 2, 3]
+    assert comparison["verdict"].startswith("gamma=0.5 beats gamma=0.1 by 1.03")
+    assert "on 3 paired seeds (only the seeds both ran: 1, 2, 3)" in comparison["verdict"]
+    assert verdict["best_test_acc"]["n"] == 5 and verdict["best_test_acc"]["mean"] == pytest.approx(91.2)
