@@ -12,6 +12,7 @@ Reads files only (no torch), so it stays fast over thousands of runs.
 """
 
 import argparse
+import contextlib
 import csv
 import glob
 import io
@@ -26,7 +27,7 @@ from typing import Any
 
 from src.atomic_files import write_text_atomically
 from src.run_record import STATUS_COMPLETED, STATUSES
-from src.runs import COMPARABILITY_KEYS, METRIC_KEYS, OPERATIONAL_KEYS, Run, load_runs
+from src.runs import COMPARABILITY_KEYS, METRIC_KEYS, OPERATIONAL_KEYS, Run, load_runs, setting_overrides
 from src.seed_groups import AGGREGATED_METRICS, Setting, group_by_setting
 from src.study_runs import StudyError, study_run_dirs
 
@@ -78,6 +79,15 @@ def parse_filter(text: str) -> Callable[[Run], bool]:
             return compare(str(value), wanted.strip("'\""))
 
     return keep
+
+
+def best_per(runs: Sequence[Run], key: str, rank_key: Callable[[Run], tuple]) -> list[Run]:
+    """The best completed run for each value of `key` (within each comparable set): a schedule-families
+    sweep's families, each at its best settings (--best-per scheduler)."""
+    best: dict[tuple, Run] = {}
+    for run in sorted((run for run in runs if run.status == STATUS_COMPLETED), key=rank_key):
+        best.setdefault((run.comparability(), repr(run.value(key))), run)
+    return list(best.values())
 
 
 def sort_key(key: str, ascending: bool) -> Callable[[Run], tuple]:
@@ -161,19 +171,36 @@ def with_set_column(
 
 
 def table_rows(
-    runs: Sequence[Run], params: Sequence[str], groups: dict[tuple, str]
+    runs: Sequence[Run], params: Sequence[str], groups: dict[tuple, str], settings: bool = False
 ) -> tuple[list[str], list[list]]:
-    header = ["run", "status", *params, *METRIC_KEYS]
+    """A row per run: its directory, status, the parameters given (or, with `settings`, the overrides that set
+    what it trained: one column whatever each run's keys), and its metrics."""
+    header = ["run", "status", *params, *(["settings"] if settings else []), *METRIC_KEYS]
     rows = [
         [
             relative(run.directory),
             run.status,
             *(run.params.get(k) for k in params),
+            *([settings_text(run)] if settings else []),
             *(run.metrics.get(k) for k in METRIC_KEYS),
         ]
         for run in runs
     ]
     return with_set_column(header, rows, runs, groups)
+
+
+def settings_text(run: Run) -> str:
+    """The run's setting overrides, numbers to 4 significant digits: `scheduler=onecycle max_lr=0.008902`."""
+    overrides = run.metrics.get("overrides")
+    if not isinstance(overrides, list):
+        return "-"
+    shown = []
+    for override in setting_overrides(map(str, overrides)):
+        key, _, value = override.partition("=")
+        with contextlib.suppress(ValueError):
+            value = value if value.isdigit() else f"{float(value):.4g}"
+        shown.append(f"{key}={value}")
+    return " ".join(shown) or "defaults"
 
 
 def setting_rows(
@@ -306,6 +333,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--ascending", action="store_true", help="smallest first")
     parser.add_argument("--top", type=int, help="show the first N runs only")
     parser.add_argument(
+        "--best-per",
+        metavar="KEY",
+        help="the best completed run for each value of KEY, with what set it (scheduler: each family's best)",
+    )
+    parser.add_argument(
         "--filter", action="append", default=[], help="KEY OP VALUE, e.g. 'scheduler.gamma<0.5'"
     )
     parser.add_argument("--status", choices=STATUSES, help="only runs with this status")
@@ -327,6 +359,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"--top {args.top}: must be at least 1")
     if args.over_seeds and args.status:
         parser.error("--over-seeds takes completed runs only: drop --status")
+    if args.over_seeds and args.best_per:
+        parser.error("--best-per and --over-seeds: choose one")
     return args
 
 
@@ -383,6 +417,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.status:
         runs = [run for run in runs if run.status == args.status]
     runs = [run for run in runs if all(k(run) for k in keep)]
+    if args.best_per:
+        runs = best_per(runs, args.best_per, sort_key(args.sort, args.ascending))
     verdicts, sentences = {}, []
     if args.over_seeds:
         if left_out := sum(run.status != STATUS_COMPLETED for run in runs):
@@ -392,7 +428,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         verdicts, sentences = seed_verdicts(shown, args.sort)
     else:
         shown, groups = rank(runs, args)
-        header, rows = table_rows(shown, differing_params(shown), groups)
+        if args.best_per:
+            header, rows = table_rows(shown, [args.best_per], groups, settings=True)
+        else:
+            header, rows = table_rows(shown, differing_params(shown), groups)
     if args.json:
         records = setting_records(shown, verdicts) if args.over_seeds else as_records(shown, groups)
         print(json.dumps(records, indent=2, default=str))

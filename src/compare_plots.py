@@ -19,7 +19,7 @@ from matplotlib.ticker import (  # noqa: E402
 )
 
 from src.run_record import STATUS_COMPLETED  # noqa: E402
-from src.runs import Run  # noqa: E402
+from src.runs import Run, read_step_lrs  # noqa: E402
 from src.seed_groups import NOT_PART_OF_A_SETTING  # noqa: E402
 from src.study_runs import open_study_storage  # noqa: E402
 
@@ -68,10 +68,14 @@ def plot_validation_curves(runs: Sequence[Run], path: Path) -> str:
 
 
 def plot_lr_schedules(runs: Sequence[Run], path: Path) -> str:
-    """Each epoch's learning rate as a step from the epoch's start to the next one's (the last epoch too)."""
+    """Each run's learning rate: a per-epoch schedule as a step from each epoch's start to the next one's
+    (the last epoch too), a per-step one at every optimizer step (its lr_steps.csv)."""
     figure, axes = plt.subplots(figsize=(8, 5))
     for run in runs:
-        if run.epochs:
+        if step_lrs := read_step_lrs(run.directory):
+            per_epoch = len(step_lrs) / max(1, len(run.epochs))
+            axes.plot([1 + step / per_epoch for step in range(len(step_lrs))], step_lrs, label=label(run))
+        elif run.epochs:
             axes.step(*lr_steps(run.epochs), where="post", label=label(run))
     axes.set(
         xlabel="epoch (each drawn from its start to the next epoch's)",

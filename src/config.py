@@ -13,11 +13,17 @@ from omegaconf import DictConfig
 
 from src.errors import ConfigError
 from src.pruning import PRUNE_FROM
+from src.schedule_config import check_stepping
 
-# The only callables a config may instantiate (the last: the app's own Hydra callbacks). Passed to
-# @hydra.main(execution_whitelist=...) and to every instantiate() call, so that the guard holds in joblib
-# worker processes too.
-EXECUTION_WHITELIST = ("torch.optim.*", "src.models.*", "src.callbacks.*")
+# The only callables a config may instantiate (besides torch's: the app's models, its Hydra callbacks, and the
+# schedule families' search space hook). Passed to @hydra.main(execution_whitelist=...) and to every
+# instantiate() call, so that the guard holds in joblib worker processes too.
+EXECUTION_WHITELIST = (
+    "torch.optim.*",
+    "src.models.*",
+    "src.callbacks.*",
+    "src.schedule_families.family_parameters",
+)
 
 # Each group's _target_ must name a class under its package; what the error says is allowed.
 TARGETS = {
@@ -74,8 +80,10 @@ def _check_target(group: str, node: DictConfig) -> str:
     return target.rsplit(".", 1)[-1]
 
 
-def _check_scheduler(node: DictConfig) -> None:
+def _check_scheduler(cfg: DictConfig) -> None:
+    node = cfg.scheduler
     name = _check_target("scheduler", node)
+    check_stepping(cfg, name)
     if name == "StepLR":
         require_int("scheduler.step_size", node.get("step_size"), 1)
     if name in ("StepLR", "MultiStepLR", "ExponentialLR"):
@@ -92,6 +100,15 @@ def _check_scheduler(node: DictConfig) -> None:
         require_int("scheduler.T_max", node.get("T_max"), 1)
     if name == "ConstantLR":
         require_decay_factor("scheduler.factor", node.get("factor"))
+    if name == "OneCycleLR":
+        require_positive("scheduler.max_lr", node.get("max_lr"))
+    if name == "CyclicLR":
+        require_positive("scheduler.base_lr", node.get("base_lr"))
+        require_positive("scheduler.max_lr", node.get("max_lr"))
+    if name == "ReduceLROnPlateau" and not (_is_number(node.get("factor")) and 0 < node.get("factor") < 1):
+        raise ConfigError("scheduler.factor", node.get("factor"), "a number in (0, 1)")
+    if name == "ReduceLROnPlateau":
+        require_int("scheduler.patience", node.get("patience"), 0)
 
 
 def group_keys(group: str) -> set[str]:
@@ -143,7 +160,7 @@ def validate(cfg: DictConfig) -> None:
     _check_target("model", cfg.model)
     _check_target("optimizer", cfg.optimizer)
     require_positive("optimizer.lr", cfg.optimizer.get("lr"))
-    _check_scheduler(cfg.scheduler)
+    _check_scheduler(cfg)
     require_int("data.val_size", cfg.data.val_size, 1)
     require_int("data.split_seed", cfg.data.split_seed, 0)
     for flag in ("download", "offline_fallback", "normalize"):

@@ -3,6 +3,7 @@
     python -m src.confirm multirun/2026-11-25/10-00-00 --top 3 --seeds 5
     python -m src.confirm --study steplr --storage sqlite:///multirun/optuna.db --top 3 --seeds 5
     python -m src.confirm multirun/2026-11-25/10-00-00 --seeds 10 hydra/launcher=joblib   add seeds, 2 at once
+    python -m src.confirm multirun/2026-11-25/12-00-00 --best-per scheduler --top 5   each family at its best
 
 A sweep's best value is the maximum of many noisy trials: it is biased upward (the winner's curse). This
 takes the top settings of a sweep (an Optuna sweep's directory or study, or a plain grid's directory),
@@ -35,6 +36,7 @@ import yaml
 from src.atomic_files import write_text_atomically
 from src.compare import (
     DEFAULT_STORAGE,
+    best_per,
     comparability_groups,
     describe_groups,
     expand,
@@ -42,6 +44,7 @@ from src.compare import (
     relative,
     render_markdown,
     render_text,
+    sort_key,
 )
 from src.run_record import STATUS_COMPLETED
 from src.runs import Run, load_runs
@@ -80,6 +83,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--seeds", type=int, default=5, help="seeds per setting, new to the sweep (default 5)"
+    )
+    parser.add_argument(
+        "--best-per",
+        metavar="KEY",
+        help="take the best setting for each value of KEY (scheduler: each schedule family at its best)",
     )
     parser.add_argument("--out", type=Path, help="where the reruns and the verdict go")
     parser.add_argument(
@@ -194,7 +202,7 @@ def rerun(setting: Setting, setting_dir: Path, seeds: list[int], out: Path, over
         f"{relative(setting_dir)}: seeds {', '.join(map(str, seeds))} (as {relative(source)})",
         file=sys.stderr,
     )
-    if subprocess.run(command).returncode != 0:
+    if subprocess.run(command, stdout=sys.stderr).returncode != 0:  # stdout is the verdict's
         raise ConfirmError(
             f"the reruns in {setting_dir} failed (see above); run the same command again to resume"
         )
@@ -216,22 +224,21 @@ def report(
 
 
 def table(verdict: dict[str, Any]) -> tuple[list[str], list[list]]:
+    """The settings best first: seeds, the sweep's value, the confirmed mean, sd and interval, the bias."""
     metric = verdict["metric"]
-    header = ["setting", "seeds", f"sweep {metric}", f"{metric} mean", "sd", "ci95 low", "ci95 high", "bias"]
+    header = ["setting", "seeds", f"sweep {metric}", f"{metric} mean", "sd", "95% CI", "bias"]
     rows = []
     for record in verdict["settings"]:
-        low, high = record["ci95"] or (None, None)
-        bias = record["sweep_value"] - record["mean"]
+        interval = "-" if record["ci95"] is None else f"{record['ci95'][0]:.2f} to {record['ci95'][1]:.2f}"
         rows.append(
             [
                 record["name"],
-                record["n"],
-                record["sweep_value"],
-                record["mean"],
-                record["sd"],
-                low,
-                high,
-                bias,
+                str(record["n"]),
+                f"{record['sweep_value']:.2f}",
+                f"{record['mean']:.2f}",
+                "-" if record["sd"] is None else f"{record['sd']:.2f}",
+                interval,
+                f"{record['sweep_value'] - record['mean']:+.2f}",
             ]
         )
     return header, rows
@@ -247,6 +254,11 @@ def describe(verdict: dict[str, Any], markdown: bool) -> str:
             f"{'- ' if markdown else ''}test accuracy of {verdict['best']} (reported, not used to choose): "
             f"{test['mean']:.2f}{interval} over {test['n']} seeds"
         )
+    effort = verdict["reruns"]
+    lines.append(
+        f"{'- ' if markdown else ''}{effort['runs']} reruns, {effort['trained_now']} of them trained now in "
+        f"{effort['wall_time_s']} s; {effort['epochs_reused']} of their {effort['epochs']} epochs shared"
+    )
     lines.append(
         f"{'- ' if markdown else ''}intervals: {verdict['interval']}; comparisons: {verdict['test']}"
     )
@@ -261,7 +273,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = args.out or default_out
         runs = [run for run in runs if out.resolve() not in run.directory.resolve().parents]
         metric = optimized_metric(runs)
-        settings = top_settings(runs, metric, args.top)
+        candidates = best_per(runs, args.best_per, sort_key(metric, False)) if args.best_per else runs
+        settings = top_settings(candidates, metric, args.top)
         seeds = confirmation_seeds(runs, args.seeds)
         setting_dirs = [out / f"setting-{setting_id(setting)}" for setting in settings]
         for setting, setting_dir in zip(settings, setting_dirs, strict=True):

@@ -17,11 +17,14 @@ from tqdm import tqdm
 
 from src.data import MnistSplits, Split
 from src.errors import TrainingDiverged
+from src.schedules import Stepping
 
 
 @dataclass(frozen=True)
 class EpochRecord:
-    """One finished epoch. `lr` is the rate used during the epoch (before the scheduler steps)."""
+    """One finished epoch. `lr` is the rate of the epoch's first optimizer step, `lr_last` of its last one:
+    equal for a scheduler that steps once per epoch (the rate of the whole epoch), the ends of the epoch's
+    curve for one that steps per batch."""
 
     epoch: int  # counted from 1, as the seed prints it
     lr: float
@@ -31,6 +34,7 @@ class EpochRecord:
     test_acc: float  # percent
     train_time_s: float
     epoch_time_s: float  # training and evaluation
+    lr_last: float
 
     def as_row(self) -> dict[str, float]:
         return asdict(self)
@@ -43,8 +47,10 @@ def train_one_epoch(
     batch_size: int,
     generator: torch.Generator,
     show_progress: bool,
+    after_step: Callable[[], None],
 ) -> float:
-    """Mean training loss over the epoch; raises TrainingDiverged on the first non-finite loss."""
+    """Mean training loss over the epoch; raises TrainingDiverged on the first non-finite loss.
+    `after_step` follows every optimizer step (a per-step scheduler steps there)."""
     model.train()
     shuffled = data.shuffled(generator)
     total_loss = 0.0
@@ -56,6 +62,7 @@ def train_one_epoch(
             loss = F.cross_entropy(model(inputs), batch_labels)
             loss.backward()
             optimizer.step()
+            after_step()
             batch_loss = loss.item()
             if not math.isfinite(batch_loss):
                 raise TrainingDiverged(
@@ -82,7 +89,7 @@ def evaluate(model: nn.Module, data: Split, batch_size: int) -> tuple[float, flo
 def fit(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    stepping: Stepping,
     data: MnistSplits,
     epochs: int,
     batch_size: int,
@@ -91,20 +98,23 @@ def fit(
     on_epoch_end: Callable[[EpochRecord], None],
     first_epoch: int = 1,
 ) -> None:
-    """Train epochs first_epoch..epochs, stepping the scheduler once per epoch after the optimizer steps.
+    """Train epochs first_epoch..epochs, the scheduler stepped as `stepping` says (after every optimizer
+    step, or once per epoch after its evaluation, with a metric for a metric-driven one).
 
     `generator` shuffles the training set (one permutation per epoch). `on_epoch_end` receives every
     finished epoch; it may stop the run by raising (pruning).
     """
     show_progress = sys.stdout.isatty()
     for epoch in range(first_epoch, epochs + 1):
-        lr = optimizer.param_groups[0]["lr"]
+        lr = stepping.lr
         started = time.perf_counter()
-        train_loss = train_one_epoch(model, optimizer, data.train, batch_size, generator, show_progress)
+        train_loss = train_one_epoch(
+            model, optimizer, data.train, batch_size, generator, show_progress, stepping.after_optimizer_step
+        )
         train_time = time.perf_counter() - started
         val_loss, val_acc = evaluate(model, data.val, eval_batch_size)
         _, test_acc = evaluate(model, data.test, eval_batch_size)
-        scheduler.step()
+        stepping.after_epoch({"val_loss": val_loss, "val_acc": val_acc})
         on_epoch_end(
             EpochRecord(
                 epoch=epoch,
@@ -115,5 +125,6 @@ def fit(
                 test_acc=test_acc,
                 train_time_s=train_time,
                 epoch_time_s=time.perf_counter() - started,
+                lr_last=stepping.last_step_lr,
             )
         )

@@ -13,9 +13,12 @@ from collections.abc import Iterable
 PRUNE_FROM = ("auto", "first_epoch", "first_decay")
 
 
+SCHEDULE_PARAMS = ("scheduler", "steps")  # the scheduler group (its choice too) and the run's warmup length
+
+
 def searches_beyond_the_schedule(searched_params: Iterable[str]) -> bool:
     """Whether trials with these searched parameters can differ before their first decay."""
-    return any(name != "scheduler" and not name.startswith("scheduler.") for name in searched_params)
+    return any(name.split(".", 1)[0] not in SCHEDULE_PARAMS for name in searched_params)
 
 
 def first_prunable_epoch(prune_from: str, constant_lr_epochs: int, searched_params: Iterable[str]) -> int:

@@ -25,30 +25,20 @@ from src.data import MnistSplits, load_mnist
 from src.hardware import resolve_device, threads_for_this_job
 from src.loop import EpochRecord, fit
 from src.pruning import first_prunable_epoch
-from src.run_files import save_weights, write_epochs, write_summary
+from src.run_files import save_weights, write_epochs, write_step_lrs, write_summary
 from src.run_record import STATUS_COMPLETED, STATUS_FAILED, STATUS_INTERRUPTED, STATUS_PRUNED
-from src.runs import OPERATIONAL_KEYS
-from src.shared_prefix import SharedPrefix, constant_lr_epochs
+from src.runs import setting_overrides
+from src.schedules import SCHEDULE_KEYS, Stepping, build_scheduler, constant_epochs, fill_in_steps
+from src.shared_prefix import SharedPrefix
 
 log = logging.getLogger(__name__)
-# Overrides that say where and how a run went, not what it trained: left out of its TensorBoard name.
-NOT_IN_A_RUN_NAME = (
-    "data.",
-    "logger",
-    "hparams_search",
-    "overwrite",
-    "prune_from",
-    "optimized_metric",
-    *OPERATIONAL_KEYS,
-)
 
 
 def build(cfg: DictConfig, device: torch.device) -> tuple[Any, Any, Any]:
     """The model, optimizer and scheduler, instantiated from their config groups (torch's own classes)."""
     model = instantiate(cfg.model, _execution_whitelist_=EXECUTION_WHITELIST).to(device)
     optimizer = instantiate(cfg.optimizer, _execution_whitelist_=EXECUTION_WHITELIST)(model.parameters())
-    scheduler = instantiate(cfg.scheduler, _execution_whitelist_=EXECUTION_WHITELIST)(optimizer)
-    return model, optimizer, scheduler
+    return model, optimizer, build_scheduler(cfg.scheduler, optimizer)
 
 
 def hyperparameters(cfg: DictConfig) -> dict[str, Any]:
@@ -63,7 +53,9 @@ def hyperparameters(cfg: DictConfig) -> dict[str, Any]:
     }
     for group in ("optimizer", "scheduler"):
         for key, value in cfg[group].items():
-            if not key.startswith("_") and isinstance(value, int | float | str | bool):
+            if key.startswith("_") or (group == "scheduler" and key in SCHEDULE_KEYS):
+                continue
+            if isinstance(value, int | float | str | bool):
                 flat[f"{group}.{key}"] = value
     return flat
 
@@ -103,25 +95,23 @@ def train(cfg: DictConfig) -> float:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     device = resolve_device(cfg.trainer.device)
     data = load_data(cfg, device)
+    fill_in_steps(cfg, len(data.train))  # the run's length in optimizer steps, for per-step schedulers
     torch.manual_seed(cfg.trainer.seed)
     model, optimizer, scheduler = build(cfg, device)
+    stepping = Stepping(scheduler, cfg.scheduler, optimizer)
     generator = torch.Generator().manual_seed(cfg.trainer.seed)  # the training set's shuffles
-    constant_epochs = constant_lr_epochs(cfg)  # epochs at lr0 before the first decay
-    shared = (
-        SharedPrefix.for_run(cfg, data, device, run_dir, constant_epochs)
-        if cfg.trainer.prefix_cache
-        else None
-    )
+    constant = constant_epochs(cfg)  # epochs before the schedule first changes an optimizer setting
+    shared = SharedPrefix.for_run(cfg, data, device, run_dir, constant) if cfg.trainer.prefix_cache else None
     trial = current_trial()
     prune_from_epoch = (
-        first_prunable_epoch(cfg.prune_from, constant_epochs, trial.params) if trial is not None else None
+        first_prunable_epoch(cfg.prune_from, constant, trial.params) if trial is not None else None
     )
     tensorboard = None
     if cfg.logger.name == "tensorboard":
         from src.tensorboard_log import TensorBoardLog, session_name
 
         job = str(hydra_cfg.job.num) if hydra_cfg.mode == RunMode.MULTIRUN else "run"
-        named_by = [o for o in hydra_cfg.overrides.task if not o.lstrip("+~").startswith(NOT_IN_A_RUN_NAME)]
+        named_by = setting_overrides(hydra_cfg.overrides.task)
         tensorboard = TensorBoardLog(run_dir, hyperparameters(cfg), session_name(job, named_by))
     log.info(
         "data: %s (train %d, val %d, test %d) | device %s, %d threads",
@@ -134,18 +124,25 @@ def train(cfg: DictConfig) -> float:
     )
 
     records: list[EpochRecord] = []
+    step_lrs: list[float] = []  # a per-step schedule's rate at every optimizer step (lr_steps.csv)
 
     def on_epoch_end(record: EpochRecord) -> None:
         records.append(record)
         write_epochs(run_dir, records)
+        if stepping.per_step:
+            # A reused epoch (shared epochs) ran at its constant start rate throughout.
+            epoch_lrs = stepping.take_step_lrs() or [record.lr] * cfg.steps.per_epoch
+            step_lrs.extend(epoch_lrs)
+            if tensorboard:
+                tensorboard.log_steps(len(step_lrs) - len(epoch_lrs), epoch_lrs)
         log.info(
-            "epoch %d/%d  train_loss %.4f  val_acc %.2f%%  test_acc %.2f%%  lr %.6g  (%.2fs)",
+            "epoch %d/%d  train_loss %.4f  val_acc %.2f%%  test_acc %.2f%%  lr %s  (%.2fs)",
             record.epoch,
             cfg.trainer.epochs,
             record.train_loss,
             record.val_acc,
             record.test_acc,
-            record.lr,
+            f"{record.lr:.6g}" if record.lr == record.lr_last else f"{record.lr:.6g} to {record.lr_last:.6g}",
             record.epoch_time_s,
         )
         if tensorboard:
@@ -159,11 +156,11 @@ def train(cfg: DictConfig) -> float:
 
     status, reason = STATUS_COMPLETED, None
     try:
-        reused = shared.resume(model, optimizer, scheduler, generator, on_epoch_end) if shared else 0
+        reused = shared.resume(model, optimizer, stepping, generator, on_epoch_end) if shared else 0
         fit(
             model,
             optimizer,
-            scheduler,
+            stepping,
             data,
             epochs=cfg.trainer.epochs,
             batch_size=cfg.trainer.batch_size,
@@ -197,6 +194,8 @@ def train(cfg: DictConfig) -> float:
             "overrides": list(hydra_cfg.overrides.task),
             "hyperparameters": hyperparameters(cfg),
         }
+        if step_lrs:
+            write_step_lrs(run_dir, step_lrs)
         if status != STATUS_FAILED:
             try:
                 save_weights(run_dir, model)

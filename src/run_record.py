@@ -6,6 +6,7 @@ The writer is src/run_files.py (with src/run.py); the readers are src/runs.py an
 
 METRICS_CSV = "metrics.csv"  # one row per finished epoch
 METRICS_JSON = "metrics.json"  # the run's outcome
+LR_STEPS = "lr_steps.csv"  # a per-step schedule's lr at every optimizer step (step,lr; steps from 1)
 WEIGHTS = "model.pt"  # the final weights (state_dict)
 HYDRA_DIR = ".hydra"  # Hydra's composed config and overrides
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from src.run_record import HYDRA_DIR, METRICS_CSV, METRICS_JSON
+from src.run_record import HYDRA_DIR, LR_STEPS, METRICS_CSV, METRICS_JSON
 
 YamlLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 METRIC_KEYS = ("best_val_acc", "val_acc", "test_acc", "epochs_completed", "wall_time_s")
@@ -47,6 +47,23 @@ OPERATIONAL_KEYS = (
     "trainer.num_threads",
     "trainer.prefix_cache",
 )
+
+
+# Overrides that say where and how a run went, not what it trained: left out of what names its setting.
+NOT_SETTING_OVERRIDES = (
+    "data.",
+    "logger",
+    "hparams_search",
+    "overwrite",
+    "prune_from",
+    "optimized_metric",
+    *OPERATIONAL_KEYS,
+)
+
+
+def setting_overrides(overrides: Iterable[str]) -> list[str]:
+    """The task overrides that set what a run trained (its TensorBoard name, compare --best-per)."""
+    return [o for o in overrides if not o.lstrip("+~").startswith(NOT_SETTING_OVERRIDES)]
 
 
 @dataclass
@@ -150,6 +167,18 @@ def read_epochs(path: Path) -> tuple[list[dict[str, float]], str | None]:
         except (TypeError, ValueError):
             return rows, f"{path.parent}: truncated {METRICS_CSV} (line {line_number} is incomplete)"
     return rows, None
+
+
+def read_step_lrs(directory: Path) -> list[float]:
+    """A per-step schedule's learning rate at each optimizer step (lr_steps.csv); [] when the run has none
+    or it cannot be read (the epoch rows then draw the schedule)."""
+    path = directory / LR_STEPS
+    if not path.exists():
+        return []
+    try:
+        return [float(row["lr"]) for row in csv.DictReader(io.StringIO(read_small_text(path, MAX_CSV_BYTES)))]
+    except (UnreadableFile, KeyError, TypeError, ValueError):
+        return []
 
 
 def checked_metrics(metrics: dict[str, Any], directory: Path) -> tuple[dict[str, Any], list[str]]:

@@ -21,63 +21,58 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate, to_absolute_path
-from omegaconf import DictConfig, OmegaConf
+from hydra.utils import to_absolute_path
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
 from src.atomic_files import write_atomically
-from src.config import EXECUTION_WHITELIST
 from src.data import MnistSplits, raw_files_identity
 from src.hardware import cpu_identity
 from src.loop import EpochRecord
+from src.schedules import Stepping, optimizer_settings
 
 log = logging.getLogger(__name__)
 
 # Bump when the loop changes what a state after k epochs is.
-FORMAT_VERSION = 1
-# Schedulers that change nothing but the learning rate: with them, equal lrs mean equal states.
-LR_ONLY_SCHEDULERS = (
-    "StepLR",
-    "MultiStepLR",
-    "ExponentialLR",
-    "CosineAnnealingLR",
-    "CosineAnnealingWarmRestarts",
-    "ConstantLR",
-    "LinearLR",
-    "PolynomialLR",
+FORMAT_VERSION = 3
+
+
+# Config keys that cannot change a run's state after its shared epochs (everything else is hashed, so a new
+# option, say gradient clipping, separates runs without touching this file): the schedule (shared epochs are
+# those it leaves as configured), the run's length, where and how it logs and is checked, and what the key
+# adds in resolved form (data.root as its files, the device and thread count as used).
+NOT_IN_THE_STATE = (
+    "hydra",
+    "scheduler",
+    "steps",
+    "trainer.epochs",
+    "trainer.prefix_cache",
+    "trainer.device",
+    "trainer.num_threads",
+    "data.root",
+    "data.download",
+    "data.offline_fallback",
+    "logger",
+    "optimized_metric",
+    "prune_from",
+    "overwrite",
+    "schedule_families",
 )
 
 
-def constant_lr_epochs(cfg: DictConfig) -> int:
-    """How many epochs from the start the run's schedule keeps the learning rate at lr0."""
-    if cfg.scheduler._target_.rsplit(".", 1)[-1] not in LR_ONLY_SCHEDULERS:
-        return 0
-    lr0 = cfg.optimizer.lr
-    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr0)
-    scheduler = instantiate(cfg.scheduler, _execution_whitelist_=EXECUTION_WHITELIST)(probe)
-    with warnings.catch_warnings():  # stepping a scheduler without optimizer steps warns
-        warnings.simplefilter("ignore", UserWarning)
-        for epoch in range(cfg.trainer.epochs):
-            if probe.param_groups[0]["lr"] != lr0:
-                return epoch
-            scheduler.step()
-    return cfg.trainer.epochs
-
-
 def state_key(cfg: DictConfig, data: MnistSplits, device: torch.device) -> str:
-    """A digest of everything the state after k epochs at lr0 depends on, k aside."""
-    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-    data_cfg["root"] = str(Path(to_absolute_path(cfg.data.root)).resolve())
+    """A digest of everything the state after k epochs at the configured optimizer settings depends on: the
+    whole resolved config but NOT_IN_THE_STATE, the data's identity, the device, CPU and thread count."""
+    config = resolved_except(cfg, NOT_IN_THE_STATE)
+    root = Path(to_absolute_path(cfg.data.root)).resolve()
     identity = {
         "format": FORMAT_VERSION,
         "torch": torch.__version__,
-        "model": OmegaConf.to_container(cfg.model, resolve=True),
-        "optimizer": OmegaConf.to_container(cfg.optimizer, resolve=True),
-        "data": data_cfg,
+        "config": config,
+        "data_root": str(root),
         "data_source": data.source,
         "data_sizes": data.sizes(),
-        "data_files": raw_files_identity(Path(data_cfg["root"])),
-        "trainer": {k: cfg.trainer[k] for k in ("batch_size", "eval_batch_size", "seed")},
+        "data_files": raw_files_identity(root),
         "device": str(device),
         "cpu": cpu_identity(),
         "threads": torch.get_num_threads(),
@@ -85,14 +80,35 @@ def state_key(cfg: DictConfig, data: MnistSplits, device: torch.device) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
+def resolved_except(node: DictConfig, left_out: tuple[str, ...], prefix: str = "") -> dict[str, Any]:
+    """The config resolved, without the dotted keys left out (never resolved: Hydra's own node holds values
+    that exist only in some processes)."""
+    resolved: dict[str, Any] = {}
+    for key in node:
+        dotted = f"{prefix}{key}"
+        if dotted in left_out:
+            continue
+        value = node[key]
+        if isinstance(value, DictConfig):
+            resolved[key] = resolved_except(value, left_out, f"{dotted}.")
+        elif isinstance(value, ListConfig):
+            resolved[key] = OmegaConf.to_container(value, resolve=True)
+        else:
+            resolved[key] = value
+    return resolved
+
+
 class SharedPrefix:
     """The stored states of one key: `<directory>/<key>-<epochs>.pt`."""
 
-    def __init__(self, directory: Path, key: str, constant_epochs: int, run_dir: Path) -> None:
+    def __init__(
+        self, directory: Path, key: str, constant_epochs: int, run_dir: Path, steps_per_epoch: int
+    ) -> None:
         self.directory = directory
         self.key = key
         self.constant_epochs = constant_epochs  # this run's epochs at lr0: the states it may store or reuse
         self.run_dir = run_dir
+        self.steps_per_epoch = steps_per_epoch
         self.reused_epochs = 0
         self.reused_from: str | None = None
 
@@ -105,7 +121,7 @@ class SharedPrefix:
             return None
         directory = Path(to_absolute_path(cfg.trainer.prefix_cache))
         directory.mkdir(parents=True, exist_ok=True)
-        return cls(directory, state_key(cfg, data, device), constant_epochs, run_dir)
+        return cls(directory, state_key(cfg, data, device), constant_epochs, run_dir, cfg.steps.per_epoch)
 
     def path(self, epochs: int) -> Path:
         return self.directory / f"{self.key}-{epochs:04d}.pt"
@@ -152,7 +168,7 @@ class SharedPrefix:
         self,
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
-        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        stepping: Stepping,
         generator: torch.Generator,
         on_epoch_end: Callable[[EpochRecord], None],
     ) -> int:
@@ -164,16 +180,20 @@ class SharedPrefix:
         epochs = state["epochs"]
         with warnings.catch_warnings():  # the scheduler catches up with the restored epochs
             warnings.simplefilter("ignore", UserWarning)
-            for _ in range(epochs):
-                scheduler.step()
+            stepping.catch_up(epochs, self.steps_per_epoch)
+        settings = optimizer_settings(
+            optimizer
+        )  # this run's next lr (the stored optimizer has its own run's)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr(), strict=True):
-            group["lr"] = lr  # the stored optimizer carries its own run's next lr
+        for group, own in zip(optimizer.param_groups, settings, strict=True):
+            group.update(own)
         generator.set_state(state["generator"])
         torch.set_rng_state(state["rng"])
         self.reused_epochs, self.reused_from = epochs, state["run_dir"]
-        log.info("reusing %d epochs at lr %g trained by %s", epochs, scheduler.base_lrs[0], self.reused_from)
+        log.info(
+            "reusing %d epochs at lr %g trained by %s", epochs, state["records"][0]["lr"], self.reused_from
+        )
         for row in state["records"]:
             record = EpochRecord(**{**row, "train_time_s": 0.0, "epoch_time_s": 0.0})
             try:

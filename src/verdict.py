@@ -8,22 +8,53 @@ seeds both ran (src/seed_statistics.py). Test accuracy is never used to choose.
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import yaml
+
+from src.runs import setting_overrides
 from src.seed_groups import SEED_KEY, Setting
 from src.seed_statistics import CI_METHOD, TEST_METHOD, Estimate, Paired, estimate, paired
 
 
 def setting_names(settings: Sequence[Setting], format_parameter: Callable[[list], Callable]) -> list[str]:
-    """Each setting as the parameters that set it apart from the others: `step_size=5, gamma=0.05`."""
-    keys = sorted({key for s in settings for key in s.params})
-    differing = [key for key in keys if len({repr(s.params.get(key)) for s in settings}) > 1]
-    formatters = {key: format_parameter([s.params.get(key) for s in settings]) for key in differing}
-    short = {key: key.rsplit(".", 1)[-1] for key in differing}
+    """Each setting as what sets it apart from the others: the overrides its runs were given (a sweep's
+    searched values, `scheduler=onecycle max_lr=0.003061`) that not all settings share, or, for runs without
+    recorded overrides, its differing config values."""
+    given = [overrides_of(setting) for setting in settings]
+    if all(given):
+        keys = list(dict.fromkeys(key for overrides in given for key in overrides))
+        shown = [key for key in keys if len({repr(overrides.get(key)) for overrides in given}) > 1]
+        values = {key: [overrides.get(key) for overrides in given] for key in shown}
+    else:
+        keys = sorted({key for s in settings for key in s.params})
+        shown = [key for key in keys if len({repr(s.params.get(key)) for s in settings}) > 1]
+        values = {key: [s.params.get(key) for s in settings] for key in shown}
+    formatters = {key: format_parameter(values[key]) for key in shown}
+    short = {key: key.rsplit(".", 1)[-1] for key in shown}
     if len(set(short.values())) < len(short):
-        short = {key: key for key in differing}
+        short = {key: key for key in shown}
     return [
-        ", ".join(f"{short[key]}={formatters[key](s.params.get(key))}" for key in differing) or "the setting"
-        for s in settings
+        " ".join(
+            f"{short[key]}={formatters[key](values[key][i])}" for key in shown if values[key][i] is not None
+        )
+        or "the setting"
+        for i in range(len(settings))
     ]
+
+
+def overrides_of(setting: Setting) -> dict[str, Any]:
+    """The setting overrides of its first run (metrics.json), values parsed as YAML: {} when not recorded."""
+    overrides = setting.runs[0].metrics.get("overrides") if setting.runs else None
+    if not isinstance(overrides, list):
+        return {}
+    parsed = {}
+    for override in setting_overrides(map(str, overrides)):
+        key, _, text = override.lstrip("+").partition("=")
+        if key != SEED_KEY:
+            try:
+                parsed[key] = yaml.safe_load(text)
+            except yaml.YAMLError:
+                parsed[key] = text
+    return parsed
 
 
 def by_seed(setting: Setting, metric: str) -> dict[Any, float]:

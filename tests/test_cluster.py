@@ -111,7 +111,8 @@ def test_sweep_workers_submitted_as_slurm_jobs_finish_one_study(slurm, tiny_mnis
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 CPUs to give a run fewer than all")
-def test_a_run_sizes_its_threads_from_its_cpu_affinity(tiny_mnist, tmp_path):
+def test_a_run_sizes_its_threads_from_its_cpu_affinity(tiny_mnist, tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # a CPU-share registry of its own: no other job counts
     result = subprocess.run(
         [
             "taskset",
@@ -144,8 +145,13 @@ def test_slurm_cpus_per_task_caps_the_cpus_a_job_uses(monkeypatch):
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 CPUs to share")
-def test_a_run_started_beside_another_training_job_takes_its_share_of_the_cpus(tiny_mnist, tmp_path):
-    """Two sweep workers on one machine used to run a thread per core each: 4 threads on 2 cores."""
+def test_a_run_started_beside_another_training_job_takes_its_share_of_the_cpus(
+    tiny_mnist, tmp_path, monkeypatch
+):
+    """Two sweep workers on one machine used to run a thread per core each: 4 threads on 2 cores. The two
+    runs keep their registry in a temporary directory of their own (TMPDIR), so that training jobs of
+    anyone else on the machine do not count."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
     busy = subprocess.Popen(
         [
             sys.executable,

@@ -138,6 +138,7 @@ def test_the_pruner_is_asked_from_the_epoch_prune_from_names(
     [
         (["scheduler.step_size", "scheduler.gamma"], (6, 1, 6)),
         (["scheduler"], (6, 1, 6)),  # a choice between schedulers: each trial still waits for its own decay
+        (["scheduler", "scheduler.max_lr", "steps.warmup_epochs"], (6, 1, 6)),  # the families search
         (["scheduler.gamma", "optimizer.lr"], (1, 1, 6)),
         (["model"], (1, 1, 6)),
     ],

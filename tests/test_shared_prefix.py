@@ -4,17 +4,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.cli import compose_run, read_json, run_cli
+from helpers.cli import compose_run, read_json, run_cli, tiny_data_overrides
 from helpers.sweeps import load_study, optuna_sweep_args
 from helpers.training import read_rows, rows_without_timing, train_tiny
 from omegaconf import OmegaConf
 
-from src.shared_prefix import constant_lr_epochs
+from src.schedules import constant_epochs, fill_in_steps
 
 
 def run_tiny(tiny_mnist: Path, run_dir: Path, *overrides: str) -> dict:
-    """Train in-process on the tiny MNIST without TensorBoard; the run's metrics.json."""
-    train_tiny(tiny_mnist, run_dir, "logger=none", *overrides)
+    """Train in-process on the tiny MNIST without TensorBoard; the run's metrics.json. One thread: the
+    thread count is part of what a shared state depends on, and other jobs on the machine would change it."""
+    train_tiny(tiny_mnist, run_dir, "logger=none", "trainer.num_threads=1", *overrides)
     return read_json(run_dir / "metrics.json")
 
 
@@ -44,6 +45,28 @@ def test_a_run_that_reuses_epochs_ends_exactly_where_training_from_scratch_ends(
     assert [float(r["epoch_time_s"]) for r in read_rows(tmp_path / "reusing")][:2] == [0.0, 0.0]
 
 
+def test_a_per_step_schedule_that_reuses_epochs_ends_exactly_where_training_from_scratch_ends(
+    tiny_mnist, tmp_path
+):
+    """StepLR stepped after every optimizer step (16 per epoch here): a step_size of 32 keeps lr0 for two
+    epochs, and those are reused from a run that kept it for three."""
+    cache = f"trainer.prefix_cache={tmp_path / 'cache'}"
+    common = ["trainer.epochs=4", "optimizer.lr=0.003", "scheduler.interval=step", "scheduler.gamma=0.9"]
+    run_tiny(tiny_mnist, tmp_path / "first", *common, "scheduler.step_size=48", cache)
+    decays_after_two = [*common, "scheduler.step_size=32"]
+    reusing = run_tiny(tiny_mnist, tmp_path / "reusing", *decays_after_two, cache)
+    scratch = run_tiny(tiny_mnist, tmp_path / "scratch", *decays_after_two)
+    assert reusing["epochs_reused"] == 2 and scratch["epochs_reused"] == 0
+    assert rows_without_timing(tmp_path / "reusing") == rows_without_timing(tmp_path / "scratch")
+    assert (tmp_path / "reusing" / "lr_steps.csv").read_text() == (
+        tmp_path / "scratch" / "lr_steps.csv"
+    ).read_text()
+    weights = [torch.load(tmp_path / name / "model.pt") for name in ("reusing", "scratch")]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    steps = (tmp_path / "reusing" / "lr_steps.csv").read_text().splitlines()[1:]
+    assert [float(line.split(",")[1]) for line in steps] == [0.003] * 32 + [pytest.approx(0.0027)] * 32
+
+
 def test_only_equal_settings_share_epochs(tiny_mnist, tmp_path):
     cache = f"trainer.prefix_cache={tmp_path / 'cache'}"
     run_tiny(tiny_mnist, tmp_path / "first", "trainer.epochs=2", "scheduler.step_size=2", cache)
@@ -63,21 +86,21 @@ def test_only_equal_settings_share_epochs(tiny_mnist, tmp_path):
         (["scheduler=cosine"], 1),
         (["scheduler=constant"], 6),
         (["scheduler=constant", "scheduler.factor=0.5", "scheduler.total_iters=2"], 0),
-        (
-            [
-                "scheduler._target_=torch.optim.lr_scheduler.OneCycleLR",
-                "+scheduler.max_lr=0.01",
-                "+scheduler.total_steps=6",
-                "~scheduler.step_size",
-                "~scheduler.gamma",
-            ],
-            0,
-        ),
+        (["scheduler=onecycle"], 0),  # starts at max_lr / div_factor, and cycles Adam's beta1
+        (["scheduler=warmup_cosine"], 0),
+        (["scheduler=warmup_cosine", "scheduler.schedulers.0.start_factor=1.0", "steps.warmup_epochs=2"], 2),
+        (["scheduler=cyclic"], 0),
+        (["scheduler=cosine_restarts"], 0),
+        (["scheduler=plateau"], 0),  # its steps follow the run's own results
+        (["scheduler.interval=step", "scheduler.step_size=40"], 4),  # per step: 40 of 10 per epoch
+        (["scheduler.interval=step", "scheduler.step_size=41"], 4),
+        (["scheduler.interval=step", "scheduler.step_size=39"], 3),  # epoch 4's last step has decayed
     ],
 )
-def test_constant_lr_epochs_follow_the_schedule(tmp_path, scheduler, expected):
+def test_constant_epochs_are_found_by_stepping_the_schedule(tmp_path, scheduler, expected):
     cfg = compose_run(["trainer.epochs=6", *scheduler], tmp_path)
-    assert constant_lr_epochs(cfg) == expected, OmegaConf.to_yaml(cfg.scheduler)
+    fill_in_steps(cfg, n_train=640)  # 10 steps per epoch of 64
+    assert constant_epochs(cfg) == expected, OmegaConf.to_yaml(cfg.scheduler)
 
 
 def test_a_sweep_reuses_shared_epochs_and_finds_the_same_values(tiny_mnist, tmp_path):
@@ -126,3 +149,33 @@ def test_a_damaged_state_is_skipped_and_its_epochs_trained_again(tiny_mnist, tmp
     assert run["epochs_reused"] == 1  # the intact state after epoch 1
     assert rows_without_timing(tmp_path / "again") == rows_without_timing(tmp_path / "first")
     assert torch.load(longest, weights_only=True)["epochs"] == 2  # stored anew by the run that retrained it
+
+
+def test_the_state_key_hashes_every_option_but_those_known_not_to_change_training(tiny_mnist, tmp_path):
+    """A training option added later (gradient clipping, say) separates runs without touching the key code;
+    the schedule, the run's length and where it logs do not."""
+    from src.run import load_data
+    from src.shared_prefix import state_key
+
+    def key(*overrides: str) -> str:
+        cfg = compose_run([*tiny_data_overrides(tiny_mnist), "trainer.num_threads=1", *overrides], tmp_path)
+        torch.set_num_threads(1)
+        return state_key(cfg, load_data(cfg, torch.device("cpu")), torch.device("cpu"))
+
+    base = key()
+    for same in (
+        "scheduler.gamma=0.5",
+        "scheduler=onecycle",
+        "trainer.epochs=9",
+        "logger=none",
+        "prune_from=first_epoch",
+    ):
+        assert key(same) == base, same
+    for other in (
+        "+trainer.grad_clip=1.0",
+        "+model.width=7",
+        "optimizer.lr=0.002",
+        "trainer.seed=3",
+        "data.val_size=300",
+    ):
+        assert key(other) != base, other

@@ -177,7 +177,8 @@ def test_killed_sweep_resumes_without_losing_or_repeating_finished_trials(tiny_m
     assert len(trial_dirs(tmp_path / "second")) == 6 - len(completed_before)
 
 
-def test_joblib_launcher_runs_two_workers_with_the_cores_shared(tiny_mnist, tmp_path):
+def test_joblib_launcher_runs_two_workers_with_the_cores_shared(tiny_mnist, tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # a CPU-share registry of its own: no other job counts
     result = run_cli(
         "src.train",
         *optuna_sweep_args(

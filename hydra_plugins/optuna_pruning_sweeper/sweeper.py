@@ -512,6 +512,13 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
                 f"  validation {best.value:.4g}, test {'-' if test is None else f'{test:.4g}'}, "
                 f"directory {best.user_attrs.get(RUN_DIR)}"
             )
+            if ranked := best_per_choice(study):
+                results["best_per_choice"] = ranked
+                for name, choices in ranked.items():
+                    log.info(
+                        f"Best per {name}: "
+                        + ", ".join(f"{c} {r['value']:.4g} (trial {r['trial']})" for c, r in choices.items())
+                    )
         else:
             results["solutions"] = [{"params": t.params, "values": t.values} for t in study.best_trials]
             log.info(f"Number of Pareto solutions: {len(study.best_trials)}")
@@ -529,6 +536,32 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
 
 # What a task may record on its trial (trial_bridge) for the summary.
 REPORTED_ATTRS = (RUN_DIR, "status", "test_acc", "epochs_completed", "epochs_planned")
+
+
+def best_per_choice(study: optuna.Study) -> dict[str, dict[str, dict[str, Any]]]:
+    """For each searched choice (a categorical parameter, such as a config group), its options ranked by
+    their best completed trial: the value and trial number, best first."""
+    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    names = {
+        name
+        for trial in completed
+        for name, distribution in trial.distributions.items()
+        if isinstance(distribution, optuna.distributions.CategoricalDistribution)
+    }
+    ranked = {}
+    for name in sorted(names):
+        best: dict[Any, FrozenTrial] = {}
+        for trial in completed:
+            if name in trial.params:
+                choice = trial.params[name]
+                if choice not in best or (trial.value > best[choice].value) == maximize:
+                    best[choice] = trial
+        order = sorted(best.items(), key=lambda item: item[1].value, reverse=maximize)
+        ranked[name] = {
+            str(choice): {"value": t.value, "trial": t.number, "params": t.params} for choice, t in order
+        }
+    return ranked
 
 
 def best_trial_info(trial: FrozenTrial) -> dict[str, Any]:

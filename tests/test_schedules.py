@@ -1,0 +1,118 @@
+"""Schedules beyond per-epoch ones: metric-driven, per-step (recorded at each step), a search of families."""
+
+import csv
+
+import optuna
+import pytest
+from helpers.cli import read_json, run_cli, tiny_data_overrides
+from helpers.training import read_rows, train_tiny
+from optuna.trial import TrialState
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+STEPS_PER_EPOCH = 16  # the tiny MNIST: 1,000 training images in batches of 64
+
+
+@pytest.mark.parametrize(
+    ("monitor", "mode", "rates"),
+    [
+        ("val_loss", "min", [0.001, 0.0005, 0.00025]),  # even the first epoch is no improvement on inf * 0
+        ("val_acc", "max", [0.001, 0.001, 0.0005]),  # the first epoch improves on -inf
+    ],
+)
+def test_plateau_cuts_the_lr_after_each_epoch_its_metric_does_not_improve(
+    tiny_mnist, tmp_path, monitor, mode, rates
+):
+    """A relative threshold of 100% asks for twice the best accuracy or no loss at all: with patience 0,
+    every epoch that brings neither cuts the lr."""
+    train_tiny(
+        tiny_mnist,
+        tmp_path,
+        "logger=none",
+        "trainer.epochs=3",
+        "scheduler=plateau",
+        f"scheduler.monitor={monitor}",
+        f"scheduler.mode={mode}",
+        "scheduler.threshold=1.0",
+        "scheduler.factor=0.5",
+    )
+    assert [float(row["lr"]) for row in read_rows(tmp_path)] == rates
+
+
+def test_a_per_step_schedule_is_recorded_at_every_step(tiny_mnist, tmp_path):
+    train_tiny(tiny_mnist, tmp_path, "logger=tensorboard", "trainer.epochs=2", "scheduler=onecycle")
+    with open(tmp_path / "lr_steps.csv") as f:
+        steps = [(int(row["step"]), float(row["lr"])) for row in csv.DictReader(f)]
+    assert [step for step, _ in steps] == list(range(1, 2 * STEPS_PER_EPOCH + 1))
+    rates = [lr for _, lr in steps]
+    peak = rates.index(max(rates))
+    assert max(rates) == pytest.approx(0.01, rel=0.01) and 0 < peak < len(rates) - 1  # up, then down
+    assert rates[0] == pytest.approx(0.01 / 25) and rates[-1] < rates[0]
+    events = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0})
+    events.Reload()
+    logged = [(event.step, event.value) for event in events.Scalars("lr/step")]
+    assert [step for step, _ in logged] == [step for step, _ in steps]  # 16 an epoch: all of them (up to 50)
+    assert [value for _, value in logged] == pytest.approx(rates, rel=1e-6)  # float32 in the event file
+    rows = read_rows(tmp_path)
+    assert [(float(r["lr"]), float(r["lr_last"])) for r in rows] == [
+        (rates[0], rates[STEPS_PER_EPOCH - 1]),
+        (rates[STEPS_PER_EPOCH], rates[-1]),
+    ]
+
+
+def test_warmup_then_cosine_rises_over_its_warmup_and_ends_at_eta_min(tiny_mnist, tmp_path):
+    train_tiny(
+        tiny_mnist, tmp_path, "logger=none", "trainer.epochs=3", "scheduler=warmup_cosine", "steps.warmup=8"
+    )
+    with open(tmp_path / "lr_steps.csv") as f:
+        rates = [float(row["lr"]) for row in csv.DictReader(f)]
+    assert len(rates) == 3 * STEPS_PER_EPOCH
+    assert rates[0] == pytest.approx(0.001 * 0.01) and rates[:8] == sorted(rates[:8])
+    assert rates[8] == pytest.approx(0.001) and rates[8:] == sorted(rates[8:], reverse=True)
+    assert rates[-1] < 0.001 * 0.01
+
+
+def test_a_search_over_schedule_families_tunes_each_family_and_ranks_them(tiny_mnist, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    sweep = run_cli(
+        "src.train",
+        "--multirun",
+        "hparams_search=schedule_families_optuna",
+        "hydra.sweeper.n_trials=8",
+        "trainer.epochs=2",
+        "logger=none",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        f"hydra.sweeper.storage={storage}",
+        *tiny_data_overrides(tiny_mnist),
+    )
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    study = optuna.load_study(study_name="schedule_families", storage=storage)
+    completed = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(completed) == 8 and len({t.params["scheduler"] for t in completed}) >= 3
+    own = {
+        "step_lr": {"scheduler.step_size", "scheduler.gamma"},
+        "exponential_lr": {"scheduler.gamma"},
+        "warmup_cosine": {"steps.warmup_epochs"},
+        "onecycle": {"scheduler.max_lr", "scheduler.pct_start"},
+        "plateau": {"scheduler.factor", "scheduler.patience"},
+    }
+    for trial in completed:  # each family with its own parameters only
+        family = trial.params["scheduler"]
+        assert set(trial.params) == {"scheduler", *own[family]}, trial.params
+        run = read_json(tmp_path / "sweep" / str(trial.number) / "metrics.json")
+        assert f"scheduler={family}" in run["overrides"]
+    best = {}
+    for trial in completed:
+        family = trial.params["scheduler"]
+        best[family] = max(best.get(family, 0.0), trial.value)
+    ranking = sorted(best, key=lambda family: -best[family])
+    summary = next(
+        line for line in sweep.stdout.splitlines() + sweep.stderr.splitlines() if "Best per scheduler" in line
+    )
+    assert summary.split("Best per scheduler: ")[1].split(", ")[0].startswith(f"{ranking[0]} ")
+    listing = run_cli("src.compare", str(tmp_path / "sweep"), "--best-per", "scheduler")
+    assert listing.returncode == 0, listing.stderr
+    rows = listing.stdout.strip().splitlines()[1:]
+    assert len(rows) == len(best)
+    assert [f"scheduler={family}" in row for row, family in zip(rows, ranking, strict=True)] == [True] * len(
+        best
+    )
