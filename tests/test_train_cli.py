@@ -58,7 +58,11 @@ BAD_INPUTS = [
     ("data.normalize=maybe", "data.normalize='maybe'", "true or false"),
     ("prune_from=never", "prune_from='never'", "auto, first_epoch, first_decay"),
     ("model=resnet", "model='resnet'", "one of cnn, mlp, simple_net"),
-    ("hparams_search=nope", "hparams_search='nope'", "one of steplr_lr_optuna, steplr_optuna"),
+    (
+        "hparams_search=nope",
+        "hparams_search='nope'",
+        "one of schedule_families_optuna, steplr_lr_optuna, steplr_optuna",
+    ),
     ("+trainer.foo=1", "trainer.foo=1", "not a trainer setting (they are batch_size, device, epochs"),
     ("+data.rooot=x", "data.rooot='x'", "not a data setting"),
     ("+model.x._target_=os.system", "model.x._target_='os.system'", "a _target_ may be set only on"),
