@@ -112,3 +112,14 @@ class CheckConfigFirst(Callback):
         except UserInputError as error:
             print(f"error: {error}", file=sys.stderr)
             raise SystemExit(2) from None
+
+
+class SummarizeSweep(Callback):
+    """After an optuna_pruning sweep, this app's summary of its trials: epochs run, shared and saved by
+    pruning, the best trial's test accuracy (src/sweep_summary.py; the sweeper plugin knows none of these)."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.hydra.sweeper.get("_target_") == RESUMING_SWEEPER:
+            from src.sweep_summary import summarize_sweep
+
+            summarize_sweep(config)

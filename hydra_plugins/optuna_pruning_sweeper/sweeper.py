@@ -474,44 +474,30 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
             )
 
     def _report(self, study: optuna.Study) -> None:
+        """The study's outcome: trial counts, the best trial (its parameters, value and run directory), each
+        searched choice's options ranked; logged and written to optimization_results.yaml. What a task
+        records on its trials beyond that is the app's to summarize (a Hydra callback's on_multirun_end)."""
         trials = [t for t in study.trials if counts_toward_n_trials(t)]
         states = Counter(t.state.name.lower() for t in trials)
-        pruned = [t for t in trials if t.state == TrialState.PRUNED]
-        epochs_saved = sum(
-            t.user_attrs.get("epochs_planned", 0) - t.user_attrs.get("epochs_completed", 0) for t in pruned
-        )
         results: dict[str, Any] = {
             "name": "optuna",
             "study_name": study.study_name,
             "storage": self.where,
             "trials": {state: states.get(state, 0) for state in ("complete", "pruned", "fail")},
-            "epochs_used": sum(t.user_attrs.get("epochs_completed", 0) for t in trials),
-            "epochs_reused": sum(t.user_attrs.get("epochs_reused", 0) for t in trials),
-            "epochs_saved_by_pruning": epochs_saved,
         }
         log.info(
             f"Sweep done: study {study.study_name!r} holds {len(trials)} finished trials: "
             f"{states['complete']} completed, {states['pruned']} pruned, {states['fail']} failed"
         )
-        if pruned:
-            log.info(f"Pruning stopped {len(pruned)} trials early and saved {epochs_saved} epochs")
-        if results["epochs_reused"]:
-            log.info(
-                f"Trials reused {results['epochs_reused']} of their {results['epochs_used']} epochs "
-                "from earlier trials instead of training them"
-            )
         if not states["complete"]:
             self._save_results(results)
             raise SweepError(f"No trial of study {study.study_name!r} completed: see the failures above")
         if len(study.directions) == 1:
             best = study.best_trial
             results.update(best_params=best.params, best_value=best.value, best_trial=best_trial_info(best))
-            test = best.user_attrs.get("test_acc")
+            objective = study.metric_names[0] if study.metric_names else "value"
             log.info(f"Best trial {best.number}: {best.params}")
-            log.info(
-                f"  validation {best.value:.4g}, test {'-' if test is None else f'{test:.4g}'}, "
-                f"directory {best.user_attrs.get(RUN_DIR)}"
-            )
+            log.info(f"  {objective} {best.value:.4g}, directory {best.user_attrs.get(RUN_DIR)}")
             if ranked := best_per_choice(study):
                 results["best_per_choice"] = ranked
                 for name, choices in ranked.items():
@@ -532,10 +518,6 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # renamed into place: never half a file
         OmegaConf.save(OmegaConf.create(results), temporary)
         os.replace(temporary, path)
-
-
-# What a task may record on its trial (trial_bridge) for the summary.
-REPORTED_ATTRS = (RUN_DIR, "status", "test_acc", "epochs_completed", "epochs_planned")
 
 
 def best_per_choice(study: optuna.Study) -> dict[str, dict[str, dict[str, Any]]]:
@@ -567,7 +549,7 @@ def best_per_choice(study: optuna.Study) -> dict[str, dict[str, dict[str, Any]]]
 def best_trial_info(trial: FrozenTrial) -> dict[str, Any]:
     return {
         "number": trial.number,
-        **{k: trial.user_attrs[k] for k in REPORTED_ATTRS if k in trial.user_attrs},
+        **trial.user_attrs,  # what the task recorded on it: its run directory, and the app's own
     }
 
 
