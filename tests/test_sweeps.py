@@ -566,3 +566,36 @@ def test_killing_a_joblib_sweep_stops_its_workers_training(tiny_mnist, tmp_path)
         metrics = read_json(run_dir / "metrics.json")
         assert metrics["status"] == "interrupted"
         assert 0 < metrics["epochs_completed"] < 400
+
+
+def test_opening_a_storage_retries_when_another_worker_created_its_tables_first():
+    """PostgreSQL reports the lost race as DuplicateTable, a ProgrammingError (seen in CI: two workers started
+    together, one stopped with 'relation "studies" already exists'); SQLite as a locked database."""
+    import sqlalchemy
+
+    from hydra_plugins.optuna_pruning_sweeper.storage import StorageError, with_retries
+
+    for lost_race in (
+        sqlalchemy.exc.ProgrammingError(
+            "CREATE TABLE studies", {}, Exception('relation "studies" already exists')
+        ),
+        sqlalchemy.exc.OperationalError("CREATE TABLE studies", {}, Exception("database is locked")),
+    ):
+        attempts: list[int] = []
+
+        def open_once(error=lost_race, attempts=attempts):
+            attempts.append(1)
+            if len(attempts) == 1:
+                raise error
+            return "opened"
+
+        assert with_retries(open_once, "the test storage") == "opened" and len(attempts) == 2
+    with pytest.raises(StorageError, match="permission denied"):
+        with_retries(
+            lambda: (_ for _ in ()).throw(
+                sqlalchemy.exc.ProgrammingError(
+                    "SELECT", {}, Exception("permission denied for table studies")
+                )
+            ),
+            "the test storage",
+        )

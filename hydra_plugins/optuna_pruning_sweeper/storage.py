@@ -32,7 +32,8 @@ SQLITE_PREFIX = "sqlite:///"
 DEFAULT_DATABASE = "optuna.db"
 JOURNAL_PREFIX = "journal file "  # how describe() names a journal file storage (compare reads it back)
 # Workers that start together create the tables and the study at the same instant: those races end in
-# one of these errors for all but one of them, and opening again succeeds.
+# one of these errors for all but one of them (SQLite: locked, UNIQUE constraint; PostgreSQL: relation
+# already exists, duplicate key), and opening again succeeds.
 RACE_MESSAGES = ("locked", "already exists", "duplicate", "unique constraint", "deadlock")
 OPEN_ATTEMPTS = 12
 
@@ -100,7 +101,7 @@ def with_retries(open_once: Any, what: str) -> Any:
             with warnings.catch_warnings():  # heartbeats are experimental in Optuna, used here on purpose
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return open_once()
-        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError) as error:
+        except sqlalchemy.exc.DBAPIError as error:  # PostgreSQL's DuplicateTable is a ProgrammingError
             if not is_race(error) or attempt == OPEN_ATTEMPTS - 1:
                 raise StorageError(f"cannot open the Optuna storage {what}: {one_line(error)}") from error
             time.sleep(random.uniform(0.05, 0.3) * (attempt + 1))
