@@ -11,8 +11,8 @@ A run knows its length only once its data is loaded; it then fills in the config
 `total_steps: ${steps.total}` (OneCycleLR). A scheduler whose `schedulers` key lists schedulers
 (SequentialLR, ChainedScheduler) gets them built on the same optimizer.
 
-Which epochs keep every optimizer hyperparameter at its start value is found by simulating the configured
-scheduler step by step on a probe optimizer of the run's class (constant_epochs): shared epochs and the
+Which epochs train with every optimizer setting as configured (lr0, betas, momentum) is found by stepping
+the configured scheduler on a probe optimizer of the run's class (constant_epochs): shared epochs and the
 pruner's first epoch follow from it for any scheduler, with no list of names.
 """
 
