@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from src.errors import ConfigError
 from src.pruning import PRUNE_FROM
+from src.run_record import class_name
 from src.schedule_config import check_stepping
 
 # The only callables a config may instantiate (besides torch's: the app's models, its Hydra callbacks, and the
@@ -22,6 +23,7 @@ EXECUTION_WHITELIST = (
     "torch.optim.*",
     "src.models.*",
     "src.callbacks.*",
+    "src.epoch_callbacks.*",
     "src.schedule_families.family_parameters",
 )
 
@@ -77,7 +79,7 @@ def _check_target(group: str, node: DictConfig) -> str:
         or (group == "optimizer" and target.startswith(scheduler_prefix))
     ):
         raise ConfigError(f"{group}._target_", target, allowed)
-    return target.rsplit(".", 1)[-1]
+    return class_name(target)
 
 
 def _check_scheduler(cfg: DictConfig) -> None:

@@ -8,7 +8,6 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -17,27 +16,8 @@ from tqdm import tqdm
 
 from src.data import MnistSplits, Split
 from src.errors import TrainingDiverged
+from src.run_record import EpochRecord
 from src.schedules import Stepping
-
-
-@dataclass(frozen=True)
-class EpochRecord:
-    """One finished epoch. `lr` is the rate of the epoch's first optimizer step, `lr_last` of its last one:
-    equal for a scheduler that steps once per epoch (the rate of the whole epoch), the ends of the epoch's
-    curve for one that steps per batch."""
-
-    epoch: int  # counted from 1, as the seed prints it
-    lr: float
-    train_loss: float
-    val_loss: float
-    val_acc: float  # percent
-    test_acc: float  # percent
-    train_time_s: float
-    epoch_time_s: float  # training and evaluation
-    lr_last: float
-
-    def as_row(self) -> dict[str, float]:
-        return asdict(self)
 
 
 def train_one_epoch(

@@ -8,6 +8,9 @@ is validated before this runs (src.train.main).
 import logging
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +25,22 @@ from hydra_plugins.optuna_pruning_sweeper.trial_bridge import current_trial
 from src.config import EXECUTION_WHITELIST
 from src.cpu_share import CpuShare, job_cpus
 from src.data import MnistSplits, load_mnist
+from src.epoch_callbacks import EpochCallback, History, ProgressLog, ReportToOptuna, RunContext
 from src.hardware import resolve_device, threads_for_this_job
-from src.loop import EpochRecord, fit
+from src.loop import fit
 from src.pruning import first_prunable_epoch
-from src.run_files import save_weights, write_epochs, write_step_lrs, write_summary
-from src.run_record import STATUS_COMPLETED, STATUS_FAILED, STATUS_INTERRUPTED, STATUS_PRUNED
-from src.runs import setting_overrides
+from src.run_files import save_weights, write_summary
+from src.run_record import (
+    STATUS_COMPLETED,
+    STATUS_FAILED,
+    STATUS_INTERRUPTED,
+    STATUS_PRUNED,
+    TRIAL_ATTRS,
+    EpochRecord,
+    class_name,
+)
 from src.schedules import SCHEDULE_KEYS, Stepping, build_scheduler, constant_epochs, fill_in_steps
-from src.shared_prefix import SharedPrefix
+from src.shared_prefix import SharedPrefix, StoreSharedEpochs
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +55,9 @@ def build(cfg: DictConfig, device: torch.device) -> tuple[Any, Any, Any]:
 def hyperparameters(cfg: DictConfig) -> dict[str, Any]:
     """The run's hyperparameters as flat scalars (for TensorBoard's HParams and the sweep summary)."""
     flat: dict[str, Any] = {
-        "model": cfg.model._target_.rsplit(".", 1)[-1],
-        "optimizer": cfg.optimizer._target_.rsplit(".", 1)[-1],
-        "scheduler": cfg.scheduler._target_.rsplit(".", 1)[-1],
+        "model": class_name(cfg.model._target_),
+        "optimizer": class_name(cfg.optimizer._target_),
+        "scheduler": class_name(cfg.scheduler._target_),
         "epochs": cfg.trainer.epochs,
         "batch_size": cfg.trainer.batch_size,
         "seed": cfg.trainer.seed,
@@ -86,13 +97,43 @@ def epoch_results(records: list[EpochRecord]) -> dict[str, Any]:
     }
 
 
+def run_context(cfg: DictConfig) -> RunContext:
+    """This job's context from Hydra's config (the run or sweep job being executed)."""
+    hydra_cfg = HydraConfig.get()
+    return RunContext(
+        run_dir=Path(hydra_cfg.runtime.output_dir),
+        job=str(hydra_cfg.job.num) if hydra_cfg.mode == RunMode.MULTIRUN else "run",
+        overrides=list(hydra_cfg.overrides.task),
+        trial=current_trial(),
+        log=log,
+    )
+
+
+def epoch_callbacks(
+    cfg: DictConfig, context: RunContext, prune_from_epoch: int | None
+) -> list[EpochCallback]:
+    """The run's epoch callbacks: its files, its log line, the configured logger, its Optuna trial."""
+    callbacks: list[EpochCallback] = [History(context.run_dir), ProgressLog(context.log, cfg.trainer.epochs)]
+    if cfg.logger.get("epoch_callback") is not None:
+        logger = instantiate(cfg.logger.epoch_callback, _execution_whitelist_=EXECUTION_WHITELIST)
+        callbacks.append(logger(context, hyperparameters(cfg)))
+    if context.trial is not None:
+        callbacks.append(ReportToOptuna(context.trial, prune_from_epoch))
+    return callbacks
+
+
+def prunable_from(cfg: DictConfig, context: RunContext, constant: int) -> int | None:
+    if context.trial is None:
+        return None
+    return first_prunable_epoch(cfg.prune_from, constant, context.trial.params)
+
+
 def train(cfg: DictConfig) -> float:
     started = time.perf_counter()
     share = CpuShare(job_cpus())
     share.register()  # one of the processes that train on this machine's CPUs (src/cpu_share.py)
     torch.set_num_threads(threads_for_this_job(cfg.trainer.num_threads, share))
-    hydra_cfg = HydraConfig.get()
-    run_dir = Path(hydra_cfg.runtime.output_dir)
+    context = run_context(cfg)
     device = resolve_device(cfg.trainer.device)
     data = load_data(cfg, device)
     fill_in_steps(cfg, len(data.train))  # the run's length in optimizer steps, for per-step schedulers
@@ -101,62 +142,29 @@ def train(cfg: DictConfig) -> float:
     stepping = Stepping(scheduler, cfg.scheduler, optimizer)
     generator = torch.Generator().manual_seed(cfg.trainer.seed)  # the training set's shuffles
     constant = constant_epochs(cfg)  # epochs before the schedule first changes an optimizer setting
-    shared = SharedPrefix.for_run(cfg, data, device, run_dir, constant) if cfg.trainer.prefix_cache else None
-    trial = current_trial()
-    prune_from_epoch = (
-        first_prunable_epoch(cfg.prune_from, constant, trial.params) if trial is not None else None
+    shared = (
+        SharedPrefix.for_run(cfg, data, device, context.run_dir, constant)
+        if cfg.trainer.prefix_cache
+        else None
     )
-    tensorboard = None
-    if cfg.logger.name == "tensorboard":
-        from src.tensorboard_log import TensorBoardLog, session_name
-
-        job = str(hydra_cfg.job.num) if hydra_cfg.mode == RunMode.MULTIRUN else "run"
-        named_by = setting_overrides(hydra_cfg.overrides.task)
-        tensorboard = TensorBoardLog(run_dir, hyperparameters(cfg), session_name(job, named_by))
-    log.info(
-        "data: %s (train %d, val %d, test %d) | device %s, %d threads",
-        data.source,
-        len(data.train),
-        len(data.val),
-        len(data.test),
-        device,
-        torch.get_num_threads(),
-    )
-
-    records: list[EpochRecord] = []
-    step_lrs: list[float] = []  # a per-step schedule's rate at every optimizer step (lr_steps.csv)
+    callbacks = epoch_callbacks(cfg, context, prunable_from(cfg, context, constant))
+    history = callbacks[0]
+    if shared:
+        callbacks.insert(2, StoreSharedEpochs(shared, model, optimizer, generator, history.records))
+    log_data(data, device)
 
     def on_epoch_end(record: EpochRecord) -> None:
-        records.append(record)
-        write_epochs(run_dir, records)
-        if stepping.per_step:
-            # A reused epoch (shared epochs) ran at its constant start rate throughout.
-            epoch_lrs = stepping.take_step_lrs() or [record.lr] * cfg.steps.per_epoch
-            step_lrs.extend(epoch_lrs)
-            if tensorboard:
-                tensorboard.log_steps(len(step_lrs) - len(epoch_lrs), epoch_lrs)
-        log.info(
-            "epoch %d/%d  train_loss %.4f  val_acc %.2f%%  test_acc %.2f%%  lr %s  (%.2fs)",
-            record.epoch,
-            cfg.trainer.epochs,
-            record.train_loss,
-            record.val_acc,
-            record.test_acc,
-            f"{record.lr:.6g}" if record.lr == record.lr_last else f"{record.lr:.6g} to {record.lr_last:.6g}",
-            record.epoch_time_s,
+        # A reused epoch (shared epochs) ran at its constant start rate throughout.
+        step_lrs = (
+            (stepping.take_step_lrs() or [record.lr] * cfg.steps.per_epoch) if stepping.per_step else []
         )
-        if tensorboard:
-            tensorboard.log_epoch(record)
-        if shared:
-            shared.save(record.epoch, model, optimizer, generator, records)
-        if trial is not None:
-            trial.report(record.val_acc, record.epoch)
-            if record.epoch >= prune_from_epoch and trial.should_prune():
-                raise optuna.TrialPruned(f"pruned by the Optuna pruner after epoch {record.epoch}")
+        for callback in callbacks:
+            callback.on_epoch_end(record, step_lrs)
 
-    status, reason = STATUS_COMPLETED, None
-    try:
+    with finishing_run(cfg, context, data, device, callbacks, started) as finish:
         reused = shared.resume(model, optimizer, stepping, generator, on_epoch_end) if shared else 0
+        finish.epochs_reused, finish.reused_from = reused, shared.reused_from if shared else None
+        finish.model = model
         fit(
             model,
             optimizer,
@@ -169,6 +177,47 @@ def train(cfg: DictConfig) -> float:
             on_epoch_end=on_epoch_end,
             first_epoch=reused + 1,
         )
+    return finish.summary[cfg.optimized_metric]
+
+
+def log_data(data: MnistSplits, device: torch.device) -> None:
+    log.info(
+        "data: %s (train %d, val %d, test %d) | device %s, %d threads",
+        data.source,
+        len(data.train),
+        len(data.val),
+        len(data.test),
+        device,
+        torch.get_num_threads(),
+    )
+
+
+@dataclass
+class RunEnd:
+    """What finishing_run needs to know of the run beyond its callbacks, and the summary it wrote."""
+
+    model: Any = None  # the weights saved (None: nothing trained yet, none saved)
+    epochs_reused: int = 0
+    reused_from: str | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@contextmanager
+def finishing_run(
+    cfg: DictConfig,
+    context: RunContext,
+    data: MnistSplits,
+    device: torch.device,
+    callbacks: list[EpochCallback],
+    started: float,
+) -> Iterator[RunEnd]:
+    """Run the block (the training), then whatever happened write metrics.json with the status, the
+    weights (unless failed), end every callback and record the outcome on the Optuna trial. Pruned,
+    failed and interrupted runs re-raise after that."""
+    end = RunEnd()
+    status, reason = STATUS_COMPLETED, None
+    try:
+        yield end
     except optuna.TrialPruned as pruned:
         status, reason = STATUS_PRUNED, str(pruned)
         raise
@@ -179,35 +228,35 @@ def train(cfg: DictConfig) -> float:
         status, reason = STATUS_INTERRUPTED, f"{type(stop).__name__}: stopped from outside"
         raise
     finally:
-        summary = {
+        history = next(c for c in callbacks if isinstance(c, History))
+        end.summary = {
             "status": status,
             "reason": reason,
-            **epoch_results(records),
+            **epoch_results(history.records),
             "epochs_planned": cfg.trainer.epochs,
-            "epochs_reused": shared.reused_epochs if shared else 0,
-            "reused_from": shared.reused_from if shared else None,
+            "epochs_reused": end.epochs_reused,
+            "reused_from": end.reused_from,
             "wall_time_s": time.perf_counter() - started,
             "data_source": data.source,
             **data.sizes(),
             "seed": cfg.trainer.seed,
             "device": str(device),
-            "overrides": list(hydra_cfg.overrides.task),
+            "overrides": context.overrides,
             "hyperparameters": hyperparameters(cfg),
         }
-        if step_lrs:
-            write_step_lrs(run_dir, step_lrs)
-        if status != STATUS_FAILED:
+        if status != STATUS_FAILED and end.model is not None:
             try:
-                save_weights(run_dir, model)
+                save_weights(context.run_dir, end.model)
             except (OSError, RuntimeError) as error:  # a full disk (torch's zip writer raises RuntimeError)
-                free_kb = shutil.disk_usage(run_dir).free // 1024
-                summary["weights_error"] = f"{type(error).__name__}: {error} ({free_kb} kB free in {run_dir})"
-                log.error("weights not saved: %s", summary["weights_error"])
-        write_summary(run_dir, summary)
-        if tensorboard:
-            tensorboard.close(status)
-        if trial is not None:
-            for key in ("status", "test_acc", "epochs_completed", "epochs_planned", "epochs_reused"):
-                trial.set_user_attr(key, summary[key])
-        log.info("%s: %s", status, run_dir)
-    return summary[cfg.optimized_metric]
+                free_kb = shutil.disk_usage(context.run_dir).free // 1024
+                end.summary["weights_error"] = (
+                    f"{type(error).__name__}: {error} ({free_kb} kB free in {context.run_dir})"
+                )
+                context.log.error("weights not saved: %s", end.summary["weights_error"])
+        write_summary(context.run_dir, end.summary)
+        for callback in callbacks:
+            callback.on_run_end(status)
+        if context.trial is not None:
+            for key in TRIAL_ATTRS:
+                context.trial.set_user_attr(key, end.summary[key])
+        context.log.info("%s: %s", status, context.run_dir)

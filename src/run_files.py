@@ -17,8 +17,7 @@ import torch
 from torch import nn
 
 from src.atomic_files import write_atomically, write_text_atomically
-from src.loop import EpochRecord
-from src.run_record import LR_STEPS, METRICS_CSV, METRICS_JSON, WEIGHTS
+from src.run_record import LR_STEPS, METRICS_CSV, METRICS_JSON, WEIGHTS, EpochRecord
 
 CSV_COLUMNS = list(EpochRecord.__dataclass_fields__)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from src.run_record import HYDRA_DIR, LR_STEPS, METRICS_CSV, METRICS_JSON
+from src.run_record import HYDRA_DIR, LR_STEPS, METRICS_CSV, METRICS_JSON, class_name
 
 YamlLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 METRIC_KEYS = ("best_val_acc", "val_acc", "test_acc", "epochs_completed", "wall_time_s")
@@ -100,7 +100,7 @@ def flatten_config(config: dict[str, Any]) -> dict[str, Any]:
                 if key == "_partial_":
                     continue
                 if key == "_target_":
-                    flat[prefix] = str(value).rsplit(".", 1)[-1]
+                    flat[prefix] = class_name(value)
                 else:
                     visit(f"{prefix}.{key}" if prefix else str(key), value)
         else:

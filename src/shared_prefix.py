@@ -28,7 +28,7 @@ from torch import nn
 from src.atomic_files import write_atomically
 from src.data import MnistSplits, raw_files_identity
 from src.hardware import cpu_identity
-from src.loop import EpochRecord
+from src.run_record import EpochRecord
 from src.schedules import Stepping, optimizer_settings
 
 log = logging.getLogger(__name__)
@@ -203,3 +203,29 @@ class SharedPrefix:
                     model.load_state_dict(earlier["model"])
                 raise
         return epochs
+
+
+class StoreSharedEpochs:
+    """The epoch callback of a run with trainer.prefix_cache: its state after each constant-lr epoch."""
+
+    def __init__(
+        self,
+        shared: SharedPrefix,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        generator: torch.Generator,
+        records: list[EpochRecord],
+    ) -> None:
+        self.shared, self.model, self.optimizer, self.generator, self.records = (
+            shared,
+            model,
+            optimizer,
+            generator,
+            records,
+        )
+
+    def on_epoch_end(self, record: EpochRecord, step_lrs: list[float]) -> None:
+        self.shared.save(record.epoch, self.model, self.optimizer, self.generator, self.records)
+
+    def on_run_end(self, status: str) -> None:
+        pass

@@ -16,8 +16,7 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from torch.utils.tensorboard import SummaryWriter
 
-from src.loop import EpochRecord
-from src.run_record import STATUS_COMPLETED, STATUS_PRUNED
+from src.run_record import STATUS_COMPLETED, STATUS_PRUNED, EpochRecord
 
 SCALARS = {
     "loss/train": "train_loss",
