@@ -32,6 +32,7 @@ TARGETS = {
     "model": ("src.models.", "a model class under src.models (SimpleNet, MLP, CNN)"),
     "optimizer": ("torch.optim.", "a torch.optim optimizer class (torch.optim.Adam, torch.optim.SGD, ...)"),
     "scheduler": ("torch.optim.lr_scheduler.", "a torch.optim.lr_scheduler class (StepLR, ...)"),
+    "logger.epoch_callback": ("src.epoch_callbacks.", "an epoch callback class under src.epoch_callbacks"),
 }
 DEVICES = ("auto", "cpu", "cuda")
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -136,7 +137,9 @@ def check_targets(node: DictConfig, path: str = "") -> None:
         where = f"{path}{key}"
         if key == "_target_" and path.rstrip(".") not in TARGETS:
             raise ConfigError(
-                where, child._value(), "a _target_ is allowed only as model, optimizer or scheduler's"
+                where,
+                child._value(),
+                "a _target_ is allowed only as model, optimizer, scheduler or logger.epoch_callback's",
             )
         if isinstance(child, DictConfig) and where != "hydra":
             check_targets(child, f"{where}.")
@@ -172,5 +175,7 @@ def validate(cfg: DictConfig) -> None:
     if cfg.optimized_metric not in OPTIMIZED_METRICS:
         raise ConfigError("optimized_metric", cfg.optimized_metric, f"one of {', '.join(OPTIMIZED_METRICS)}")
     require_bool("overwrite", cfg.get("overwrite", False))
+    if cfg.logger.get("epoch_callback") is not None:
+        _check_target("logger.epoch_callback", cfg.logger.epoch_callback)
     if cfg.logger.name not in ("tensorboard", "none"):
         raise ConfigError("logger.name", cfg.logger.name, "tensorboard or none (logger=tensorboard|none)")

@@ -21,6 +21,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig
 
+from hydra_plugins.batched_launcher.deferral import deferring
 from hydra_plugins.optuna_pruning_sweeper.trial_bridge import current_trial
 from src.config import EXECUTION_WHITELIST
 from src.cpu_share import CpuShare, job_cpus
@@ -128,12 +129,18 @@ def prunable_from(cfg: DictConfig, context: RunContext, constant: int) -> int | 
     return first_prunable_epoch(cfg.prune_from, constant, context.trial.params)
 
 
-def train(cfg: DictConfig) -> float:
+def train(cfg: DictConfig, context: RunContext | None = None) -> Any:
+    """Train the run; its optimized metric. Under hydra/launcher=batched a job's run is deferred, to train
+    stacked with the batch's other trials (src/batched_runs.py); `context` is then given."""
+    if context is None and deferring():
+        from src.batched_runs import BatchedRun
+
+        return BatchedRun.for_this_job(cfg)
     started = time.perf_counter()
     share = CpuShare(job_cpus())
     share.register()  # one of the processes that train on this machine's CPUs (src/cpu_share.py)
     torch.set_num_threads(threads_for_this_job(cfg.trainer.num_threads, share))
-    context = run_context(cfg)
+    context = context or run_context(cfg)
     device = resolve_device(cfg.trainer.device)
     data = load_data(cfg, device)
     fill_in_steps(cfg, len(data.train))  # the run's length in optimizer steps, for per-step schedulers
@@ -151,7 +158,7 @@ def train(cfg: DictConfig) -> float:
     history = callbacks[0]
     if shared:
         callbacks.insert(2, StoreSharedEpochs(shared, model, optimizer, generator, history.records))
-    log_data(data, device)
+    log_data(data, device, context.log)
 
     def on_epoch_end(record: EpochRecord) -> None:
         # A reused epoch (shared epochs) ran at its constant start rate throughout.
@@ -180,8 +187,8 @@ def train(cfg: DictConfig) -> float:
     return finish.summary[cfg.optimized_metric]
 
 
-def log_data(data: MnistSplits, device: torch.device) -> None:
-    log.info(
+def log_data(data: MnistSplits, device: torch.device, logger: logging.Logger = log) -> None:
+    logger.info(
         "data: %s (train %d, val %d, test %d) | device %s, %d threads",
         data.source,
         len(data.train),

@@ -1,0 +1,67 @@
+"""The task's side of hydra/launcher=batched: defer a job's work, to be done together with others.
+
+    if deferring():
+        return defer(MyWork(cfg))      # MyWork.run_together(works, max_batch) does it later
+
+`run_together` is a classmethod of the work's type, called once per type with every deferred work of the
+batch (in job order) and hydra.launcher.max_batch; it returns, per work, the job's return value or the
+exception that ended it.
+"""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+_collected: ContextVar[list["Deferred"] | None] = ContextVar("batched_launcher_deferred", default=None)
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """What the task function returns for a deferred job, until the launcher fills in its real value."""
+
+    work: Any
+
+    def __repr__(self) -> str:
+        return f"Deferred({type(self.work).__name__})"
+
+
+def deferring() -> bool:
+    """True inside a job of hydra/launcher=batched: the task may defer its work."""
+    return _collected.get() is not None
+
+
+def defer(work: Any) -> Deferred:
+    collected = _collected.get()
+    if collected is None:
+        raise RuntimeError(
+            "defer() is only possible inside a job of hydra/launcher=batched (see deferring())"
+        )
+    deferred = Deferred(work)
+    collected.append(deferred)
+    return deferred
+
+
+@contextmanager
+def collecting() -> Iterator[list[Deferred]]:
+    """The launcher's side: collect what the jobs run inside this block defer."""
+    collected: list[Deferred] = []
+    token = _collected.set(collected)
+    try:
+        yield collected
+    finally:
+        _collected.reset(token)
+
+
+def run_deferred(collected: list[Deferred], max_batch: int | None) -> dict[int, Any]:
+    """Each deferred work's result (a value or an exception), by id() of its Deferred."""
+    by_type: dict[type, list[Deferred]] = {}
+    for deferred in collected:
+        by_type.setdefault(type(deferred.work), []).append(deferred)
+    results: dict[int, Any] = {}
+    for work_type, deferreds in by_type.items():
+        outcomes = work_type.run_together([d.work for d in deferreds], max_batch)
+        for deferred, outcome in zip(deferreds, outcomes, strict=True):
+            results[id(deferred)] = outcome
+    return results

@@ -1,0 +1,89 @@
+"""hydra/launcher=batched: the basic launcher's jobs, their deferred work done together (see __init__)."""
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, open_dict
+
+from .deferral import Deferred, collecting, run_deferred
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BatchedLauncherConf:
+    _target_: str = "hydra_plugins.batched_launcher.launcher.BatchedLauncher"
+    # At most this many jobs trained together (null: as many as fit in memory, the task decides).
+    max_batch: int | None = None
+
+
+ConfigStore.instance().store(
+    group="hydra/launcher", name="batched", node=BatchedLauncherConf, provider="batched"
+)
+
+
+class BatchedLauncher(Launcher):
+    def __init__(self, max_batch: int | None = None) -> None:
+        if max_batch is not None and (
+            isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1
+        ):
+            raise ValueError(
+                f"hydra.launcher.max_batch={max_batch!r} is not allowed: an integer >= 1 or null"
+            )
+        self.max_batch = max_batch
+        self.config: DictConfig | None = None
+        self.hydra_context: HydraContext | None = None
+        self.task_function: TaskFunction | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config = config
+        self.hydra_context = hydra_context
+        self.task_function = task_function
+
+    def _configure_hydra_logging(self) -> None:
+        assert self.config is not None and self.hydra_context is not None
+        configure_log(
+            self.config.hydra.hydra_logging,
+            self.config.hydra.verbose,
+            execution_whitelist=self.hydra_context.execution_whitelist,
+        )
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        setup_globals()
+        assert self.config is not None and self.hydra_context is not None and self.task_function is not None
+        self._configure_hydra_logging()
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        log.info(f"Launching {len(job_overrides)} jobs, trained together where they can be")
+        runs: list[JobReturn] = []
+        with collecting() as collected:
+            for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+                log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+                sweep_config = self.hydra_context.config_loader.load_sweep_config(
+                    self.config, list(overrides)
+                )
+                with open_dict(sweep_config):
+                    sweep_config.hydra.job.id = str(idx)
+                    sweep_config.hydra.job.num = idx
+                runs.append(
+                    run_job(
+                        hydra_context=self.hydra_context,
+                        task_function=self.task_function,
+                        config=sweep_config,
+                        job_dir_key="hydra.sweep.dir",
+                        job_subdir_key="hydra.sweep.subdir",
+                    )
+                )
+                self._configure_hydra_logging()
+        results = run_deferred(collected, self.max_batch)
+        for run in runs:
+            if run.status is JobStatus.COMPLETED and isinstance(run._return_value, Deferred):
+                outcome = results[id(run._return_value)]
+                run.status = JobStatus.FAILED if isinstance(outcome, BaseException) else JobStatus.COMPLETED
+                run.return_value = outcome
+        return runs

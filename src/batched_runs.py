@@ -1,0 +1,447 @@
+"""Trials trained together (hydra/launcher=batched): one pass over the data for a whole batch of runs.
+
+Under the batched launcher each job defers its run (BatchedRun.for_this_job) after Hydra has written its
+directory, .hydra/ and log; the launcher then calls BatchedRun.run_together with the batch's runs. Runs that
+differ only in their optimizer and scheduler (same model, data, batch size, seed, device) form a group,
+split by hydra.launcher.max_batch and by memory; a group trains as one stacked model (src/stacked_model.py),
+each trial with torch's own optimizer and scheduler on its slice (src/trial_optimizers.py).
+
+Per trial, as in a run alone: the same initial weights and shuffles (the group shares the seed), the same
+dropout masks (one draw of a run's shape, from the same generator), the same epoch callbacks and files
+(src/epoch_callbacks.py, run.finishing_run). A trial that is pruned, diverges or fails leaves the group
+at once; the others go on. What differs from a run alone: float rounding (the trials' matmuls are one
+wider matmul), and the times: each epoch's train and epoch time is the group's divided by its trials.
+
+A group trains one trial at a time instead (run.train, the basic launcher's way), with a log line saying
+why, when it has one run, when its model can't be stacked, or when a few timed steps show that stacking is
+not faster (large models on few cores: their matmuls are already efficient).
+"""
+
+import copy
+import hashlib
+import json
+import logging
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from hydra_plugins.batched_launcher.deferral import Deferred, defer
+from src.config import EXECUTION_WHITELIST
+from src.cpu_share import CpuShare, job_cpus
+from src.data import MnistSplits, Split
+from src.epoch_callbacks import RunContext
+from src.errors import TrainingDiverged
+from src.hardware import resolve_device, threads_for_this_job
+from src.run import (
+    RunEnd,
+    epoch_callbacks,
+    finishing_run,
+    load_data,
+    log_data,
+    prunable_from,
+    run_context,
+    train,
+)
+from src.run_record import EpochRecord
+from src.schedules import Stepping, build_scheduler, constant_epochs, fill_in_steps
+from src.shared_prefix import resolved_except
+from src.stacked_model import StackedModel, parameter_bytes, stack_model
+from src.trial_optimizers import TrialOptimizer
+
+log = logging.getLogger(__name__)
+
+# What the trials of one group may differ in; everything else must be equal (a new option splits groups).
+PER_TRIAL = (
+    "hydra",
+    "optimizer",
+    "scheduler",
+    "steps",
+    "trainer.epochs",
+    "trainer.prefix_cache",
+    "logger",
+    "optimized_metric",
+    "prune_from",
+    "overwrite",
+    "schedule_families",
+)
+TIMED_STEPS = 3  # steps timed each way before a group trains stacked
+MEMORY_SHARE = 0.5  # of the memory available, what a group's stacked model may use
+
+
+@dataclass
+class BatchedRun:
+    """One job's run, deferred until its batch trains (Hydra has made its directory and .hydra/)."""
+
+    cfg: DictConfig
+    context: RunContext
+    started: float = field(default_factory=time.perf_counter)
+
+    @classmethod
+    def for_this_job(cls, cfg: DictConfig) -> Deferred:
+        context = run_context(cfg)
+        context.log = job_logger(context.job)
+        return defer(cls(copy.deepcopy(cfg), context))
+
+    @property
+    def group_key(self) -> str:
+        """Runs with equal keys can train as one stacked model."""
+        config = resolved_except(self.cfg, PER_TRIAL)
+        return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+
+    @classmethod
+    def run_together(cls, runs: list["BatchedRun"], max_batch: int | None) -> list[Any]:
+        """Each run's value for the sweeper (its optimized metric), or the exception that ended it."""
+        outcomes: dict[int, Any] = {}
+        groups: dict[str, list[int]] = {}
+        for index, run in enumerate(runs):
+            groups.setdefault(run.group_key, []).append(index)
+        try:
+            for members in groups.values():
+                outcomes.update(train_group([runs[i] for i in members], members, max_batch))
+        finally:
+            for run in runs:
+                close_job_logger(run.context.log)
+        return [outcomes[i] for i in range(len(runs))]
+
+
+def job_logger(job: str) -> logging.Logger:
+    """A logger that writes to this job's own log file only (Hydra's file handler at this moment): in a
+    group, each trial's lines go to its own run's log, and the console gets the group's lines."""
+    logger = logging.getLogger(f"{__name__}.job{job}")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            own = logging.FileHandler(handler.baseFilename, mode="a")
+            own.setFormatter(handler.formatter)
+            logger.addHandler(own)
+    return logger
+
+
+def close_job_logger(logger: logging.Logger) -> None:
+    for handler in list(logger.handlers):
+        handler.close()
+        logger.removeHandler(handler)
+
+
+def run_alone(run: BatchedRun) -> Any:
+    """The run as the basic launcher would train it; its value or the exception that ended it."""
+    try:
+        return train(run.cfg, run.context)
+    except Exception as error:
+        return error
+
+
+def train_group(runs: list[BatchedRun], indices: list[int], max_batch: int | None) -> dict[int, Any]:
+    cfg = runs[0].cfg
+    share = CpuShare(job_cpus())
+    share.register()
+    torch.set_num_threads(threads_for_this_job(cfg.trainer.num_threads, share))
+    device = resolve_device(cfg.trainer.device)
+    data = load_data(cfg, device)
+    outcomes: dict[int, Any] = {}
+    ready: list[tuple[int, BatchedRun]] = []
+    for index, run in zip(indices, runs, strict=True):
+        try:
+            fill_in_steps(run.cfg, len(data.train))
+            ready.append((index, run))
+        except Exception as error:  # a warmup longer than this trial's run: this trial fails alone
+            outcomes[index] = error
+    if len(ready) < 2:
+        outcomes.update({index: run_alone(run) for index, run in ready})
+        return outcomes
+    torch.manual_seed(cfg.trainer.seed)
+    model = instantiate(cfg.model, _execution_whitelist_=EXECUTION_WHITELIST).to(device)
+    rng_after_init = torch.get_rng_state()  # a run alone draws its dropout masks from here on
+    sample, _ = data.train.batch(slice(0, cfg.trainer.batch_size))
+    stacked, how = stack_model(model, 2, sample)
+    if stacked is None:
+        log.info("%d trials train one at a time: %s", len(ready), how)
+        outcomes.update({index: run_alone(run) for index, run in ready})
+        return outcomes
+    size = fitting_batch(model, sample, max_batch, len(ready))
+    for start in range(0, len(ready), size):
+        chunk = ready[start : start + size]
+        if len(chunk) == 1:
+            outcomes[chunk[0][0]] = run_alone(chunk[0][1])
+            continue
+        if not stacking_is_faster(model, how, len(chunk), sample, data.train):
+            outcomes.update({index: run_alone(run) for index, run in chunk})
+            continue
+        torch.set_rng_state(rng_after_init)
+        group = StackedGroup(model, how, [run for _, run in chunk], data, device)
+        for (index, _), outcome in zip(chunk, group.train(), strict=True):
+            outcomes[index] = outcome
+    return outcomes
+
+
+def fitting_batch(model: torch.nn.Module, sample: torch.Tensor, max_batch: int | None, trials: int) -> int:
+    """How many trials train together: max_batch, and what fits in MEMORY_SHARE of the available memory
+    (per trial: weights, gradients and two optimizer states, and the activations of a training batch)."""
+    activations = 0
+
+    def count(_module: torch.nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+        nonlocal activations
+        activations += output.numel() * output.element_size()
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    hooks = [m.register_forward_hook(count) for m in leaves]
+    with torch.no_grad():
+        model(sample)
+    for hook in hooks:
+        hook.remove()
+    per_trial = 4 * parameter_bytes(model) + 2 * activations  # activations kept for backward, and grads
+    available = available_memory_bytes()
+    fits = max(1, int(MEMORY_SHARE * available // per_trial))
+    size = min(trials, fits, max_batch or trials)
+    log.info(
+        "%d trials: about %.1f MB per trial stacked, %.0f MB available: groups of up to %d%s",
+        trials,
+        per_trial / 2**20,
+        available / 2**20,
+        size,
+        f" (hydra.launcher.max_batch={max_batch})" if max_batch and max_batch < min(trials, fits) else "",
+    )
+    return size
+
+
+def available_memory_bytes() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 * 2**30
+
+
+def stacking_is_faster(
+    model: torch.nn.Module, how: str, trials: int, sample: torch.Tensor, train_split: Split
+) -> bool:
+    """Time a few training steps stacked and one trial's alone (times the trials); False, with a log line,
+    when stacking would be slower. Works on copies and leaves the random generators as they were."""
+    rng = torch.get_rng_state()
+    _, labels = train_split.batch(slice(0, len(sample)))
+    stacked = StackedModel(model, trials, how)
+    optimizers = [TrialOptimizer(torch.optim.Adam(stacked.trial_views(k), fused=True)) for k in range(trials)]
+    alone = copy.deepcopy(model)
+    alone_optimizer = torch.optim.Adam(alone.parameters(), fused=True)
+
+    def stacked_step() -> None:
+        losses = trial_losses(stacked(sample), labels)
+        grads = torch.autograd.grad(losses.sum(), list(stacked.params.values()))
+        for k, optimizer in enumerate(optimizers):
+            optimizer.step([g[k] for g in grads])
+
+    def alone_step() -> None:
+        alone_optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(alone(sample), labels).backward()
+        alone_optimizer.step()
+
+    timings = {}
+    for name, step in (("stacked", stacked_step), ("alone", alone_step)):
+        step()  # warm-up (first-step state)
+        best = math.inf
+        for _ in range(TIMED_STEPS):
+            started = time.perf_counter()
+            step()
+            best = min(best, time.perf_counter() - started)
+        timings[name] = best
+    torch.set_rng_state(rng)
+    faster = timings["stacked"] < trials * timings["alone"]
+    log.info(
+        "%d trials %s: a training step takes %.2f ms stacked, %.2f ms one trial at a time",
+        trials,
+        "train stacked" if faster else "train one at a time (stacking is not faster here)",
+        1e3 * timings["stacked"],
+        1e3 * trials * timings["alone"],
+    )
+    return faster
+
+
+def trial_losses(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Each trial's cross-entropy over the batch: logits [K, N, classes] -> [K]."""
+    trials, n = logits.shape[:2]
+    losses = F.cross_entropy(logits.reshape(trials * n, -1), labels.repeat(trials), reduction="none")
+    losses = losses.view(trials, n)
+    return losses.mean(1) if reduction == "mean" else losses.sum(1)
+
+
+@dataclass
+class Trial:
+    """One run inside a stacked group: its optimizer and scheduler, callbacks and finishing."""
+
+    run: BatchedRun
+    optimizer: TrialOptimizer
+    stepping: Stepping
+    finishing: Any  # run.finishing_run, entered
+    end: RunEnd
+    callbacks: list
+    outcome: Any = None
+
+
+class StackedGroup:
+    """Trials trained as one stacked model. `in_stack` are the trials in the stack (by their index in
+    `trials`), in stack order; `running` those not finished. The stack loses finished trials after each
+    epoch (_narrow)."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        how: str,
+        runs: list[BatchedRun],
+        data: MnistSplits,
+        device: torch.device,
+    ) -> None:
+        self.model, self.data, self.cfg = model, data, runs[0].cfg
+        self.stacked = StackedModel(model, len(runs), how)
+        self.generator = torch.Generator().manual_seed(self.cfg.trainer.seed)  # the shuffles, as alone
+        self.trials: list[Trial] = []
+        self.in_stack = list(range(len(runs)))
+        self.running = set(self.in_stack)
+        for k, run in enumerate(runs):
+            cfg, context = run.cfg, run.context
+            optimizer = instantiate(cfg.optimizer, _execution_whitelist_=EXECUTION_WHITELIST)(
+                self.stacked.trial_views(k)
+            )
+            stepping = Stepping(build_scheduler(cfg.scheduler, optimizer), cfg.scheduler, optimizer)
+            callbacks = epoch_callbacks(cfg, context, prunable_from(cfg, context, constant_epochs(cfg)))
+            finishing = finishing_run(cfg, context, data, device, callbacks, run.started)
+            end = finishing.__enter__()
+            context.log.info("trained stacked with %d other trials (hydra/launcher=batched)", len(runs) - 1)
+            log_data(data, device, context.log)
+            self.trials.append(Trial(run, TrialOptimizer(optimizer), stepping, finishing, end, callbacks))
+        epochs = max(r.cfg.trainer.epochs for r in runs)
+        log.info("%d trials train stacked (%s), %d epochs", len(runs), how, epochs)
+
+    def train(self) -> list[Any]:
+        """Each trial's value for the sweeper, or the exception that ended it."""
+        epochs = max(t.run.cfg.trainer.epochs for t in self.trials)
+        try:
+            with (
+                warnings.catch_warnings()
+            ):  # schedulers check that optimizer.step() ran; the fused path skips it
+                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step\\(\\)` before")
+                for epoch in range(1, epochs + 1):
+                    if not self.running:
+                        break
+                    self._epoch(epoch)
+                    self._narrow()
+        except BaseException as stop:  # Ctrl-C or a crash of the group: every trial still running ends so
+            for position in [p for p in self.in_stack if p in self.running]:
+                self._finish(position, stop)
+            raise
+        return [trial.outcome for trial in self.trials]
+
+    def _epoch(self, epoch: int) -> None:
+        active = [self.trials[position] for position in self.in_stack]
+        first_lrs = [t.stepping.lr for t in active]
+        started = time.perf_counter()
+        train_losses, diverged = self._train_epoch(active)
+        train_time = time.perf_counter() - started
+        val_losses, val_accs = self._evaluate(self.data.val)
+        _, test_accs = self._evaluate(self.data.test)
+        epoch_time = time.perf_counter() - started
+        for k, (position, trial) in enumerate(zip(self.in_stack, active, strict=True)):
+            if k in diverged:
+                self._finish(position, TrainingDiverged(diverged[k]))
+                continue
+            trial.stepping.after_epoch({"val_loss": val_losses[k], "val_acc": val_accs[k]})
+            record = EpochRecord(
+                epoch=epoch,
+                lr=first_lrs[k],
+                train_loss=train_losses[k],
+                val_loss=val_losses[k],
+                val_acc=val_accs[k],
+                test_acc=test_accs[k],
+                train_time_s=train_time / len(active),
+                epoch_time_s=epoch_time / len(active),
+                lr_last=trial.stepping.last_step_lr,
+            )
+            step_lrs = trial.stepping.take_step_lrs() if trial.stepping.per_step else []
+            try:
+                for callback in trial.callbacks:
+                    callback.on_epoch_end(record, step_lrs)
+            except Exception as stop:  # pruned (optuna.TrialPruned), or a callback failed: this trial only
+                self._finish(position, stop)
+                continue
+            if epoch == trial.run.cfg.trainer.epochs:
+                self._finish(position, None)
+        log.info(
+            "epoch %d: %d trials in %.2fs, best val_acc %.2f%%, %d running",
+            epoch,
+            len(active),
+            time.perf_counter() - started,
+            max(val_accs),
+            len(self.running),
+        )
+
+    def _train_epoch(self, active: list[Trial]) -> tuple[list[float], dict[int, str]]:
+        """One pass over the shuffled training set: each trial's mean loss, and the trials whose loss
+        stopped being finite (by stack index: why). A diverged trial stops stepping at once."""
+        stacked, batch_size = self.stacked, self.cfg.trainer.batch_size
+        stacked.train(True)
+        shuffled = self.data.train.shuffled(self.generator)
+        totals = torch.zeros(len(active), dtype=torch.float64)
+        diverged: dict[int, str] = {}
+        for batch_number, start in enumerate(range(0, len(shuffled), batch_size), start=1):
+            inputs, labels = shuffled.batch(slice(start, start + batch_size))
+            losses = trial_losses(stacked(inputs), labels)
+            grads = torch.autograd.grad(losses.sum(), list(stacked.params.values()))
+            for k, trial in enumerate(active):
+                if k not in diverged:
+                    trial.optimizer.step([g[k] for g in grads])
+                    trial.stepping.after_optimizer_step()
+            values = losses.detach()
+            if not bool(torch.isfinite(values).all()):
+                for k in torch.nonzero(~torch.isfinite(values)).flatten().tolist():
+                    reason = f"training diverged: loss is {values[k].item()} at batch {batch_number}"
+                    diverged.setdefault(k, reason)
+            totals += values.double() * len(labels)
+        return (totals / len(shuffled)).tolist(), diverged
+
+    @torch.no_grad()
+    def _evaluate(self, split: Split) -> tuple[list[float], list[float]]:
+        """Each trial's (mean loss, accuracy in percent) on a split."""
+        self.stacked.train(False)
+        trials, batch_size = self.stacked.copies, self.cfg.trainer.eval_batch_size
+        losses = torch.zeros(trials, dtype=torch.float64)
+        correct = torch.zeros(trials, dtype=torch.long)
+        for start in range(0, len(split), batch_size):
+            inputs, labels = split.batch(slice(start, start + batch_size))
+            logits = self.stacked(inputs)
+            losses += trial_losses(logits, labels, reduction="sum").double()
+            correct += (logits.argmax(dim=2) == labels).sum(dim=1)
+        return (losses / len(split)).tolist(), (100.0 * correct.double() / len(split)).tolist()
+
+    def _finish(self, position: int, stop: BaseException | None) -> None:
+        """End one trial as run.train ends a run: weights (unless failed), metrics.json, callbacks, Optuna."""
+        trial = self.trials[position]
+        weights = copy.deepcopy(self.model)
+        weights.load_state_dict(self.stacked.trial_state(self.in_stack.index(position)))
+        trial.end.model = weights
+        if stop is None:
+            trial.finishing.__exit__(None, None, None)
+            trial.outcome = trial.end.summary[trial.run.cfg.optimized_metric]
+        else:
+            trial.finishing.__exit__(type(stop), stop, stop.__traceback__)
+            trial.outcome = stop
+        self.running.discard(position)
+
+    def _narrow(self) -> None:
+        """Rebuild the stack without the trials that finished; the others go on from new views."""
+        kept = [k for k, position in enumerate(self.in_stack) if position in self.running]
+        if len(kept) == len(self.in_stack) or not kept:
+            return
+        self.stacked.keep(kept)
+        self.in_stack = [self.in_stack[k] for k in kept]
+        for k, position in enumerate(self.in_stack):
+            self.trials[position].optimizer.move_to(self.stacked.trial_views(k))
