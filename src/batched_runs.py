@@ -155,7 +155,11 @@ def train_group(runs: list[BatchedRun], indices: list[int], max_batch: int | Non
             ready.append((index, run))
         except Exception as error:  # a warmup longer than this trial's run: this trial fails alone
             outcomes[index] = error
-    if len(ready) < 2:
+    if len(ready) == 1:
+        log.info("1 trial trains alone: no other trial of the batch has its model, data, batch size and seed")
+    if len(ready) > 1 and cfg.trainer.stacking == "never":
+        log.info("%d trials train one at a time: trainer.stacking=never", len(ready))
+    if len(ready) < 2 or cfg.trainer.stacking == "never":
         outcomes.update({index: run_alone(run) for index, run in ready})
         return outcomes
     torch.manual_seed(cfg.trainer.seed)
@@ -173,7 +177,9 @@ def train_group(runs: list[BatchedRun], indices: list[int], max_batch: int | Non
         if len(chunk) == 1:
             outcomes[chunk[0][0]] = run_alone(chunk[0][1])
             continue
-        if not stacking_is_faster(model, how, len(chunk), sample, data.train):
+        if cfg.trainer.stacking == "auto" and not stacking_is_faster(
+            model, how, len(chunk), sample, data.train
+        ):
             outcomes.update({index: run_alone(run) for index, run in chunk})
             continue
         torch.set_rng_state(rng_after_init)
@@ -237,7 +243,7 @@ def stacking_is_faster(
 
     def stacked_step() -> None:
         losses = trial_losses(stacked(sample), labels)
-        grads = torch.autograd.grad(losses.sum(), list(stacked.params.values()))
+        grads = [g.contiguous() for g in torch.autograd.grad(losses.sum(), list(stacked.params.values()))]
         for k, optimizer in enumerate(optimizers):
             optimizer.step([g[k] for g in grads])
 
@@ -395,7 +401,9 @@ class StackedGroup:
         for batch_number, start in enumerate(range(0, len(shuffled), batch_size), start=1):
             inputs, labels = shuffled.batch(slice(start, start + batch_size))
             losses = trial_losses(stacked(inputs), labels)
-            grads = torch.autograd.grad(losses.sum(), list(stacked.params.values()))
+            # Contiguous as the stack: torch's fused kernels read a gradient in its parameter's layout (the
+            # layout backward() guarantees for .grad, and autograd.grad does not: bmm's is transposed).
+            grads = [g.contiguous() for g in torch.autograd.grad(losses.sum(), list(stacked.params.values()))]
             for k, trial in enumerate(active):
                 if k not in diverged:
                     trial.optimizer.step([g[k] for g in grads])

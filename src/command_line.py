@@ -37,12 +37,15 @@ def group_options(group: str) -> list[str]:
 
 
 def check_group_option(key: str, value: str) -> None:
-    """`group=option` for one of this app's config groups (conf/<group>/) names an existing option."""
-    if not (CONF / key).is_dir() or key == "hydra" or value in ("null", ""):
+    """`group=option` for one of this app's config groups (conf/<group>/) names an existing option; so does
+    each option of a sweep over the group (`scheduler=step_lr,onecycle`). Sweep functions such as
+    `choice(...)` are left to Hydra."""
+    if not (CONF / key).is_dir() or key == "hydra" or value in ("null", "") or "(" in value:
         return
     options = group_options(key)
-    if value not in options:
-        raise ConfigError(key, value, f"one of {', '.join(options)} (conf/{key}/)")
+    for option in value.split(","):
+        if option.strip() not in options:
+            raise ConfigError(key, value, f"one of {', '.join(options)} (conf/{key}/)")
 
 
 def check_target(key: str, value: str) -> None:

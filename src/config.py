@@ -39,6 +39,7 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 # Groups that hold the app's own settings (not a class's arguments): a key they don't define is a typo.
 GROUPS_OF_SETTINGS = ("trainer", "data")
 OPTIMIZED_METRICS = ("val_acc", "best_val_acc")
+STACKING = ("auto", "always", "never")  # trainer.stacking (src/batched_runs.py)
 
 
 def _is_int(value: object) -> bool:
@@ -162,6 +163,8 @@ def validate(cfg: DictConfig) -> None:
         not isinstance(trainer.prefix_cache, str) or not trainer.prefix_cache
     ):
         raise ConfigError("trainer.prefix_cache", trainer.prefix_cache, "null or a directory path")
+    if trainer.stacking not in STACKING:
+        raise ConfigError("trainer.stacking", trainer.stacking, f"one of {', '.join(STACKING)}")
     _check_target("model", cfg.model)
     _check_target("optimizer", cfg.optimizer)
     require_positive("optimizer.lr", cfg.optimizer.get("lr"))

@@ -49,6 +49,7 @@ NOT_IN_THE_STATE = (
     "trainer.prefix_cache",
     "trainer.device",
     "trainer.num_threads",
+    "trainer.stacking",
     "data.root",
     "data.download",
     "data.offline_fallback",

@@ -48,7 +48,7 @@ class TrialOptimizer:
                 param.grad = None
             self.stepped = True
             return
-        self._fused_step(list(grads))
+        self._fused_step([g.contiguous() for g in grads])  # the kernels read a gradient in its param's layout
 
     @torch.no_grad()
     def _fused_step(self, grads: list[torch.Tensor]) -> None:

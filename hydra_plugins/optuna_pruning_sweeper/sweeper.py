@@ -58,6 +58,9 @@ log = logging.getLogger(__name__)
 SAMPLER_WHITELIST = ("hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*")
 GRID_SAMPLER = "optuna.samplers.GridSampler"
 ONE_SEQUENCE_SAMPLERS = (GRID_SAMPLER, "optuna.samplers.QMCSampler")
+# Samplers told to treat running trials as badly scoring ones (constant_liar), so that trials asked while
+# others run (n_jobs > 1, hydra/launcher=batched, several workers) spread out instead of repeating a point.
+CONSTANT_LIAR_SAMPLERS = ("optuna.samplers.TPESampler",)
 # Study attributes: the sweep's settings, readable (user attributes, shown by optuna-dashboard and
 # `optuna studies`), and one system attribute per settings digest for the check under concurrency.
 SWEEP_ID, SWEEP_FIXED, SWEEP_SEARCHED = "sweep.id", "sweep.fixed", "sweep.searched"
@@ -311,8 +314,12 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
             self.n_trials = min(self.n_trials, math.prod(len(choices) for choices in grid.values()))
             log.info(f"GridSampler: {self.n_trials} trials")
 
+        liar = {"constant_liar": True} if target in CONSTANT_LIAR_SAMPLERS else {}
+
         def make(seed: int | None) -> optuna.samplers.BaseSampler:
-            sampler = instantiate(self.sampler_config, seed=seed, _execution_whitelist_=SAMPLER_WHITELIST)
+            sampler = instantiate(
+                self.sampler_config, seed=seed, **liar, _execution_whitelist_=SAMPLER_WHITELIST
+            )
             return sampler(grid) if grid is not None else sampler
 
         if target in ONE_SEQUENCE_SAMPLERS:

@@ -1,0 +1,386 @@
+"""hydra/launcher=batched: trials trained as one stacked model, each still a normal run.
+
+Equivalence with runs alone: lr exact; losses and accuracies equal up to float rounding (the trials'
+matmuls are one wider matmul). On the tiny data one validation image is 0.5 points and one test image
+0.33 points; the tolerance allows one image either way, and losses agree to 1e-4 relative.
+"""
+
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from helpers.cli import (
+    REPO,
+    TINY_TEST,
+    TINY_VAL,
+    cli_env,
+    compose_run,
+    read_json,
+    run_cli,
+    tiny_data_overrides,
+)
+from helpers.sweeps import check_pruned_trials, load_study, optuna_sweep_args, run_pruning_sweep, trial_dirs
+from optuna.trial import TrialState
+from torch import nn
+
+from src.batched_runs import BatchedRun
+from src.epoch_callbacks import RunContext
+from src.errors import TrainingDiverged
+from src.models import CNN, MLP, SimpleNet
+from src.stacked_model import stack_model
+from src.trial_optimizers import TrialOptimizer
+
+VAL_TOLERANCE = 100.0 / TINY_VAL + 1e-9  # one validation image, in percent
+TEST_TOLERANCE = 100.0 / TINY_TEST + 1e-9
+
+
+def rows(run_dir: Path) -> list[dict[str, float]]:
+    with open(run_dir / "metrics.csv") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def assert_equivalent(batched: Path, alone: Path) -> None:
+    got, expected = rows(batched), rows(alone)
+    assert len(got) == len(expected) > 0
+    for b, a in zip(got, expected, strict=True):
+        assert b["epoch"] == a["epoch"]
+        assert b["lr"] == a["lr"] and b["lr_last"] == a["lr_last"]  # exact
+        assert math.isclose(b["train_loss"], a["train_loss"], rel_tol=1e-4)
+        assert math.isclose(b["val_loss"], a["val_loss"], rel_tol=1e-4)
+        assert abs(b["val_acc"] - a["val_acc"]) <= VAL_TOLERANCE
+        assert abs(b["test_acc"] - a["test_acc"]) <= TEST_TOLERANCE
+    assert read_json(batched / "metrics.json")["status"] == read_json(alone / "metrics.json")["status"]
+
+
+# --- the pieces ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("make", "settings"),
+    [
+        (torch.optim.Adam, [{"lr": 1e-3}, {"lr": 3e-2, "betas": (0.8, 0.99), "weight_decay": 0.1}]),
+        (torch.optim.AdamW, [{"lr": 1e-3, "weight_decay": 0.01}, {"lr": 1e-2, "eps": 1e-6}]),
+        (torch.optim.SGD, [{"lr": 0.05, "momentum": 0.9}, {"lr": 0.1, "momentum": 0.5, "nesterov": True}]),
+        (torch.optim.SGD, [{"lr": 0.05}, {"lr": 0.1, "weight_decay": 1e-3}]),
+    ],
+)
+def test_the_fused_step_on_views_of_a_stack_equals_torchs_step_bit_for_bit(make, settings):
+    torch.manual_seed(0)
+    start = [torch.randn(4, 3), torch.randn(3)]
+    stack = [torch.stack([p.clone() for _ in settings]) for p in start]
+    trials, alone, schedulers = [], [], []
+    for k, setting in enumerate(settings):
+        on_stack = make([p[k] for p in stack], fused=True, **setting)
+        trials.append(TrialOptimizer(on_stack))
+        separate = [p.clone().requires_grad_() for p in start]
+        alone.append((separate, make(separate, fused=True, **setting)))
+        # The lr changes every step, as a per-step scheduler changes it (exactly: both read the group).
+        schedulers.append([torch.optim.lr_scheduler.ExponentialLR(o, 0.9) for o in (on_stack, alone[-1][1])])
+    assert all(t.kernel is not None for t in trials)
+    for _ in range(12):
+        grads = [torch.randn_like(p) for p in stack]
+        for k, trial in enumerate(trials):
+            trial.step([g[k] for g in grads])
+            params, optimizer = alone[k]
+            for p, g in zip(params, grads, strict=True):
+                p.grad = g[k].clone()
+            optimizer.step()
+            for scheduler in schedulers[k]:
+                scheduler.step()
+    for k, (params, _) in enumerate(alone):
+        for stacked, separate in zip(stack, params, strict=True):
+            assert torch.equal(stacked[k], separate.detach())
+
+
+@pytest.mark.parametrize("model_class", [SimpleNet, MLP, CNN])
+def test_a_stacked_model_computes_each_trials_forward_with_the_dropout_masks_of_a_run_alone(model_class):
+    images = torch.rand(16, 28, 28)
+    torch.manual_seed(0)
+    model = model_class()
+    stacked, how = stack_model(model, 3, images[:4])
+    assert how == "layers"
+    for k, value in enumerate(torch.linspace(-0.01, 0.01, 3)):  # each trial its own weights
+        for param in stacked.params.values():
+            param.data[k] += value
+    for k in range(3):
+        alone = model_class()
+        alone.load_state_dict(stacked.trial_state(k))
+        alone.train()
+        torch.manual_seed(5)
+        expected = alone(images)
+        torch.manual_seed(5)
+        assert torch.allclose(stacked(images)[k], expected, atol=1e-5)
+
+
+def test_a_model_with_running_statistics_cannot_be_stacked():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10), nn.BatchNorm1d(10))
+    stacked, why = stack_model(model, 2, torch.rand(4, 28, 28))
+    assert stacked is None and "running statistics" in why
+
+
+def test_a_model_whose_forward_is_not_its_layers_in_order_is_stacked_through_vmap():
+    class Residual(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(784, 784), nn.Linear(784, 10)
+
+        def forward(self, x):
+            x = x.reshape(-1, 784)
+            return self.b(x + torch.relu(self.a(x)))
+
+    images = torch.rand(8, 28, 28)
+    stacked, how = stack_model(Residual(), 2, images)
+    assert how == "vmap"
+    assert stacked(images).shape == (2, 8, 10)
+
+
+# --- trials inside one group --------------------------------------------------------------------------
+
+
+class PruneTrials(optuna.pruners.BasePruner):
+    """Prunes the trials with these numbers at their first report."""
+
+    def __init__(self, numbers: set[int]) -> None:
+        self.numbers = numbers
+
+    def prune(self, study, trial) -> bool:
+        return trial.number in self.numbers
+
+
+def in_process_runs(tiny_mnist, tmp_path, overrides_per_run, study=None):
+    runs = []
+    for index, overrides in enumerate(overrides_per_run):
+        run_dir = tmp_path / f"run{index}"
+        cfg = compose_run([*tiny_data_overrides(tiny_mnist), "logger=none", *overrides], run_dir)
+        trial = optuna.Trial(study, study.ask()._trial_id) if study else None
+        context = RunContext(run_dir, str(index), list(overrides), trial, optuna.logging.get_logger("test"))
+        runs.append(BatchedRun(cfg, context))
+    return runs
+
+
+def test_a_pruned_trial_and_a_diverging_one_leave_the_group_and_the_others_train_on(tiny_mnist, tmp_path):
+    study = optuna.create_study(direction="maximize", pruner=PruneTrials({1}))
+    settings = [
+        ["optimizer=sgd", "optimizer.lr=0.05"],
+        ["optimizer=sgd", "optimizer.lr=0.01"],  # pruned after its first epoch
+        ["optimizer=sgd", "optimizer.lr=1e38"],  # diverges in its first epoch (loss nan at batch 2)
+        ["optimizer=sgd", "optimizer.lr=0.02", "scheduler=onecycle"],
+    ]
+    runs = in_process_runs(
+        tiny_mnist,
+        tmp_path,
+        [[*s, "trainer.epochs=3", "trainer.stacking=always", "prune_from=first_epoch"] for s in settings],
+        study,
+    )
+    outcomes = BatchedRun.run_together(runs, max_batch=None)
+
+    assert isinstance(outcomes[1], optuna.TrialPruned)
+    assert isinstance(outcomes[2], TrainingDiverged) and "diverged" in str(outcomes[2])
+    pruned, diverged = (
+        read_json(tmp_path / "run1" / "metrics.json"),
+        read_json(tmp_path / "run2" / "metrics.json"),
+    )
+    assert pruned["status"] == "pruned" and pruned["epochs_completed"] == 1
+    assert (tmp_path / "run1" / "model.pt").exists()  # as a pruned run alone: its weights are kept
+    assert diverged["status"] == "failed" and diverged["epochs_completed"] == 0
+    assert not (tmp_path / "run2" / "model.pt").exists()
+    for index in (0, 3):
+        assert isinstance(outcomes[index], float)
+        summary = read_json(tmp_path / f"run{index}" / "metrics.json")
+        assert summary["status"] == "completed" and summary["epochs_completed"] == 3
+        assert summary["val_acc"] == outcomes[index]
+    assert study.trials[0].user_attrs["epochs_completed"] == 3
+    assert study.trials[1].user_attrs["status"] == "pruned"
+
+    # The survivors trained exactly as they would have alone, after their group lost two trials.
+    alone = in_process_runs(
+        tiny_mnist, tmp_path / "alone", [[*settings[i], "trainer.epochs=3"] for i in (0, 3)]
+    )
+    from src.run import train
+
+    for run, index in zip(alone, (0, 3), strict=True):
+        train(run.cfg, run.context)
+        assert_equivalent(tmp_path / f"run{index}", run.context.run_dir)
+    assert (tmp_path / "run3" / "lr_steps.csv").read_text() == (
+        alone[1].context.run_dir / "lr_steps.csv"
+    ).read_text()
+
+
+# --- through the CLI ----------------------------------------------------------------------------------
+
+
+def grid(tiny_mnist, sweep_dir, *extra):
+    return [
+        "--multirun",
+        f"hydra.sweep.dir={sweep_dir}",
+        *tiny_data_overrides(tiny_mnist),
+        "trainer.epochs=2",
+        "scheduler=step_lr,onecycle",
+        "optimizer.lr=0.001,0.003",
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize("model", ["simple_net", "mlp", "cnn"])
+def test_a_grid_trained_stacked_matches_the_same_grid_trained_one_run_at_a_time(tiny_mnist, tmp_path, model):
+    extra = [f"model={model}", "logger=tensorboard"]
+    stacked = [*extra, "hydra/launcher=batched", "trainer.stacking=always"]
+    batched = run_cli("src.train", *grid(tiny_mnist, tmp_path / "b", *stacked))
+    assert batched.returncode == 0, batched.stderr[-3000:]
+    assert "4 trials train stacked (layers)" in batched.stderr + batched.stdout
+    basic = run_cli("src.train", *grid(tiny_mnist, tmp_path / "a", *extra))
+    assert basic.returncode == 0, basic.stderr[-3000:]
+    for b, a in zip(trial_dirs(tmp_path / "b"), trial_dirs(tmp_path / "a"), strict=True):
+        assert b.name == a.name
+        assert_equivalent(b, a)
+        assert files_but_events(b) == files_but_events(a)
+        assert len([p for p in b.iterdir() if p.name.startswith("events.out.tfevents")]) == 1
+        overrides = (b / ".hydra" / "overrides.yaml").read_text().replace("- trainer.stacking=always\n", "")
+        assert overrides == (a / ".hydra" / "overrides.yaml").read_text()
+        log = (b / "train.log").read_text()  # its own lines only
+        assert "trained stacked with 3 other trials" in log
+        assert log.count("epoch 1/2") == log.count("epoch 2/2") == 1
+
+    compare = run_cli("src.compare", str(tmp_path / "b"), "--json")
+    assert compare.returncode == 0, compare.stderr
+    assert len(json.loads(compare.stdout)) == 4
+
+
+def files_but_events(run_dir: Path) -> set[str]:
+    return {p.name for p in run_dir.iterdir() if not p.name.startswith("events.out.tfevents")}
+
+
+def test_an_optuna_sweep_with_the_batched_launcher_tells_each_trial_its_own_value(tiny_mnist, tmp_path):
+    args = optuna_sweep_args(
+        tiny_mnist,
+        tmp_path,
+        "sweep",
+        "hydra/launcher=batched",
+        "hydra.sweeper.n_jobs=4",
+        "hydra.sweeper.n_trials=8",
+        "trainer.epochs=2",
+        "logger=none",
+    )
+    result = run_cli("src.train", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = load_study(tmp_path)
+    completed = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(completed) == 8
+    assert (
+        len({(t.params["scheduler.step_size"], round(t.params["scheduler.gamma"], 9)) for t in completed})
+        == 8
+    )
+    for trial in completed:
+        summary = read_json(REPO / trial.user_attrs["run_dir"] / "metrics.json")  # absolute outside REPO
+        assert trial.value == summary["val_acc"]
+        assert summary["hyperparameters"]["scheduler.gamma"] == pytest.approx(trial.params["scheduler.gamma"])
+    compare = run_cli("src.compare", "--study", "steplr", "--storage", f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert compare.returncode == 0, compare.stderr
+    assert compare.stdout.count("completed") >= 8
+
+
+def test_pruning_inside_batches_through_the_cli(tiny_mnist, tmp_path):
+    run_pruning_sweep(
+        tiny_mnist,
+        tmp_path,
+        "sweep",
+        "hydra/launcher=batched",
+        "hydra.sweeper.n_jobs=3",
+        "trainer.stacking=always",
+    )
+    check_pruned_trials(tmp_path, "sweep")
+
+
+def test_max_batch_splits_a_batch_and_an_unstackable_setting_trains_one_at_a_time(tiny_mnist, tmp_path):
+    split = run_cli(
+        "src.train",
+        *grid(
+            tiny_mnist,
+            tmp_path / "split",
+            "logger=none",
+            "hydra/launcher=batched",
+            "hydra.launcher.max_batch=3",
+            "trainer.stacking=always",
+        ),
+    )
+    assert split.returncode == 0, split.stderr[-3000:]
+    output = split.stderr + split.stdout
+    assert "groups of up to 3 (hydra.launcher.max_batch=3)" in output
+    assert "3 trials train stacked" in output and "1 trial trains alone" not in output
+    assert all(read_json(d / "metrics.json")["status"] == "completed" for d in trial_dirs(tmp_path / "split"))
+
+    never = run_cli(
+        "src.train",
+        *grid(
+            tiny_mnist, tmp_path / "never", "logger=none", "hydra/launcher=batched", "trainer.stacking=never"
+        ),
+    )
+    assert never.returncode == 0, never.stderr[-3000:]
+    assert "4 trials train one at a time: trainer.stacking=never" in never.stderr + never.stdout
+    seeds = run_cli(
+        "src.train",
+        "--multirun",
+        f"hydra.sweep.dir={tmp_path / 'seeds'}",
+        *tiny_data_overrides(tiny_mnist),
+        "trainer.epochs=1",
+        "logger=none",
+        "trainer.seed=0,1",
+        "hydra/launcher=batched",
+    )
+    assert seeds.returncode == 0, seeds.stderr[-3000:]
+    assert (seeds.stderr + seeds.stdout).count("1 trial trains alone") == 2
+    for run_dir in [*trial_dirs(tmp_path / "never"), *trial_dirs(tmp_path / "seeds")]:
+        assert read_json(run_dir / "metrics.json")["status"] == "completed"
+
+
+def test_a_batched_sweep_killed_in_the_middle_of_a_batch_resumes(tiny_mnist, tmp_path):
+    args = optuna_sweep_args(
+        tiny_mnist,
+        tmp_path,
+        "sweep",
+        "hydra/launcher=batched",
+        "hydra.sweeper.n_jobs=4",
+        "hydra.sweeper.n_trials=4",
+        "trainer.epochs=30",
+        "logger=none",
+        "trainer.stacking=always",
+    )
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "src.train", *args],
+        cwd=REPO,
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    first = tmp_path / "sweep" / "0" / "metrics.csv"
+    deadline = time.monotonic() + 300
+    while not (first.exists() and len(first.read_text().splitlines()) >= 3):
+        assert sweep.poll() is None and time.monotonic() < deadline, "the batch never got going"
+        time.sleep(0.2)
+    os.killpg(sweep.pid, signal.SIGKILL)
+    sweep.wait()
+    assert all(not (d / "metrics.json").exists() for d in trial_dirs(tmp_path / "sweep"))  # killed mid-batch
+
+    killed = load_study(tmp_path).trials
+    assert [t.state for t in killed] == [TrialState.RUNNING] * 4
+
+    # The same command, in a new sweep directory as a rerun gets: the killed trials' parameters run again.
+    resumed = run_cli("src.train", *args, f"hydra.sweep.dir={tmp_path / 'second'}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after = load_study(tmp_path).trials
+    assert all(t.state == TrialState.FAIL and t.user_attrs["interrupted"] for t in after[:4])
+    complete = [t for t in after if t.state == TrialState.COMPLETE]
+    assert sorted(str(t.params) for t in complete) == sorted(str(t.params) for t in killed)
+    assert all(
+        read_json(d / "metrics.json")["status"] == "completed" for d in trial_dirs(tmp_path / "second")
+    )
