@@ -88,7 +88,7 @@ class BatchedRun:
     def for_this_job(cls, cfg: DictConfig) -> Deferred:
         context = run_context(cfg)
         context.log = job_logger(context.job)
-        return defer(cls(copy.deepcopy(cfg), context))
+        return defer(cls(cfg, context))  # run_job gave this job a config of its own
 
     @property
     def group_key(self) -> str:

@@ -23,7 +23,9 @@ from src.mnist_files import training_images
 from src.run_record import METRICS_JSON
 from src.sweep_process import name_sweep_process
 
-IN_PROCESS_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+BATCHED_LAUNCHER = "hydra_plugins.batched_launcher.launcher.BatchedLauncher"
+# Launchers that train every job in the sweep's own process.
+IN_PROCESS_LAUNCHERS = ("hydra._internal.core_plugins.basic_launcher.BasicLauncher", BATCHED_LAUNCHER)
 # The sweeper that numbers its jobs after the runs already in its sweep directory (it never overwrites one).
 RESUMING_SWEEPER = "hydra_plugins.optuna_pruning_sweeper.sweeper.PruningOptunaSweeper"
 
@@ -62,6 +64,19 @@ def check_sweep_dir(config: DictConfig) -> None:
         )
 
 
+def check_sweep_dir_and_launcher(config: DictConfig) -> None:
+    check_sweep_dir(config)
+    launcher = config.hydra.launcher
+    if launcher.get("_target_") == BATCHED_LAUNCHER:
+        max_batch = launcher.get("max_batch")
+        if max_batch is not None and (
+            not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1
+        ):
+            raise ConfigError(
+                "hydra.launcher.max_batch", max_batch, "an integer >= 1, or null (as many as fit)"
+            )
+
+
 def check_machine_and_data(config: DictConfig) -> None:
     """What the composed config asks of this machine and its files, when it can be told without loading
     anything: a data.root that is a file, a CUDA device that isn't there, a data.val_size the training file
@@ -97,9 +112,9 @@ class CheckConfigFirst(Callback):
         CpuShare(job_cpus()).register()
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._check(config, check_sweep_dir)
+        self._check(config, check_sweep_dir_and_launcher)
         name_sweep_process()
-        if config.hydra.launcher.get("_target_") == IN_PROCESS_LAUNCHER:
+        if config.hydra.launcher.get("_target_") in IN_PROCESS_LAUNCHERS:
             # This process will train the jobs: other workers starting now count it from their first job.
             CpuShare(job_cpus()).register()
 

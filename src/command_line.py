@@ -18,6 +18,7 @@ TARGET_PLACES = {
     "hydra.sweeper.sampler": ("optuna.samplers.", "hydra_plugins.hydra_optuna_sweeper."),
     "hydra.sweeper.pruner": ("optuna.pruners.",),
     "hydra.sweeper.storage": ("optuna.storages.",),
+    "logger.epoch_callback": ("src.epoch_callbacks.",),
     "model": ("src.models.",),
     "optimizer": ("torch.optim.",),
     "scheduler": ("torch.optim.lr_scheduler.",),

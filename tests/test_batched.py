@@ -230,7 +230,10 @@ def grid(tiny_mnist, sweep_dir, *extra):
     ]
 
 
-@pytest.mark.parametrize("model", ["simple_net", "mlp", "cnn"])
+@pytest.mark.parametrize(
+    "model",
+    ["simple_net", pytest.param("mlp", marks=pytest.mark.slow), pytest.param("cnn", marks=pytest.mark.slow)],
+)
 def test_a_grid_trained_stacked_matches_the_same_grid_trained_one_run_at_a_time(tiny_mnist, tmp_path, model):
     extra = [f"model={model}", "logger=tensorboard"]
     stacked = [*extra, "hydra/launcher=batched", "trainer.stacking=always"]
@@ -342,6 +345,7 @@ def test_max_batch_splits_a_batch_and_an_unstackable_setting_trains_one_at_a_tim
         assert read_json(run_dir / "metrics.json")["status"] == "completed"
 
 
+@pytest.mark.slow
 def test_a_batched_sweep_killed_in_the_middle_of_a_batch_resumes(tiny_mnist, tmp_path):
     args = optuna_sweep_args(
         tiny_mnist,
@@ -384,3 +388,15 @@ def test_a_batched_sweep_killed_in_the_middle_of_a_batch_resumes(tiny_mnist, tmp
     assert all(
         read_json(d / "metrics.json")["status"] == "completed" for d in trial_dirs(tmp_path / "second")
     )
+
+
+def test_a_bad_max_batch_stops_the_sweep_with_one_line_before_anything_is_written(tiny_mnist, tmp_path):
+    args = optuna_sweep_args(
+        tiny_mnist, tmp_path, "sweep", "hydra/launcher=batched", "hydra.launcher.max_batch=0"
+    )
+    result = run_cli("src.train", *args)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: hydra.launcher.max_batch=0 is not allowed: an integer >= 1, or null (as many as fit)"
+    ]
+    assert not (tmp_path / "sweep").exists() and not (tmp_path / "optuna.db").exists()

@@ -69,7 +69,7 @@ BAD_INPUTS = [
     (
         "+model.x={_target_: os.system}",
         "model.x._target_='os.system'",
-        "only as model, optimizer or scheduler",
+        "only as model, optimizer, scheduler or logger.epoch_callback",
     ),
     (
         "+hydra.callbacks.x._target_=os.system",
@@ -104,6 +104,12 @@ BAD_INPUTS = [
         "+scheduler.monitor=val_loss",
         "scheduler.monitor='val_loss'",
         "only ReduceLROnPlateau follows a metric",
+    ),
+    ("trainer.stacking=maybe", "trainer.stacking='maybe'", "one of auto, always, never"),
+    (
+        "logger.epoch_callback._target_=os.system",
+        "logger.epoch_callback._target_='os.system'",
+        "a class under src.epoch_callbacks.",
     ),
     ("data.root=/etc/hostname", "data.root='/etc/hostname'", "a directory (/etc/hostname is a file)"),
 ]

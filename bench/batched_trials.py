@@ -1,0 +1,149 @@
+"""Batched trials (hydra/launcher=batched) against the basic launcher and the seed's script, full MNIST.
+
+1. The 20-trial x 5-epoch default sweep (hparams_search=steplr_optuna): basic launcher with shared epochs
+   (the preset's default) and without, batched launcher (all trials one batch, and batches of 10), each over
+   the sampler seeds given; wall time, in seed-script runs; trial throughput; per-trial overhead
+   (wall x workers / trials - training); best validation accuracy per sampler seed.
+2. The MLP and the CNN, 4 and 10 trials (a grid over optimizer.lr, --epochs-big epochs), basic vs batched
+   (trainer.stacking=auto: the launcher may decide one at a time is faster, and says so).
+
+    python bench/batched_trials.py --root ../shared/data [--sampler-seeds 42 43 44] [--epochs-big 1]
+"""
+
+import argparse
+import json
+import re
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from common import DEFAULT_MNIST_ROOT, run_optuna_sweep, run_process, seed_script
+
+
+def training_seconds(sweep_dir: Path) -> float:
+    """Sum of every trial's epoch times (a batched trial's share of its group's epochs)."""
+    total = 0.0
+    for metrics_file in sweep_dir.glob("*/metrics.csv"):
+        rows = metrics_file.read_text().strip().splitlines()
+        column = rows[0].split(",").index("epoch_time_s")
+        total += sum(float(r.split(",")[column]) for r in rows[1:])
+    return total
+
+
+SWEEPS = {
+    "basic, shared epochs": [],
+    "basic, no sharing": ["trainer.prefix_cache=null"],
+    "batched, 1 batch of 20": ["hydra/launcher=batched", "hydra.sweeper.n_jobs=20"],
+    "batched, 2 batches of 10": ["hydra/launcher=batched", "hydra.sweeper.n_jobs=10"],
+}
+
+
+def default_sweeps(root: Path, scratch: Path, seeds: list[int], trials: int) -> dict:
+    results: dict = {name: [] for name in SWEEPS}
+    for seed in seeds:
+        for name, overrides in SWEEPS.items():
+            tag = f"{re.sub(r'[^a-z0-9]+', '_', name)}_{seed}"
+            run, summary = run_optuna_sweep(
+                root,
+                scratch,
+                tag,
+                f"hydra.sweeper.n_trials={trials}",
+                f"hydra.sweeper.sampler.seed={seed}",
+                "logger=none",
+                *overrides,
+            )
+            train_s = training_seconds(scratch / tag)
+            results[name].append(
+                {
+                    "sampler_seed": seed,
+                    "wall_s": run.wall_s,
+                    "training_s": train_s,
+                    "overhead_per_trial_s": (run.wall_s - train_s) / trials,
+                    "best_val_acc": summary["best_value"],
+                    "complete": summary["trials"]["complete"],
+                }
+            )
+    return results
+
+
+def grid(
+    root: Path, scratch: Path, name: str, model: str, trials: int, epochs: int, *extra: str
+) -> tuple[float, list[str]]:
+    rates = ",".join(f"{0.0005 * (i + 1):g}" for i in range(trials))
+    run = run_process(
+        [
+            sys.executable,
+            "-m",
+            "src.train",
+            "--multirun",
+            f"model={model}",
+            f"optimizer.lr={rates}",
+            f"trainer.epochs={epochs}",
+            f"data.root={root}",
+            f"hydra.sweep.dir={scratch / name}",
+            "logger=none",
+            *extra,
+        ]
+    )
+    decided = [line.split("] ", 1)[-1] for line in run.stdout.splitlines() if "trials train" in line]
+    return run.wall_s, decided
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--root", type=Path, default=DEFAULT_MNIST_ROOT)
+    parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--sampler-seeds", type=int, nargs="+", default=[42, 43, 44])
+    parser.add_argument("--epochs-big", type=int, default=1)
+    parser.add_argument("--skip-big", action="store_true")
+    args = parser.parse_args()
+    root = args.root.resolve()
+    with tempfile.TemporaryDirectory() as scratch_dir:
+        scratch = Path(scratch_dir)
+        seed_walls = [run_process(seed_script(root)).wall_s for _ in range(2)]
+        sweeps = default_sweeps(root, scratch, args.sampler_seeds, args.trials)
+        seed_walls.append(run_process(seed_script(root)).wall_s)
+        big = {}
+        if not args.skip_big:
+            for model in ("mlp", "cnn"):
+                for trials in (4, 10):
+                    basic, _ = grid(root, scratch, f"{model}{trials}a", model, trials, args.epochs_big)
+                    batched, decided = grid(
+                        root,
+                        scratch,
+                        f"{model}{trials}b",
+                        model,
+                        trials,
+                        args.epochs_big,
+                        "hydra/launcher=batched",
+                    )
+                    big[f"{model}, {trials} trials"] = {
+                        "basic_s": basic,
+                        "batched_s": batched,
+                        "decided": decided,
+                    }
+    seed_wall = statistics.median(seed_walls)
+    print(json.dumps({"seed_wall_s": seed_walls, "sweeps": sweeps, "big": big}, indent=1))
+    basic_wall = statistics.median(r["wall_s"] for r in sweeps["basic, shared epochs"])
+    print(f"\nseed script: {seed_wall:.1f} s per run (median of {len(seed_walls)})")
+    for name, runs in sweeps.items():
+        wall = statistics.median(r["wall_s"] for r in runs)
+        overhead = statistics.median(r["overhead_per_trial_s"] for r in runs)
+        bests = ", ".join(f"{r['best_val_acc']:.2f}" for r in runs)
+        print(
+            f"{name}: {args.trials} trials in {wall:.1f} s = {wall / seed_wall:.2f} seed runs, "
+            f"{basic_wall / wall:.2f}x the trial throughput of the preset (basic, shared epochs), "
+            f"overhead {overhead:.2f} s per trial; best val_acc per sampler seed: {bests}"
+        )
+    for name, result in big.items():
+        print(
+            f"{name}: basic {result['basic_s']:.1f} s, batched {result['batched_s']:.1f} s "
+            f"({result['basic_s'] / result['batched_s']:.2f}x) | {' / '.join(result['decided'])}"
+        )
+
+
+if __name__ == "__main__":
+    main()
