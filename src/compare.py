@@ -29,10 +29,9 @@ from src.atomic_files import write_text_atomically
 from src.run_record import STATUS_COMPLETED, STATUSES
 from src.runs import COMPARABILITY_KEYS, METRIC_KEYS, OPERATIONAL_KEYS, Run, load_runs, setting_overrides
 from src.seed_groups import AGGREGATED_METRICS, Setting, group_by_setting
-from src.study_runs import StudyError, study_run_dirs
+from src.study_runs import StudyError, add_study_arguments, study_run_dirs
 
 DEFAULT_ROOTS = (Path("outputs"), Path("multirun"))
-DEFAULT_STORAGE = "sqlite:///multirun/optuna.db"
 # Columns of results (shown to 2 decimals); every other column is a parameter (shown to tell values apart).
 METRIC_COLUMNS = frozenset(
     {
@@ -319,14 +318,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=Path,
         help="run or sweep directories, or quoted glob patterns (default: outputs/ multirun/)",
     )
-    parser.add_argument(
-        "--study", metavar="NAME", help="the run directories of this Optuna study's trials (all its workers')"
-    )
-    parser.add_argument(
-        "--storage",
-        default=DEFAULT_STORAGE,
-        help=f"the study's storage: a URL or an Optuna journal file (default {DEFAULT_STORAGE})",
-    )
+    add_study_arguments(parser, "the run directories of this Optuna study's trials (all its workers')")
     parser.add_argument(
         "--sort", default="val_acc", help="metric or config key, largest first (default val_acc)"
     )

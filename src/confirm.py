@@ -35,7 +35,6 @@ import yaml
 
 from src.atomic_files import write_text_atomically
 from src.compare import (
-    DEFAULT_STORAGE,
     best_per,
     comparability_groups,
     describe_groups,
@@ -49,7 +48,7 @@ from src.compare import (
 from src.run_record import STATUS_COMPLETED
 from src.runs import Run, load_runs
 from src.seed_groups import SEED_KEY, Setting, group_by_setting
-from src.study_runs import StudyError, study_run_dirs
+from src.study_runs import StudyError, add_study_arguments, study_run_dirs
 from src.verdict import judge, setting_names
 
 CONFIRMATION_FILE = "confirmation.yaml"
@@ -74,10 +73,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="the sweep's directories (or quoted globs); arguments with '=' are Hydra overrides for the "
         "reruns (hydra/launcher=joblib, trainer.device=cpu, ...)",
     )
-    parser.add_argument("--study", metavar="NAME", help="take the sweep from this Optuna study's trials")
-    parser.add_argument(
-        "--storage", default=DEFAULT_STORAGE, help=f"the study's storage (default {DEFAULT_STORAGE})"
-    )
+    add_study_arguments(parser, "take the sweep from this Optuna study's trials")
     parser.add_argument(
         "--top", type=int, default=3, help="how many of the best settings to rerun (default 3)"
     )

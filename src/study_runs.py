@@ -6,7 +6,20 @@ sweep was started in when it lies inside it, so the paths resolve from the proje
 the study is read (another checkout, another mount of a shared filesystem).
 """
 
+import argparse
 from pathlib import Path
+
+DEFAULT_STORAGE = "sqlite:///multirun/optuna.db"
+
+
+def add_study_arguments(parser: argparse.ArgumentParser, study_help: str) -> None:
+    """--study NAME and --storage URL|JOURNAL_FILE, as compare and confirm take them."""
+    parser.add_argument("--study", metavar="NAME", help=study_help)
+    parser.add_argument(
+        "--storage",
+        default=DEFAULT_STORAGE,
+        help=f"the study's storage: a URL or an Optuna journal file (default {DEFAULT_STORAGE})",
+    )
 
 
 class StudyError(Exception):
