@@ -1,8 +1,9 @@
 """hydra/launcher=batched: trials trained as one stacked model, each still a normal run.
 
 Equivalence with runs alone: lr exact; losses and accuracies equal up to float rounding (the trials'
-matmuls are one wider matmul). On the tiny data one validation image is 0.5 points and one test image
-0.33 points; the tolerance allows one image either way, and losses agree to 1e-4 relative.
+matmuls are one wider matmul), which training amplifies a little each step. On the tiny data one
+validation image is 0.5 points and one test image 0.33 points; the tolerance allows one image either way,
+and losses 0.5% relative (the largest difference seen over 2 epochs: 0.05%, the MLP's).
 """
 
 import csv
@@ -41,6 +42,7 @@ from src.trial_optimizers import TrialOptimizer
 
 VAL_TOLERANCE = 100.0 / TINY_VAL + 1e-9  # one validation image, in percent
 TEST_TOLERANCE = 100.0 / TINY_TEST + 1e-9
+LOSS_TOLERANCE = 5e-3  # relative
 
 
 def rows(run_dir: Path) -> list[dict[str, float]]:
@@ -54,8 +56,8 @@ def assert_equivalent(batched: Path, alone: Path) -> None:
     for b, a in zip(got, expected, strict=True):
         assert b["epoch"] == a["epoch"]
         assert b["lr"] == a["lr"] and b["lr_last"] == a["lr_last"]  # exact
-        assert math.isclose(b["train_loss"], a["train_loss"], rel_tol=1e-4)
-        assert math.isclose(b["val_loss"], a["val_loss"], rel_tol=1e-4)
+        assert math.isclose(b["train_loss"], a["train_loss"], rel_tol=LOSS_TOLERANCE)
+        assert math.isclose(b["val_loss"], a["val_loss"], rel_tol=LOSS_TOLERANCE)
         assert abs(b["val_acc"] - a["val_acc"]) <= VAL_TOLERANCE
         assert abs(b["test_acc"] - a["test_acc"]) <= TEST_TOLERANCE
     assert read_json(batched / "metrics.json")["status"] == read_json(alone / "metrics.json")["status"]
@@ -141,6 +143,38 @@ def test_a_model_whose_forward_is_not_its_layers_in_order_is_stacked_through_vma
     stacked, how = stack_model(Residual(), 2, images)
     assert how == "vmap"
     assert stacked(images).shape == (2, 8, 10)
+
+
+def test_a_jobs_config_derived_from_the_batchs_first_equals_the_config_hydra_composes():
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.batched_launcher.composing import JobComposer
+
+    sweep = ["hparams_search=steplr_optuna", "hydra/launcher=batched", "trainer.epochs=3"]
+    jobs = [
+        ["scheduler.step_size=1", "scheduler.gamma=0.5", "++hydra.job.env_set.HYDRA_OPTUNA_TRIAL_ID=1"],
+        ["scheduler.step_size=3", "scheduler.gamma=0.07", "++hydra.job.env_set.HYDRA_OPTUNA_TRIAL_ID=2"],
+        ["scheduler=onecycle", "scheduler.max_lr=0.01", "++hydra.job.env_set.HYDRA_OPTUNA_TRIAL_ID=3"],
+        ["scheduler=onecycle", "scheduler.max_lr=0.02", "++hydra.job.env_set.HYDRA_OPTUNA_TRIAL_ID=4"],
+        ["scheduler=onecycle", "+scheduler.three_phase=true", "++hydra.job.env_set.HYDRA_OPTUNA_TRIAL_ID=5"],
+        ["scheduler.step_size=2", "+optimizer.betas=[0.8,0.9]", "++hydra.job.env_set.X=6"],
+    ]
+    task = ["hparams_search=steplr_optuna", "trainer.epochs=3"]  # a sweeper repeats them in every job
+    jobs = [[*task, *job] for job in jobs]
+    with initialize_config_dir(config_dir=str(REPO / "conf")):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration("train", overrides=sweep, run_mode=RunMode.MULTIRUN)
+        composer = JobComposer(loader, master)
+        for job in jobs:
+            derived = composer.compose(job)
+            composed = loader.load_sweep_config(master, job)
+            assert OmegaConf.to_yaml(derived) == OmegaConf.to_yaml(composed)
+    # Jobs 2 and 4 take the previous job's config with their values; 3 (another scheduler), 5 (a key added)
+    # and 6 (other keys) are composed by Hydra.
+    assert composer.derived == 2
 
 
 # --- trials inside one group --------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
+from .composing import JobComposer
 from .deferral import Deferred, collecting, run_deferred
 
 log = logging.getLogger(__name__)
@@ -61,12 +62,11 @@ class BatchedLauncher(Launcher):
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         log.info(f"Launching {len(job_overrides)} jobs, trained together where they can be")
         runs: list[JobReturn] = []
+        composer = JobComposer(self.hydra_context.config_loader, self.config)
         with collecting() as collected:
             for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
                 log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
-                sweep_config = self.hydra_context.config_loader.load_sweep_config(
-                    self.config, list(overrides)
-                )
+                sweep_config = composer.compose(overrides)
                 with open_dict(sweep_config):
                     sweep_config.hydra.job.id = str(idx)
                     sweep_config.hydra.job.num = idx
