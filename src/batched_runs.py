@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.batched_launcher.deferral import Deferred, defer
 from src.config import EXECUTION_WHITELIST
@@ -50,7 +50,7 @@ from src.run import (
     run_context,
     train,
 )
-from src.run_record import EpochRecord
+from src.run_record import Column, EpochRecord
 from src.schedules import Stepping, build_scheduler, constant_epochs, fill_in_steps
 from src.shared_prefix import resolved_except
 from src.stacked_model import StackedModel, parameter_bytes, stack_model
@@ -103,9 +103,10 @@ class BatchedRun:
         groups: dict[str, list[int]] = {}
         for index, run in enumerate(runs):
             groups.setdefault(run.group_key, []).append(index)
+        loaded = LoadedData()
         try:
             for members in groups.values():
-                outcomes.update(train_group([runs[i] for i in members], members, max_batch))
+                outcomes.update(train_group([runs[i] for i in members], members, max_batch, loaded))
         finally:
             for run in runs:
                 close_job_logger(run.context.log)
@@ -140,13 +141,28 @@ def run_alone(run: BatchedRun) -> Any:
         return error
 
 
-def train_group(runs: list[BatchedRun], indices: list[int], max_batch: int | None) -> dict[int, Any]:
+class LoadedData:
+    """The batch's data, loaded once for all its groups that read the same data onto the same device."""
+
+    def __init__(self) -> None:
+        self.splits: dict[str, MnistSplits] = {}
+
+    def get(self, cfg: DictConfig, device: torch.device) -> MnistSplits:
+        key = json.dumps([OmegaConf.to_container(cfg.data, resolve=True), str(device)], sort_keys=True)
+        if key not in self.splits:
+            self.splits[key] = load_data(cfg, device)
+        return self.splits[key]
+
+
+def train_group(
+    runs: list[BatchedRun], indices: list[int], max_batch: int | None, loaded: LoadedData
+) -> dict[int, Any]:
     cfg = runs[0].cfg
     share = CpuShare(job_cpus())
     share.register()
     torch.set_num_threads(threads_for_this_job(cfg.trainer.num_threads, share))
     device = resolve_device(cfg.trainer.device)
-    data = load_data(cfg, device)
+    data = loaded.get(cfg, device)
     outcomes: dict[int, Any] = {}
     ready: list[tuple[int, BatchedRun]] = []
     for index, run in zip(indices, runs, strict=True):
@@ -241,19 +257,16 @@ def stacking_is_faster(
     alone = copy.deepcopy(model)
     alone_optimizer = torch.optim.Adam(alone.parameters(), fused=True)
 
-    def stacked_step() -> None:
-        losses = trial_losses(stacked(sample), labels)
-        grads = [g.contiguous() for g in torch.autograd.grad(losses.sum(), list(stacked.params.values()))]
-        for k, optimizer in enumerate(optimizers):
-            optimizer.step([g[k] for g in grads])
-
     def alone_step() -> None:
         alone_optimizer.zero_grad(set_to_none=True)
         F.cross_entropy(alone(sample), labels).backward()
         alone_optimizer.step()
 
     timings = {}
-    for name, step in (("stacked", stacked_step), ("alone", alone_step)):
+    for name, step in (
+        ("stacked", lambda: stacked_step(stacked, optimizers, sample, labels)),
+        ("alone", alone_step),
+    ):
         step()  # warm-up (first-step state)
         best = math.inf
         for _ in range(TIMED_STEPS):
@@ -271,6 +284,21 @@ def stacking_is_faster(
         1e3 * trials * timings["alone"],
     )
     return faster
+
+
+def stacked_step(
+    stacked: StackedModel, optimizers: list[TrialOptimizer | None], inputs: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """One training step of every trial in the stack on one batch (a None optimizer: that trial's weights
+    stay as they are); each trial's loss [K], detached."""
+    losses = trial_losses(stacked(inputs), labels)
+    # Contiguous as the stack: torch's fused kernels read a gradient in its parameter's layout (the layout
+    # backward() guarantees for .grad, and autograd.grad does not: bmm's is transposed).
+    grads = [g.contiguous() for g in torch.autograd.grad(losses.sum(), list(stacked.params.values()))]
+    for k, optimizer in enumerate(optimizers):
+        if optimizer is not None:
+            optimizer.step([g[k] for g in grads])
+    return losses.detach()
 
 
 def trial_losses(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -360,7 +388,7 @@ class StackedGroup:
             if k in diverged:
                 self._finish(position, TrainingDiverged(diverged[k]))
                 continue
-            trial.stepping.after_epoch({"val_loss": val_losses[k], "val_acc": val_accs[k]})
+            trial.stepping.after_epoch({Column.VAL_LOSS: val_losses[k], Column.VAL_ACC: val_accs[k]})
             record = EpochRecord(
                 epoch=epoch,
                 lr=first_lrs[k],
@@ -400,15 +428,11 @@ class StackedGroup:
         diverged: dict[int, str] = {}
         for batch_number, start in enumerate(range(0, len(shuffled), batch_size), start=1):
             inputs, labels = shuffled.batch(slice(start, start + batch_size))
-            losses = trial_losses(stacked(inputs), labels)
-            # Contiguous as the stack: torch's fused kernels read a gradient in its parameter's layout (the
-            # layout backward() guarantees for .grad, and autograd.grad does not: bmm's is transposed).
-            grads = [g.contiguous() for g in torch.autograd.grad(losses.sum(), list(stacked.params.values()))]
+            optimizers = [None if k in diverged else trial.optimizer for k, trial in enumerate(active)]
+            values = stacked_step(stacked, optimizers, inputs, labels)
             for k, trial in enumerate(active):
                 if k not in diverged:
-                    trial.optimizer.step([g[k] for g in grads])
                     trial.stepping.after_optimizer_step()
-            values = losses.detach()
             if not bool(torch.isfinite(values).all()):
                 for k in torch.nonzero(~torch.isfinite(values)).flatten().tolist():
                     reason = f"training diverged: loss is {values[k].item()} at batch {batch_number}"

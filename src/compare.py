@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from src.atomic_files import write_text_atomically
-from src.run_record import STATUS_COMPLETED, STATUSES
+from src.run_record import DATA_SIZES, OPTIMIZED_METRICS, STATUS_COMPLETED, STATUSES, Summary
 from src.runs import COMPARABILITY_KEYS, METRIC_KEYS, OPERATIONAL_KEYS, Run, load_runs, setting_overrides
 from src.seed_groups import AGGREGATED_METRICS, Setting, group_by_setting
 from src.study_runs import StudyError, add_study_arguments, study_run_dirs
@@ -190,7 +190,7 @@ def table_rows(
 
 def settings_text(run: Run) -> str:
     """The run's setting overrides, numbers to 4 significant digits: `scheduler=onecycle max_lr=0.008902`."""
-    overrides = run.metrics.get("overrides")
+    overrides = run.metrics.get(Summary.OVERRIDES)
     if not isinstance(overrides, list):
         return "-"
     shown = []
@@ -239,7 +239,7 @@ def as_records(runs: Sequence[Run], groups: dict[tuple, str]) -> list[dict[str, 
             "run": relative(run.directory),
             "status": run.status,
             "set": groups[run.comparability()],
-            **{k: run.metrics.get(k) for k in (*METRIC_KEYS, "data_source", "n_train", "n_val", "n_test")},
+            **{k: run.metrics.get(k) for k in (*METRIC_KEYS, Summary.DATA_SOURCE, *DATA_SIZES)},
             "params": run.params,
         }
         for run in runs
@@ -263,7 +263,7 @@ def seed_verdicts(settings: Sequence[Setting], sort: str) -> tuple[dict[int, dic
     metric, else val_acc) against each other one on their common seeds: per setting, and as sentences."""
     from src.verdict import judge, setting_names
 
-    metric = sort if sort in ("val_acc", "best_val_acc") else "val_acc"
+    metric = sort if sort in OPTIMIZED_METRICS else Summary.VAL_ACC
     by_setting, sentences = {}, []
     for kind in dict.fromkeys(setting.comparability() for setting in settings):
         members = [setting for setting in settings if setting.comparability() == kind]

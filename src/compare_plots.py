@@ -18,7 +18,7 @@ from matplotlib.ticker import (  # noqa: E402
     NullFormatter,
 )
 
-from src.run_record import STATUS_COMPLETED  # noqa: E402
+from src.run_record import STATUS_COMPLETED, Column, Summary  # noqa: E402
 from src.runs import Run, read_step_lrs  # noqa: E402
 from src.seed_groups import NOT_PART_OF_A_SETTING  # noqa: E402
 from src.study_runs import open_study_storage  # noqa: E402
@@ -55,7 +55,7 @@ def plot_validation_curves(runs: Sequence[Run], path: Path) -> str:
         if run.epochs:
             axes.plot(
                 [e["epoch"] for e in run.epochs],
-                [e["val_acc"] for e in run.epochs],
+                [e[Column.VAL_ACC] for e in run.epochs],
                 marker="o",
                 label=label(run),
             )
@@ -94,7 +94,7 @@ def lr_steps(epochs: Sequence[dict[str, float]]) -> tuple[list[float], list[floa
     """Step corners of a schedule: each epoch's lr from its start to the next epoch's, so the last epoch
     (whose decay a 2-epoch grid shows) is as wide as the others."""
     starts = [e["epoch"] for e in epochs]
-    rates = [e["lr"] for e in epochs]
+    rates = [e[Column.LR] for e in epochs]
     return [*starts, starts[-1] + 1], [*rates, rates[-1]]
 
 
@@ -119,7 +119,7 @@ def other_params(run: Run) -> dict:
 def plot_step_size_gamma(runs: Sequence[Run], path: Path) -> str | None:
     """The completed runs that differ from the first one only in step_size and gamma (and seed), on a map."""
     points = [r for r in runs if set(MAP_AXES) <= r.params.keys() and r.status == STATUS_COMPLETED]
-    points = [r for r in points if r.metrics.get("val_acc") is not None]
+    points = [r for r in points if r.metrics.get(Summary.VAL_ACC) is not None]
     if points:
         top = other_params(points[0])
         points = [r for r in points if other_params(r) == top]
@@ -129,7 +129,7 @@ def plot_step_size_gamma(runs: Sequence[Run], path: Path) -> str | None:
     scatter = axes.scatter(
         [r.params["scheduler.step_size"] for r in points],
         [r.params["scheduler.gamma"] for r in points],
-        c=[r.metrics["val_acc"] for r in points],
+        c=[r.metrics[Summary.VAL_ACC] for r in points],
         cmap="viridis",
         s=80,
         edgecolors="black",

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from src.errors import ConfigError
 from src.pruning import PRUNE_FROM
-from src.run_record import class_name
+from src.run_record import OPTIMIZED_METRICS, class_name
 from src.schedule_config import check_stepping
 
 # The only callables a config may instantiate (besides torch's: the app's models, its Hydra callbacks, and the
@@ -38,7 +38,6 @@ DEVICES = ("auto", "cpu", "cuda")
 CONF = Path(__file__).resolve().parents[1] / "conf"
 # Groups that hold the app's own settings (not a class's arguments): a key they don't define is a typo.
 GROUPS_OF_SETTINGS = ("trainer", "data")
-OPTIMIZED_METRICS = ("val_acc", "best_val_acc")
 STACKING = ("auto", "always", "never")  # trainer.stacking (src/batched_runs.py)
 
 

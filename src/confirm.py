@@ -45,14 +45,14 @@ from src.compare import (
     render_text,
     sort_key,
 )
-from src.run_record import STATUS_COMPLETED
+from src.run_record import STATUS_COMPLETED, Summary
 from src.runs import Run, load_runs
 from src.seed_groups import SEED_KEY, Setting, group_by_setting
 from src.study_runs import StudyError, add_study_arguments, study_run_dirs
 from src.verdict import judge, setting_names
 
 CONFIRMATION_FILE = "confirmation.yaml"
-DEFAULT_METRIC = "val_acc"
+DEFAULT_METRIC = Summary.VAL_ACC
 # Keys the confirmation sets itself in every run: the seed, and one shared-epochs cache for all settings.
 SET_BY_CONFIRMATION = (SEED_KEY, "trainer.prefix_cache", "overwrite")
 
@@ -295,8 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     reruns = [run for setting in confirmed for run in setting.runs]
     effort = {
         "runs": len(reruns),
-        "epochs": sum(int(run.metrics.get("epochs_completed") or 0) for run in reruns),
-        "epochs_reused": sum(int(run.metrics.get("epochs_reused") or 0) for run in reruns),
+        "epochs": sum(int(run.metrics.get(Summary.EPOCHS_COMPLETED) or 0) for run in reruns),
+        "epochs_reused": sum(int(run.metrics.get(Summary.EPOCHS_REUSED) or 0) for run in reruns),
         "trained_now": trained_now,
         "wall_time_s": round(time.perf_counter() - started, 1),
     }

@@ -18,6 +18,7 @@ import torch
 
 from src.errors import DataError
 from src.mnist_files import RAW_FILES, raw_dir
+from src.run_record import DATA_SIZES
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ class MnistSplits:
     source: str
 
     def sizes(self) -> dict[str, int]:
-        return {"n_train": len(self.train), "n_val": len(self.val), "n_test": len(self.test)}
+        return dict(zip(DATA_SIZES, (len(self.train), len(self.val), len(self.test)), strict=True))
 
     def to(self, device: torch.device) -> "MnistSplits":
         return MnistSplits(self.train.to(device), self.val.to(device), self.test.to(device), self.source)

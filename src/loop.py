@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from src.data import MnistSplits, Split
 from src.errors import TrainingDiverged
-from src.run_record import EpochRecord
+from src.run_record import Column, EpochRecord
 from src.schedules import Stepping
 
 
@@ -94,7 +94,7 @@ def fit(
         train_time = time.perf_counter() - started
         val_loss, val_acc = evaluate(model, data.val, eval_batch_size)
         _, test_acc = evaluate(model, data.test, eval_batch_size)
-        stepping.after_epoch({"val_loss": val_loss, "val_acc": val_acc})
+        stepping.after_epoch({Column.VAL_LOSS: val_loss, Column.VAL_ACC: val_acc})
         on_epoch_end(
             EpochRecord(
                 epoch=epoch,

@@ -8,7 +8,7 @@ is validated before this runs (src.train.main).
 import logging
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,12 +32,14 @@ from src.loop import fit
 from src.pruning import first_prunable_epoch
 from src.run_files import save_weights, write_summary
 from src.run_record import (
+    EPOCH_RESULTS,
     STATUS_COMPLETED,
     STATUS_FAILED,
     STATUS_INTERRUPTED,
     STATUS_PRUNED,
     TRIAL_ATTRS,
     EpochRecord,
+    Summary,
     class_name,
 )
 from src.schedules import SCHEDULE_KEYS, Stepping, build_scheduler, constant_epochs, fill_in_steps
@@ -86,15 +88,14 @@ def load_data(cfg: DictConfig, device: torch.device) -> MnistSplits:
 def epoch_results(records: list[EpochRecord]) -> dict[str, Any]:
     """metrics.json's accuracies: the last epoch's, and the best validation epoch (None before any epoch)."""
     if not records:
-        empty = dict.fromkeys(("val_acc", "best_val_acc", "best_epoch", "test_acc"), None)
-        return {**empty, "epochs_completed": 0}
+        return {**dict.fromkeys(EPOCH_RESULTS, None), Summary.EPOCHS_COMPLETED: 0}
     final, best = records[-1], max(records, key=lambda r: r.val_acc)
     return {
-        "val_acc": final.val_acc,
-        "best_val_acc": best.val_acc,
-        "best_epoch": best.epoch,
-        "test_acc": final.test_acc,
-        "epochs_completed": len(records),
+        Summary.VAL_ACC: final.val_acc,
+        Summary.BEST_VAL_ACC: best.val_acc,
+        Summary.BEST_EPOCH: best.epoch,
+        Summary.TEST_ACC: final.test_acc,
+        Summary.EPOCHS_COMPLETED: len(records),
     }
 
 
@@ -111,10 +112,17 @@ def run_context(cfg: DictConfig) -> RunContext:
 
 
 def epoch_callbacks(
-    cfg: DictConfig, context: RunContext, prune_from_epoch: int | None
+    cfg: DictConfig,
+    context: RunContext,
+    prune_from_epoch: int | None,
+    shared_epochs: Callable[[list[EpochRecord]], EpochCallback] | None = None,
 ) -> list[EpochCallback]:
-    """The run's epoch callbacks: its files, its log line, the configured logger, its Optuna trial."""
-    callbacks: list[EpochCallback] = [History(context.run_dir), ProgressLog(context.log, cfg.trainer.epochs)]
+    """The run's epoch callbacks: its files, its log line, its shared epochs (made from the run's
+    records), the configured logger, its Optuna trial (last: a pruned epoch is stored and logged first)."""
+    history = History(context.run_dir)
+    callbacks: list[EpochCallback] = [history, ProgressLog(context.log, cfg.trainer.epochs)]
+    if shared_epochs is not None:
+        callbacks.append(shared_epochs(history.records))
     if cfg.logger.get("epoch_callback") is not None:
         logger = instantiate(cfg.logger.epoch_callback, _execution_whitelist_=EXECUTION_WHITELIST)
         callbacks.append(logger(context, hyperparameters(cfg)))
@@ -154,10 +162,12 @@ def train(cfg: DictConfig, context: RunContext | None = None) -> Any:
         if cfg.trainer.prefix_cache
         else None
     )
-    callbacks = epoch_callbacks(cfg, context, prunable_from(cfg, context, constant))
-    history = callbacks[0]
-    if shared:
-        callbacks.insert(2, StoreSharedEpochs(shared, model, optimizer, generator, history.records))
+    callbacks = epoch_callbacks(
+        cfg,
+        context,
+        prunable_from(cfg, context, constant),
+        (lambda records: StoreSharedEpochs(shared, model, optimizer, generator, records)) if shared else None,
+    )
     log_data(data, device, context.log)
 
     def on_epoch_end(record: EpochRecord) -> None:
@@ -237,29 +247,29 @@ def finishing_run(
     finally:
         history = next(c for c in callbacks if isinstance(c, History))
         end.summary = {
-            "status": status,
-            "reason": reason,
+            Summary.STATUS: status,
+            Summary.REASON: reason,
             **epoch_results(history.records),
-            "epochs_planned": cfg.trainer.epochs,
-            "epochs_reused": end.epochs_reused,
-            "reused_from": end.reused_from,
-            "wall_time_s": time.perf_counter() - started,
-            "data_source": data.source,
+            Summary.EPOCHS_PLANNED: cfg.trainer.epochs,
+            Summary.EPOCHS_REUSED: end.epochs_reused,
+            Summary.REUSED_FROM: end.reused_from,
+            Summary.WALL_TIME_S: time.perf_counter() - started,
+            Summary.DATA_SOURCE: data.source,
             **data.sizes(),
-            "seed": cfg.trainer.seed,
-            "device": str(device),
-            "overrides": context.overrides,
-            "hyperparameters": hyperparameters(cfg),
+            Summary.SEED: cfg.trainer.seed,
+            Summary.DEVICE: str(device),
+            Summary.OVERRIDES: context.overrides,
+            Summary.HYPERPARAMETERS: hyperparameters(cfg),
         }
         if status != STATUS_FAILED and end.model is not None:
             try:
                 save_weights(context.run_dir, end.model)
             except (OSError, RuntimeError) as error:  # a full disk (torch's zip writer raises RuntimeError)
                 free_kb = shutil.disk_usage(context.run_dir).free // 1024
-                end.summary["weights_error"] = (
+                end.summary[Summary.WEIGHTS_ERROR] = (
                     f"{type(error).__name__}: {error} ({free_kb} kB free in {context.run_dir})"
                 )
-                context.log.error("weights not saved: %s", end.summary["weights_error"])
+                context.log.error("weights not saved: %s", end.summary[Summary.WEIGHTS_ERROR])
         write_summary(context.run_dir, end.summary)
         for callback in callbacks:
             callback.on_run_end(status)

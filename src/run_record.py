@@ -1,11 +1,12 @@
 """The run directory as a file format: the one place that names its files, the values of `status`, the
-columns of metrics.csv (EpochRecord) and how a config's `_target_` is shown (class_name).
+columns of metrics.csv (EpochRecord, Column), the keys of metrics.json (Summary) and how a config's
+`_target_` is shown (class_name).
 
 Torch-free, so that readers (compare, the config callback) import it without the training stack.
 The writer is src/run_files.py (with src/run.py); the readers are src/runs.py and what builds on it.
 """
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 METRICS_CSV = "metrics.csv"  # one row per finished epoch
 METRICS_JSON = "metrics.json"  # the run's outcome
@@ -40,11 +41,69 @@ class EpochRecord:
         return asdict(self)
 
 
+class Column:
+    """The metrics.csv columns readers pick by name (each one an EpochRecord field)."""
+
+    EPOCH = "epoch"
+    LR = "lr"
+    VAL_LOSS = "val_loss"
+    VAL_ACC = "val_acc"
+    TEST_ACC = "test_acc"
+
+
+COLUMNS = tuple(f.name for f in fields(EpochRecord))
+
+
+class Summary:
+    """The keys of metrics.json, the run's outcome: written by src/run.py, read by src/runs.py and what
+    builds on it (compare, confirm, the seed statistics) and, through TRIAL_ATTRS, the sweep summary."""
+
+    STATUS = "status"
+    REASON = "reason"  # why it failed, was pruned or stopped (None when completed)
+    VAL_ACC = "val_acc"  # the last epoch's
+    BEST_VAL_ACC = "best_val_acc"
+    BEST_EPOCH = "best_epoch"  # the epoch of best_val_acc
+    TEST_ACC = "test_acc"  # the last epoch's
+    EPOCHS_COMPLETED = "epochs_completed"
+    EPOCHS_PLANNED = "epochs_planned"
+    EPOCHS_REUSED = "epochs_reused"  # taken from an earlier run's shared epochs instead of trained
+    REUSED_FROM = "reused_from"  # that run's directory
+    WALL_TIME_S = "wall_time_s"
+    DATA_SOURCE = "data_source"
+    N_TRAIN = "n_train"
+    N_VAL = "n_val"
+    N_TEST = "n_test"
+    SEED = "seed"
+    DEVICE = "device"
+    OVERRIDES = "overrides"  # the job's command-line overrides
+    HYPERPARAMETERS = "hyperparameters"
+    WEIGHTS_ERROR = "weights_error"  # only when model.pt could not be written
+
+
+# What metrics.json holds before any epoch finished, and what a reader may expect to be a number.
+EPOCH_RESULTS = (Summary.VAL_ACC, Summary.BEST_VAL_ACC, Summary.BEST_EPOCH, Summary.TEST_ACC)
+DATA_SIZES = (Summary.N_TRAIN, Summary.N_VAL, Summary.N_TEST)
+NUMERIC_SUMMARY = (
+    *EPOCH_RESULTS,
+    Summary.EPOCHS_COMPLETED,
+    Summary.EPOCHS_PLANNED,
+    Summary.EPOCHS_REUSED,
+    Summary.WALL_TIME_S,
+    *DATA_SIZES,
+)
+# What a run may return to the sweeper (optimized_metric).
+OPTIMIZED_METRICS = (Summary.VAL_ACC, Summary.BEST_VAL_ACC)
+# The summary keys a run also records on its Optuna trial, read by the sweep summary
+# (src/sweep_summary.py) and compare --study.
+TRIAL_ATTRS = (
+    Summary.STATUS,
+    Summary.TEST_ACC,
+    Summary.EPOCHS_COMPLETED,
+    Summary.EPOCHS_PLANNED,
+    Summary.EPOCHS_REUSED,
+)
+
+
 def class_name(target: str) -> str:
     """How a `_target_` is shown in summaries, tables and TensorBoard: its class name."""
     return str(target).rsplit(".", 1)[-1]
-
-
-# The summary keys (metrics.json) a run also records on its Optuna trial, read by the sweep summary
-# (src/sweep_summary.py) and compare --study.
-TRIAL_ATTRS = ("status", "test_acc", "epochs_completed", "epochs_planned", "epochs_reused")

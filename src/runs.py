@@ -16,25 +16,32 @@ from typing import Any
 
 import yaml
 
-from src.run_record import HYDRA_DIR, LR_STEPS, METRICS_CSV, METRICS_JSON, class_name
+from src.run_record import (
+    DATA_SIZES,
+    HYDRA_DIR,
+    LR_STEPS,
+    METRICS_CSV,
+    METRICS_JSON,
+    NUMERIC_SUMMARY,
+    Column,
+    Summary,
+    class_name,
+)
 
 YamlLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-METRIC_KEYS = ("best_val_acc", "val_acc", "test_acc", "epochs_completed", "wall_time_s")
-# metrics.json values compare sorts, filters and averages: numbers or nothing.
-NUMERIC_METRICS = (
-    *METRIC_KEYS,
-    "best_epoch",
-    "epochs_planned",
-    "epochs_reused",
-    "n_train",
-    "n_val",
-    "n_test",
+# The metrics.json values compare's table shows.
+METRIC_KEYS = (
+    Summary.BEST_VAL_ACC,
+    Summary.VAL_ACC,
+    Summary.TEST_ACC,
+    Summary.EPOCHS_COMPLETED,
+    Summary.WALL_TIME_S,
 )
 # Far above what a run writes (metrics.json and config.yaml: a few kB; metrics.csv: ~100 bytes an epoch).
 MAX_JSON_BYTES = 1_000_000
 MAX_CSV_BYTES = 50_000_000
 # What makes two runs comparable: the same data, model and epoch budget.
-COMPARABILITY_KEYS = ("data_source", "n_train", "n_val", "n_test", "model", "trainer.epochs")
+COMPARABILITY_KEYS = (Summary.DATA_SOURCE, *DATA_SIZES, "model", "trainer.epochs")
 # Config keys that say where and how a run went, not what it trained: never shown as a difference
 # between runs, never what sets two settings apart.
 OPERATIONAL_KEYS = (
@@ -75,7 +82,7 @@ class Run:
 
     @property
     def status(self) -> str:
-        return str(self.metrics.get("status", "unknown"))
+        return str(self.metrics.get(Summary.STATUS, "unknown"))
 
     def value(self, key: str) -> Any:
         """A metric (metrics.json), a hyperparameter (dotted config key) or `status`/`run`."""
@@ -176,7 +183,9 @@ def read_step_lrs(directory: Path) -> list[float]:
     if not path.exists():
         return []
     try:
-        return [float(row["lr"]) for row in csv.DictReader(io.StringIO(read_small_text(path, MAX_CSV_BYTES)))]
+        return [
+            float(row[Column.LR]) for row in csv.DictReader(io.StringIO(read_small_text(path, MAX_CSV_BYTES)))
+        ]
     except (UnreadableFile, KeyError, TypeError, ValueError):
         return []
 
@@ -185,7 +194,7 @@ def checked_metrics(metrics: dict[str, Any], directory: Path) -> tuple[dict[str,
     """metrics.json with every value the table ranks by that is not a number left out, with a warning."""
     bad = [
         key
-        for key in NUMERIC_METRICS
+        for key in NUMERIC_SUMMARY
         if key in metrics
         and metrics[key] is not None
         and (isinstance(metrics[key], bool) or not isinstance(metrics[key], int | float))

@@ -8,10 +8,12 @@ under `schedulers` (SequentialLR, ChainedScheduler) holds scheduler configs buil
 from omegaconf import DictConfig, OmegaConf
 
 from src.errors import ConfigError
+from src.run_record import Column
 
 SCHEDULE_KEYS = ("interval", "monitor")  # ours, not the scheduler class's arguments
 INTERVALS = ("epoch", "step")
-MONITORS = {"val_loss": "min", "val_acc": "max"}  # the metrics a scheduler may follow, and their direction
+# The metrics a scheduler may follow, and their direction.
+MONITORS = {Column.VAL_LOSS: "min", Column.VAL_ACC: "max"}
 COMPOSITE_KEY = "schedulers"
 SCHEDULER_PACKAGE = "torch.optim.lr_scheduler."
 METRIC_DRIVEN = ("ReduceLROnPlateau",)

@@ -10,14 +10,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from src.run_record import STATUS_COMPLETED
+from src.run_record import STATUS_COMPLETED, Summary
 from src.runs import OPERATIONAL_KEYS, Run
 from src.seed_statistics import estimate
 
 SEED_KEY = "trainer.seed"
 # A setting is everything else: the seed and the operational keys vary between its runs.
 NOT_PART_OF_A_SETTING = (SEED_KEY, *OPERATIONAL_KEYS)
-AGGREGATED_METRICS = ("val_acc", "test_acc", "best_val_acc")
+AGGREGATED_METRICS = (Summary.VAL_ACC, Summary.TEST_ACC, Summary.BEST_VAL_ACC)
 
 
 @dataclass

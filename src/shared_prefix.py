@@ -28,7 +28,7 @@ from torch import nn
 from src.atomic_files import write_atomically
 from src.data import MnistSplits, raw_files_identity
 from src.hardware import cpu_identity
-from src.run_record import EpochRecord
+from src.run_record import Column, EpochRecord
 from src.schedules import Stepping, optimizer_settings
 
 log = logging.getLogger(__name__)
@@ -193,7 +193,10 @@ class SharedPrefix:
         torch.set_rng_state(state["rng"])
         self.reused_epochs, self.reused_from = epochs, state["run_dir"]
         log.info(
-            "reusing %d epochs at lr %g trained by %s", epochs, state["records"][0]["lr"], self.reused_from
+            "reusing %d epochs at lr %g trained by %s",
+            epochs,
+            state["records"][0][Column.LR],
+            self.reused_from,
         )
         for row in state["records"]:
             record = EpochRecord(**{**row, "train_time_s": 0.0, "epoch_time_s": 0.0})

@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 from hydra_plugins.optuna_pruning_sweeper.storage import open_storage
 from hydra_plugins.optuna_pruning_sweeper.sweeper import counts_toward_n_trials
 from src.atomic_files import write_text_atomically
+from src.run_record import Summary
 
 RESULTS_FILE = "optimization_results.yaml"  # written by the sweeper; these keys are added to it
 log = logging.getLogger(__name__)
@@ -26,10 +27,11 @@ log = logging.getLogger(__name__)
 def epochs_summary(trials: list[optuna.trial.FrozenTrial]) -> dict[str, int]:
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     return {
-        "epochs_used": sum(t.user_attrs.get("epochs_completed", 0) for t in trials),
-        "epochs_reused": sum(t.user_attrs.get("epochs_reused", 0) for t in trials),
+        "epochs_used": sum(t.user_attrs.get(Summary.EPOCHS_COMPLETED, 0) for t in trials),
+        "epochs_reused": sum(t.user_attrs.get(Summary.EPOCHS_REUSED, 0) for t in trials),
         "epochs_saved_by_pruning": sum(
-            t.user_attrs.get("epochs_planned", 0) - t.user_attrs.get("epochs_completed", 0) for t in pruned
+            t.user_attrs.get(Summary.EPOCHS_PLANNED, 0) - t.user_attrs.get(Summary.EPOCHS_COMPLETED, 0)
+            for t in pruned
         ),
         "trials_pruned": len(pruned),
     }
@@ -66,7 +68,7 @@ def summarize_sweep(config: DictConfig) -> None:
     completed = [t for t in trials if t.state == TrialState.COMPLETE]
     if completed and len(study.directions) == 1:
         best = study.best_trial
-        if (test := best.user_attrs.get("test_acc")) is not None:
+        if (test := best.user_attrs.get(Summary.TEST_ACC)) is not None:
             summary["best_test_acc"] = test
             log.info(f"  test accuracy of trial {best.number}: {test:.4g} (reported, never used to choose)")
     results = yaml.safe_load(results_path.read_text()) or {}

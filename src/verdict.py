@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from src.run_record import Summary
 from src.runs import setting_overrides
 from src.seed_groups import SEED_KEY, Setting
 from src.seed_statistics import CI_METHOD, TEST_METHOD, Estimate, Paired, estimate, paired
@@ -43,7 +44,7 @@ def setting_names(settings: Sequence[Setting], format_parameter: Callable[[list]
 
 def overrides_of(setting: Setting) -> dict[str, Any]:
     """The setting overrides of its first run (metrics.json), values parsed as YAML: {} when not recorded."""
-    overrides = setting.runs[0].metrics.get("overrides") if setting.runs else None
+    overrides = setting.runs[0].metrics.get(Summary.OVERRIDES) if setting.runs else None
     if not isinstance(overrides, list):
         return {}
     parsed = {}
@@ -82,7 +83,7 @@ def judge(settings: Sequence[Setting], names: Sequence[str], metric: str) -> dic
                 "verdict": sentence(names[best], names[other], result, len(settings[best].runs)),
             }
         )
-    test_values = list(by_seed(settings[best], "test_acc").values())
+    test_values = list(by_seed(settings[best], Summary.TEST_ACC).values())
     winner_test = estimate(test_values) if test_values else None
     return {
         "metric": metric,

@@ -13,6 +13,7 @@ import pytest
 from helpers.cli import REPO, read_json, run_cli, tiny_data_overrides
 
 from src.data import read_idx
+from src.run_record import COLUMNS, METRICS_CSV, Column, Summary
 
 
 def train_cli(tmp_path: Path, *args: str):
@@ -29,6 +30,13 @@ def test_default_run_prints_one_line_per_epoch_without_progress_bar(tiny_mnist, 
     assert "batch/s" not in result.stdout + result.stderr and "\r" not in result.stdout  # no tqdm off a TTY
     summary = read_json(tmp_path / "run" / "metrics.json")
     assert summary["status"] == "completed" and summary["epochs_completed"] == 3
+    # The run-record contract: every summary key but the one written only on a weights error, and every
+    # column readers pick by name, is what the run wrote.
+    keys = {value for name, value in vars(Summary).items() if name.isupper()}
+    assert set(summary) == keys - {Summary.WEIGHTS_ERROR}
+    header = (tmp_path / "run" / METRICS_CSV).read_text().splitlines()[0].split(",")
+    assert tuple(header) == COLUMNS
+    assert {value for name, value in vars(Column).items() if name.isupper()} <= set(COLUMNS)
 
 
 def test_help_and_cfg_job_show_groups_and_overrides():
