@@ -54,7 +54,7 @@ def plot_validation_curves(runs: Sequence[Run], path: Path) -> str:
     for run in runs[:TOP_CURVES]:
         if run.epochs:
             axes.plot(
-                [e["epoch"] for e in run.epochs],
+                [e[Column.EPOCH] for e in run.epochs],
                 [e[Column.VAL_ACC] for e in run.epochs],
                 marker="o",
                 label=label(run),
@@ -93,7 +93,7 @@ def plot_lr_schedules(runs: Sequence[Run], path: Path) -> str:
 def lr_steps(epochs: Sequence[dict[str, float]]) -> tuple[list[float], list[float]]:
     """Step corners of a schedule: each epoch's lr from its start to the next epoch's, so the last epoch
     (whose decay a 2-epoch grid shows) is as wide as the others."""
-    starts = [e["epoch"] for e in epochs]
+    starts = [e[Column.EPOCH] for e in epochs]
     rates = [e[Column.LR] for e in epochs]
     return [*starts, starts[-1] + 1], [*rates, rates[-1]]
 

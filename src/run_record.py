@@ -48,7 +48,6 @@ class Column:
     LR = "lr"
     VAL_LOSS = "val_loss"
     VAL_ACC = "val_acc"
-    TEST_ACC = "test_acc"
 
 
 COLUMNS = tuple(f.name for f in fields(EpochRecord))
