@@ -79,9 +79,10 @@ class Summary:
     WEIGHTS_ERROR = "weights_error"  # only when model.pt could not be written
 
 
-# What metrics.json holds before any epoch finished, and what a reader may expect to be a number.
+# The results of a run's epochs (None while no epoch has finished) and the sizes of its data splits.
 EPOCH_RESULTS = (Summary.VAL_ACC, Summary.BEST_VAL_ACC, Summary.BEST_EPOCH, Summary.TEST_ACC)
 DATA_SIZES = (Summary.N_TRAIN, Summary.N_VAL, Summary.N_TEST)
+# The values readers sort, filter and average: numbers or None (anything else is left out with a warning).
 NUMERIC_SUMMARY = (
     *EPOCH_RESULTS,
     Summary.EPOCHS_COMPLETED,
