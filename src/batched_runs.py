@@ -54,7 +54,7 @@ from src.run_record import Column, EpochRecord
 from src.schedules import Stepping, build_scheduler, constant_epochs, fill_in_steps
 from src.shared_prefix import resolved_except
 from src.stacked_model import StackedModel, parameter_bytes, stack_model
-from src.trial_optimizers import TrialOptimizer
+from src.trial_optimizers import TrialOptimizer, step_trials
 
 log = logging.getLogger(__name__)
 
@@ -295,9 +295,8 @@ def stacked_step(
     # Contiguous as the stack: torch's fused kernels read a gradient in its parameter's layout (the layout
     # backward() guarantees for .grad, and autograd.grad does not: bmm's is transposed).
     grads = [g.contiguous() for g in torch.autograd.grad(losses.sum(), list(stacked.params.values()))]
-    for k, optimizer in enumerate(optimizers):
-        if optimizer is not None:
-            optimizer.step([g[k] for g in grads])
+    stepping = [k for k, optimizer in enumerate(optimizers) if optimizer is not None]
+    step_trials([optimizers[k] for k in stepping], [[g[k] for g in grads] for k in stepping])
     return losses.detach()
 
 

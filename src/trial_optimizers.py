@@ -6,9 +6,15 @@ hands each optimizer its trial's slice of the gradients. For the fused Adam, Ada
 after their first step, the step calls torch's fused kernel on the optimizer's own state directly, the same
 call torch's step() makes, without its per-call bookkeeping (~140 us a step, which K trials pay K times);
 tests/test_batched.py checks it bit for bit against step(). Every other optimizer steps through step().
+
+step_trials steps a whole stack: trials whose kernel and hyperparameters are equal at this step (all of a
+StepLR search before its decays, at lr0) share one kernel call over all their tensors. The kernels update each
+tensor on its own from the call's scalars and the tensor's own step count, so this is the same arithmetic as
+one call per trial, bit for bit (tested).
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -34,63 +40,48 @@ class TrialOptimizer:
         self.optimizer = optimizer
         self.kernel = _fused_kernel(optimizer)
         self.stepped = False
+        self.buffers: dict[str, list[torch.Tensor]] = {}  # the state the kernel updates, after the first step
 
     @property
     def params(self) -> list[torch.Tensor]:
         return self.optimizer.param_groups[0]["params"]
 
     def step(self, grads: Sequence[torch.Tensor]) -> None:
-        if self.kernel is None or not self.stepped:  # the first step creates the state as torch does
-            for param, grad in zip(self.params, grads, strict=True):
-                param.grad = grad
-            self.optimizer.step()
-            for param in self.params:
-                param.grad = None
-            self.stepped = True
-            return
-        self._fused_step([g.contiguous() for g in grads])  # the kernels read a gradient in its param's layout
+        step_trials([self], [grads])
 
-    @torch.no_grad()
-    def _fused_step(self, grads: list[torch.Tensor]) -> None:
-        group, params = self.optimizer.param_groups[0], self.params
-        states = [self.optimizer.state[p] for p in params]
+    def shared_call(self) -> tuple[Any, ...] | None:
+        """What a kernel call for this trial's next step takes besides tensors (trials with equal ones can
+        share a call); None when the next step goes through torch's step()."""
+        if self.kernel is None or not self.stepped:
+            return None
+        group = self.optimizer.param_groups[0]
         if self.kernel == "sgd":
-            momentum = group["momentum"]
-            torch._fused_sgd_(
-                params,
-                grads,
-                [] if momentum == 0 else [s["momentum_buffer"] for s in states],
-                weight_decay=group["weight_decay"],
-                momentum=momentum,
-                lr=group["lr"],
-                dampening=group["dampening"],
-                nesterov=group["nesterov"],
-                maximize=False,
-                is_first_step=False,
-                grad_scale=None,
-                found_inf=None,
+            return (
+                "sgd",
+                group["lr"],
+                group["momentum"],
+                group["dampening"],
+                group["nesterov"],
+                group["weight_decay"],
             )
-            return
-        steps = [s["step"] for s in states]
-        torch._foreach_add_(steps, 1)
-        kernel = torch._fused_adamw_ if self.kernel == "adamw" else torch._fused_adam_
-        kernel(
-            params,
-            grads,
-            [s["exp_avg"] for s in states],
-            [s["exp_avg_sq"] for s in states],
-            [],
-            steps,
-            amsgrad=False,
-            lr=group["lr"],
-            beta1=group["betas"][0],
-            beta2=group["betas"][1],
-            weight_decay=group["weight_decay"],
-            eps=group["eps"],
-            maximize=False,
-            grad_scale=None,
-            found_inf=None,
-        )
+        beta1, beta2 = group["betas"]
+        return (self.kernel, group["lr"], beta1, beta2, group["weight_decay"], group["eps"])
+
+    def torch_step(self, grads: Sequence[torch.Tensor]) -> None:
+        """A step through torch's step() (the first creates the state as torch does)."""
+        for param, grad in zip(self.params, grads, strict=True):
+            param.grad = grad
+        self.optimizer.step()
+        for param in self.params:
+            param.grad = None
+        self.stepped = True
+        if self.kernel is not None:
+            self._collect_buffers()
+
+    def _collect_buffers(self) -> None:
+        states = [self.optimizer.state[p] for p in self.params]
+        names = ("momentum_buffer",) if self.kernel == "sgd" else ("exp_avg", "exp_avg_sq", "step")
+        self.buffers = {name: [s[name] for s in states if s.get(name) is not None] for name in names}
 
     def move_to(self, params: list[torch.Tensor]) -> None:
         """Go on with new views of the same values (the stack was rebuilt without some trials)."""
@@ -98,3 +89,68 @@ class TrialOptimizer:
             if old in self.optimizer.state:
                 self.optimizer.state[new] = self.optimizer.state.pop(old)
         self.optimizer.param_groups[0]["params"] = list(params)
+        if self.stepped and self.kernel is not None:
+            self._collect_buffers()
+
+
+def step_trials(optimizers: Sequence[TrialOptimizer], grads: Sequence[Sequence[torch.Tensor]]) -> None:
+    """One step of each trial (its gradients in grads, in the order of its params); trials with equal
+    shared_call() share one kernel call."""
+    calls: dict[tuple[Any, ...], list[tuple[TrialOptimizer, Sequence[torch.Tensor]]]] = {}
+    for optimizer, trial_grads in zip(optimizers, grads, strict=True):
+        call = optimizer.shared_call()
+        if call is None:
+            optimizer.torch_step(trial_grads)
+        else:
+            calls.setdefault(call, []).append((optimizer, trial_grads))
+    for call, members in calls.items():
+        _fused_call(call, members)
+
+
+def _joined(members: list[tuple[TrialOptimizer, Sequence[torch.Tensor]]], name: str) -> list[torch.Tensor]:
+    return [tensor for optimizer, _ in members for tensor in optimizer.buffers[name]]
+
+
+@torch.no_grad()
+def _fused_call(call: tuple[Any, ...], members: list[tuple[TrialOptimizer, Sequence[torch.Tensor]]]) -> None:
+    """The call torch's fused step() makes, over the tensors of every member (gradients contiguous: the
+    kernels read a gradient in its parameter's layout)."""
+    params = [p for optimizer, _ in members for p in optimizer.params]
+    grads = [g.contiguous() for _, trial_grads in members for g in trial_grads]
+    if call[0] == "sgd":
+        _, lr, momentum, dampening, nesterov, weight_decay = call
+        torch._fused_sgd_(
+            params,
+            grads,
+            [] if momentum == 0 else _joined(members, "momentum_buffer"),
+            weight_decay=weight_decay,
+            momentum=momentum,
+            lr=lr,
+            dampening=dampening,
+            nesterov=nesterov,
+            maximize=False,
+            is_first_step=False,
+            grad_scale=None,
+            found_inf=None,
+        )
+        return
+    kernel, lr, beta1, beta2, weight_decay, eps = call
+    steps = _joined(members, "step")
+    torch._foreach_add_(steps, 1)
+    (torch._fused_adamw_ if kernel == "adamw" else torch._fused_adam_)(
+        params,
+        grads,
+        _joined(members, "exp_avg"),
+        _joined(members, "exp_avg_sq"),
+        [],
+        steps,
+        amsgrad=False,
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        weight_decay=weight_decay,
+        eps=eps,
+        maximize=False,
+        grad_scale=None,
+        found_inf=None,
+    )

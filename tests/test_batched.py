@@ -38,7 +38,7 @@ from src.epoch_callbacks import RunContext
 from src.errors import TrainingDiverged
 from src.models import CNN, MLP, SimpleNet
 from src.stacked_model import stack_model
-from src.trial_optimizers import TrialOptimizer
+from src.trial_optimizers import TrialOptimizer, step_trials
 
 VAL_TOLERANCE = 100.0 / TINY_VAL + 1e-9  # one validation image, in percent
 TEST_TOLERANCE = 100.0 / TINY_TEST + 1e-9
@@ -76,6 +76,8 @@ def assert_equivalent(batched: Path, alone: Path) -> None:
     ],
 )
 def test_the_fused_step_on_views_of_a_stack_equals_torchs_step_bit_for_bit(make, settings):
+    """Stepped together (step_trials): the trials with the first setting, twice, share a kernel call."""
+    settings = [settings[0], *settings, settings[0]]
     torch.manual_seed(0)
     start = [torch.randn(4, 3), torch.randn(3)]
     stack = [torch.stack([p.clone() for _ in settings]) for p in start]
@@ -88,10 +90,12 @@ def test_the_fused_step_on_views_of_a_stack_equals_torchs_step_bit_for_bit(make,
         # The lr changes every step, as a per-step scheduler changes it (exactly: both read the group).
         schedulers.append([torch.optim.lr_scheduler.ExponentialLR(o, 0.9) for o in (on_stack, alone[-1][1])])
     assert all(t.kernel is not None for t in trials)
+    calls = []
     for _ in range(12):
         grads = [torch.randn_like(p) for p in stack]
-        for k, trial in enumerate(trials):
-            trial.step([g[k] for g in grads])
+        calls.append(len({t.shared_call() for t in trials}))
+        step_trials(trials, [[g[k] for g in grads] for k in range(len(trials))])
+        for k in range(len(trials)):
             params, optimizer = alone[k]
             for p, g in zip(params, grads, strict=True):
                 p.grad = g[k].clone()
@@ -101,6 +105,7 @@ def test_the_fused_step_on_views_of_a_stack_equals_torchs_step_bit_for_bit(make,
     for k, (params, _) in enumerate(alone):
         for stacked, separate in zip(stack, params, strict=True):
             assert torch.equal(stacked[k], separate.detach())
+    assert calls == [1] + [len(settings) - 2] * 11  # torch's step() first, then one call per setting
 
 
 @pytest.mark.parametrize("model_class", [SimpleNet, MLP, CNN])
