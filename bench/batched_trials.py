@@ -1,7 +1,8 @@
 """Batched trials (hydra/launcher=batched) against the basic launcher and the seed's script, full MNIST.
 
 1. The 20-trial x 5-epoch default sweep (hparams_search=steplr_optuna): basic launcher with shared epochs
-   (the preset's default) and without, batched launcher (all trials one batch, and batches of 10), each over
+   (the preset's default) and without, batched launcher (all trials one batch, and batches of 10; one batch
+   spread over 2 processes, hydra.launcher.processes=2), each over
    the sampler seeds given; wall time, in seed-script runs; trial throughput; per-trial overhead
    (wall x workers / trials - training); best validation accuracy per sampler seed.
 2. The MLP and the CNN, 4 and 10 trials (a grid over optimizer.lr, --epochs-big epochs), basic vs batched
@@ -36,6 +37,11 @@ SWEEPS = {
     "basic, no sharing": ["trainer.prefix_cache=null"],
     "batched, 1 batch of 20": ["hydra/launcher=batched", "hydra.sweeper.n_jobs=20"],
     "batched, 2 batches of 10": ["hydra/launcher=batched", "hydra.sweeper.n_jobs=10"],
+    "batched, 1 batch of 20, 2 processes": [
+        "hydra/launcher=batched",
+        "hydra.sweeper.n_jobs=20",
+        "hydra.launcher.processes=2",
+    ],
 }
 
 
@@ -120,9 +126,20 @@ def main() -> None:
                         args.epochs_big,
                         "hydra/launcher=batched",
                     )
+                    two, _ = grid(
+                        root,
+                        scratch,
+                        f"{model}{trials}p",
+                        model,
+                        trials,
+                        args.epochs_big,
+                        "hydra/launcher=batched",
+                        "hydra.launcher.processes=2",
+                    )
                     big[f"{model}, {trials} trials"] = {
                         "basic_s": basic,
                         "batched_s": batched,
+                        "batched_2_processes_s": two,
                         "decided": decided,
                     }
     seed_wall = statistics.median(seed_walls)
@@ -139,9 +156,12 @@ def main() -> None:
             f"overhead {overhead:.2f} s per trial; best val_acc per sampler seed: {bests}"
         )
     for name, result in big.items():
+        two = result["batched_2_processes_s"]
         print(
             f"{name}: basic {result['basic_s']:.1f} s, batched {result['batched_s']:.1f} s "
-            f"({result['basic_s'] / result['batched_s']:.2f}x) | {' / '.join(result['decided'])}"
+            f"({result['basic_s'] / result['batched_s']:.2f}x), in 2 processes "
+            f"{two:.1f} s ({result['basic_s'] / two:.2f}x)"
+            f" | {' / '.join(result['decided'])}"
         )
 
 

@@ -24,6 +24,7 @@ import logging
 import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from hydra_plugins.batched_launcher.deferral import Deferred, defer
+from hydra_plugins.batched_launcher.deferral import BatchSettings, Deferred, defer
 from src.config import EXECUTION_WHITELIST
 from src.cpu_share import CpuShare, job_cpus
 from src.data import MnistSplits, Split
@@ -55,6 +56,7 @@ from src.schedules import Stepping, build_scheduler, constant_epochs, fill_in_st
 from src.shared_prefix import resolved_except
 from src.stacked_model import StackedModel, parameter_bytes, stack_model
 from src.trial_optimizers import TrialOptimizer, step_trials
+from src.trial_processes import in_processes, split
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +99,7 @@ class BatchedRun:
         return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
 
     @classmethod
-    def run_together(cls, runs: list["BatchedRun"], max_batch: int | None) -> list[Any]:
+    def run_together(cls, runs: list["BatchedRun"], settings: BatchSettings) -> list[Any]:
         """Each run's value for the sweeper (its optimized metric), or the exception that ended it."""
         outcomes: dict[int, Any] = {}
         groups: dict[str, list[int]] = {}
@@ -106,7 +108,7 @@ class BatchedRun:
         loaded = LoadedData()
         try:
             for members in groups.values():
-                outcomes.update(train_group([runs[i] for i in members], members, max_batch, loaded))
+                outcomes.update(train_group([runs[i] for i in members], members, settings, loaded))
         finally:
             for run in runs:
                 close_job_logger(run.context.log)
@@ -155,12 +157,13 @@ class LoadedData:
 
 
 def train_group(
-    runs: list[BatchedRun], indices: list[int], max_batch: int | None, loaded: LoadedData
+    runs: list[BatchedRun], indices: list[int], settings: BatchSettings, loaded: LoadedData
 ) -> dict[int, Any]:
     cfg = runs[0].cfg
     share = CpuShare(job_cpus())
     share.register()
-    torch.set_num_threads(threads_for_this_job(cfg.trainer.num_threads, share))
+    threads = threads_for_this_job(cfg.trainer.num_threads, share)
+    torch.set_num_threads(threads)
     device = resolve_device(cfg.trainer.device)
     data = loaded.get(cfg, device)
     outcomes: dict[int, Any] = {}
@@ -187,7 +190,7 @@ def train_group(
         log.info("%d trials train one at a time: %s", len(ready), how)
         outcomes.update({index: run_alone(run) for index, run in ready})
         return outcomes
-    size = fitting_batch(model, sample, max_batch, len(ready))
+    size = fitting_batch(model, sample, settings.max_batch, len(ready))
     for start in range(0, len(ready), size):
         chunk = ready[start : start + size]
         if len(chunk) == 1:
@@ -198,11 +201,51 @@ def train_group(
         ):
             outcomes.update({index: run_alone(run) for index, run in chunk})
             continue
-        torch.set_rng_state(rng_after_init)
-        group = StackedGroup(model, how, [run for _, run in chunk], data, device)
-        for (index, _), outcome in zip(chunk, group.train(), strict=True):
+
+        def train_stacked(part: list[BatchedRun]) -> list[Any]:
+            torch.set_rng_state(rng_after_init)
+            return StackedGroup(model, how, part, data, device).train()
+
+        trained = train_in_parts(
+            [run for _, run in chunk], train_stacked, settings.processes, device, threads
+        )
+        for (index, _), outcome in zip(chunk, trained, strict=True):
             outcomes[index] = outcome
     return outcomes
+
+
+def train_in_parts(
+    runs: list[BatchedRun],
+    train_stacked: Callable[[list[BatchedRun]], list[Any]],
+    processes: int,
+    device: torch.device,
+    threads: int,
+) -> list[Any]:
+    """train_stacked over the runs, spread over up to `processes` processes (src/trial_processes.py) on a
+    CPU; each run's outcome."""
+    if processes == 1:
+        return train_stacked(runs)
+    why_not = (
+        None if device.type == "cpu" else f"the trials train on {device.type}, which a fork cannot share"
+    )
+    parts = split(runs, processes)
+    if why_not is None and len(parts) == 1:
+        why_not = f"{len(runs)} trials are too few to split (at least 2 per process)"
+    if why_not is not None:
+        log.info(
+            "%d trials train in one process (hydra.launcher.processes=%d): %s", len(runs), processes, why_not
+        )
+        return train_stacked(runs)
+    per_process = max(1, threads // len(parts))
+    log.info(
+        "%d trials train in %d processes (%s trials, %d thread%s each)",
+        len(runs),
+        len(parts),
+        " + ".join(str(len(part)) for part in parts),
+        per_process,
+        "" if per_process == 1 else "s",
+    )
+    return [outcome for part in in_processes(parts, train_stacked, per_process) for outcome in part]
 
 
 def fitting_batch(model: torch.nn.Module, sample: torch.Tensor, max_batch: int | None, trials: int) -> int:

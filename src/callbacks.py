@@ -15,6 +15,7 @@ from hydra.experimental.callback import Callback
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
+from hydra_plugins.batched_launcher.launcher import is_count
 from hydra_plugins.optuna_pruning_sweeper.disk import unwritable_reason
 from src.config import validate
 from src.cpu_share import CpuShare, job_cpus
@@ -69,12 +70,12 @@ def check_sweep_dir_and_launcher(config: DictConfig) -> None:
     launcher = config.hydra.launcher
     if launcher.get("_target_") == BATCHED_LAUNCHER:
         max_batch = launcher.get("max_batch")
-        if max_batch is not None and (
-            not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1
-        ):
+        if max_batch is not None and not is_count(max_batch):
             raise ConfigError(
                 "hydra.launcher.max_batch", max_batch, "an integer >= 1, or null (as many as fit)"
             )
+        if not is_count(launcher.get("processes", 1)):
+            raise ConfigError("hydra.launcher.processes", launcher.get("processes"), "an integer >= 1")
 
 
 def check_machine_and_data(config: DictConfig) -> None:

@@ -30,15 +30,18 @@ from helpers.cli import (
     tiny_data_overrides,
 )
 from helpers.sweeps import check_pruned_trials, load_study, optuna_sweep_args, run_pruning_sweep, trial_dirs
+from helpers.workers import storage_for
 from optuna.trial import TrialState
 from torch import nn
 
+from hydra_plugins.batched_launcher.deferral import BatchSettings
 from src.batched_runs import BatchedRun
 from src.epoch_callbacks import RunContext
 from src.errors import TrainingDiverged
 from src.models import CNN, MLP, SimpleNet
 from src.stacked_model import stack_model
 from src.trial_optimizers import TrialOptimizer, step_trials
+from src.trial_processes import in_processes, split
 
 VAL_TOLERANCE = 100.0 / TINY_VAL + 1e-9  # one validation image, in percent
 TEST_TOLERANCE = 100.0 / TINY_TEST + 1e-9
@@ -220,7 +223,7 @@ def test_a_pruned_trial_and_a_diverging_one_leave_the_group_and_the_others_train
         [[*s, "trainer.epochs=3", "trainer.stacking=always", "prune_from=first_epoch"] for s in settings],
         study,
     )
-    outcomes = BatchedRun.run_together(runs, max_batch=None)
+    outcomes = BatchedRun.run_together(runs, BatchSettings())
 
     assert isinstance(outcomes[1], optuna.TrialPruned)
     assert isinstance(outcomes[2], TrainingDiverged) and "diverged" in str(outcomes[2])
@@ -270,15 +273,28 @@ def grid(tiny_mnist, sweep_dir, *extra):
 
 
 @pytest.mark.parametrize(
-    "model",
-    ["simple_net", pytest.param("mlp", marks=pytest.mark.slow), pytest.param("cnn", marks=pytest.mark.slow)],
+    ("model", "processes"),
+    [
+        ("simple_net", 1),
+        ("simple_net", 2),
+        pytest.param("mlp", 1, marks=pytest.mark.slow),
+        pytest.param("cnn", 1, marks=pytest.mark.slow),
+    ],
 )
-def test_a_grid_trained_stacked_matches_the_same_grid_trained_one_run_at_a_time(tiny_mnist, tmp_path, model):
+def test_a_grid_trained_stacked_matches_the_same_grid_trained_one_run_at_a_time(
+    tiny_mnist, tmp_path, model, processes
+):
     extra = [f"model={model}", "logger=tensorboard"]
-    stacked = [*extra, "hydra/launcher=batched", "trainer.stacking=always"]
+    stacked = [
+        *extra,
+        "hydra/launcher=batched",
+        "trainer.stacking=always",
+        f"hydra.launcher.processes={processes}",
+    ]
     batched = run_cli("src.train", *grid(tiny_mnist, tmp_path / "b", *stacked))
     assert batched.returncode == 0, batched.stderr[-3000:]
-    assert "4 trials train stacked (layers)" in batched.stderr + batched.stdout
+    together = 4 // processes
+    assert f"{together} trials train stacked (layers)" in batched.stderr + batched.stdout
     basic = run_cli("src.train", *grid(tiny_mnist, tmp_path / "a", *extra))
     assert basic.returncode == 0, basic.stderr[-3000:]
     for b, a in zip(trial_dirs(tmp_path / "b"), trial_dirs(tmp_path / "a"), strict=True):
@@ -287,9 +303,10 @@ def test_a_grid_trained_stacked_matches_the_same_grid_trained_one_run_at_a_time(
         assert files_but_events(b) == files_but_events(a)
         assert len([p for p in b.iterdir() if p.name.startswith("events.out.tfevents")]) == 1
         overrides = (b / ".hydra" / "overrides.yaml").read_text().replace("- trainer.stacking=always\n", "")
+        overrides = overrides.replace(f"- hydra.launcher.processes={processes}\n", "")
         assert overrides == (a / ".hydra" / "overrides.yaml").read_text()
         log = (b / "train.log").read_text()  # its own lines only
-        assert "trained stacked with 3 other trials" in log
+        assert f"trained stacked with {together - 1} other trial" in log
         assert log.count("epoch 1/2") == log.count("epoch 2/2") == 1
 
     compare = run_cli("src.compare", str(tmp_path / "b"), "--json")
@@ -301,21 +318,33 @@ def files_but_events(run_dir: Path) -> set[str]:
     return {p.name for p in run_dir.iterdir() if not p.name.startswith("events.out.tfevents")}
 
 
-def test_an_optuna_sweep_with_the_batched_launcher_tells_each_trial_its_own_value(tiny_mnist, tmp_path):
-    args = optuna_sweep_args(
-        tiny_mnist,
-        tmp_path,
-        "sweep",
+@pytest.mark.parametrize(
+    ("kind", "processes"),
+    [("sqlite", 1), ("sqlite", 2), pytest.param("postgres", 2, marks=pytest.mark.slow)],
+)
+def test_an_optuna_sweep_with_the_batched_launcher_tells_each_trial_its_own_value(
+    tiny_mnist, tmp_path, request, kind, processes
+):
+    """With processes=2, half of each batch trains in a forked child with its own study connection."""
+    storage, load = storage_for(kind, tmp_path, request)
+    args = [
+        *optuna_sweep_args(tiny_mnist, tmp_path, "sweep"),
+        storage,  # the last value of hydra.sweeper.storage wins
         "hydra/launcher=batched",
+        f"hydra.launcher.processes={processes}",
+        "trainer.stacking=always",
         "hydra.sweeper.n_jobs=4",
         "hydra.sweeper.n_trials=8",
         "trainer.epochs=2",
         "logger=none",
-    )
+    ]
     result = run_cli("src.train", *args)
     assert result.returncode == 0, result.stderr[-3000:]
-    study = load_study(tmp_path)
+    if processes == 2:
+        assert (result.stderr + result.stdout).count("4 trials train in 2 processes (2 + 2 trials") == 2
+    study = load()
     completed = study.get_trials(states=(TrialState.COMPLETE,))
+    assert all(sorted(t.intermediate_values) == [1, 2] for t in completed)  # reported by the child too
     assert len(completed) == 8
     assert (
         len({(t.params["scheduler.step_size"], round(t.params["scheduler.gamma"], 9)) for t in completed})
@@ -325,18 +354,20 @@ def test_an_optuna_sweep_with_the_batched_launcher_tells_each_trial_its_own_valu
         summary = read_json(REPO / trial.user_attrs["run_dir"] / "metrics.json")  # absolute outside REPO
         assert trial.value == summary["val_acc"]
         assert summary["hyperparameters"]["scheduler.gamma"] == pytest.approx(trial.params["scheduler.gamma"])
-    compare = run_cli("src.compare", "--study", "steplr", "--storage", f"sqlite:///{tmp_path / 'optuna.db'}")
+    compare = run_cli("src.compare", "--study", "steplr", "--storage", storage.split("=", 1)[1])
     assert compare.returncode == 0, compare.stderr
     assert compare.stdout.count("completed") >= 8
 
 
-def test_pruning_inside_batches_through_the_cli(tiny_mnist, tmp_path):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_pruning_inside_batches_through_the_cli(tiny_mnist, tmp_path, processes):
     run_pruning_sweep(
         tiny_mnist,
         tmp_path,
         "sweep",
         "hydra/launcher=batched",
-        "hydra.sweeper.n_jobs=3",
+        "hydra.sweeper.n_jobs=4",
+        f"hydra.launcher.processes={processes}",
         "trainer.stacking=always",
     )
     check_pruned_trials(tmp_path, "sweep")
@@ -429,13 +460,120 @@ def test_a_batched_sweep_killed_in_the_middle_of_a_batch_resumes(tiny_mnist, tmp
     )
 
 
-def test_a_bad_max_batch_stops_the_sweep_with_one_line_before_anything_is_written(tiny_mnist, tmp_path):
+@pytest.mark.parametrize(
+    ("override", "error"),
+    [
+        ("max_batch=0", "max_batch=0 is not allowed: an integer >= 1, or null (as many as fit)"),
+        ("processes=0", "processes=0 is not allowed: an integer >= 1"),
+        ("processes=two", "processes='two' is not allowed: an integer >= 1"),
+        ("max_batch=all", "max_batch='all' is not allowed: an integer >= 1, or null (as many as fit)"),
+    ],
+)
+def test_a_bad_launcher_setting_stops_the_sweep_with_one_line_before_anything_is_written(
+    tiny_mnist, tmp_path, override, error
+):
     args = optuna_sweep_args(
-        tiny_mnist, tmp_path, "sweep", "hydra/launcher=batched", "hydra.launcher.max_batch=0"
+        tiny_mnist, tmp_path, "sweep", "hydra/launcher=batched", f"hydra.launcher.{override}"
     )
     result = run_cli("src.train", *args)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        "error: hydra.launcher.max_batch=0 is not allowed: an integer >= 1, or null (as many as fit)"
-    ]
+    assert result.stderr.strip().splitlines() == [f"error: hydra.launcher.{error}"]
     assert not (tmp_path / "sweep").exists() and not (tmp_path / "optuna.db").exists()
+
+
+# --- trials spread over processes (hydra.launcher.processes) ------------------------------------------
+
+
+def test_a_batch_splits_into_parts_of_at_least_two_trials():
+    assert split(list(range(20)), 2) == [list(range(10)), list(range(10, 20))]
+    assert [len(p) for p in split(list(range(7)), 3)] == [3, 2, 2]
+    assert split([1, 2, 3], 2) == [[1, 2, 3]]  # two parts would leave one with a single trial
+    assert split([1, 2, 3, 4], 8) == [[1, 2], [3, 4]]
+
+
+class Unpicklable(Exception):
+    def __init__(self, what: str, handle: object) -> None:
+        super().__init__(what)
+        self.handle = handle
+
+
+def test_parts_trained_in_child_processes_hand_back_their_outcomes_and_a_lost_child_fails_only_its_part():
+    def work(part):
+        if part == ["raises"]:
+            raise ValueError("this part failed")
+        if part == ["killed"]:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if part == ["unpicklable"]:
+            return [Unpicklable("a lock inside", handle=lambda: None)]
+        return [(item, os.getpid(), torch.get_num_threads()) for item in part]
+
+    threads = torch.get_num_threads()
+    results = in_processes([["a", "b"], ["c"], ["raises"], ["killed"], ["unpicklable"]], work, threads=1)
+
+    assert [item for item, _, _ in results[0] + results[1]] == ["a", "b", "c"]
+    pids = {pid for _, pid, _ in results[0]}, {pid for _, pid, _ in results[1]}
+    assert pids[0] == {os.getpid()} and pids[1] != pids[0]
+    assert all(count == 1 for _, _, count in results[0] + results[1])
+    assert torch.get_num_threads() == threads  # restored here after the parts
+    assert isinstance(results[2][0], ValueError) and str(results[2][0]) == "this part failed"
+    assert isinstance(results[3][0], ChildProcessError) and "was killed by SIGKILL" in str(results[3][0])
+    assert isinstance(results[4][0], RuntimeError) and str(results[4][0]) == "Unpicklable: a lock inside"
+
+
+def live_processes_of_session(session: int) -> list[int]:
+    """Processes of a session that are not zombies (this container's PID 1 does not reap orphans)."""
+    live = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == session and fields[0] != "Z":
+            live.append(int(stat.parent.name))
+    return live
+
+
+@pytest.mark.slow
+def test_a_child_process_of_a_batch_ends_its_trials_as_interrupted_when_the_sweeps_process_is_killed(
+    tiny_mnist, tmp_path
+):
+    args = optuna_sweep_args(
+        tiny_mnist,
+        tmp_path,
+        "sweep",
+        "hydra/launcher=batched",
+        "hydra.launcher.processes=2",
+        "hydra.sweeper.n_jobs=4",
+        "hydra.sweeper.n_trials=4",
+        "trainer.epochs=40",
+        "logger=none",
+        "trainer.stacking=always",
+    )
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "src.train", *args],
+        cwd=REPO,
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    csv_files = [tmp_path / "sweep" / str(n) / "metrics.csv" for n in range(4)]
+    deadline = time.monotonic() + 300
+    while not all(f.exists() and len(f.read_text().splitlines()) >= 3 for f in csv_files):
+        assert sweep.poll() is None and time.monotonic() < deadline, "the batch never got going"
+        time.sleep(0.2)
+    os.kill(sweep.pid, signal.SIGKILL)  # the sweep's process only: its child trains trials 2 and 3
+    sweep.wait()
+    deadline = time.monotonic() + 60
+    while live_processes_of_session(sweep.pid):
+        assert time.monotonic() < deadline, "the child went on training after the sweep's process died"
+        time.sleep(0.2)
+    for number in (2, 3):  # the child's trials: interrupted, their files written
+        summary = read_json(tmp_path / "sweep" / str(number) / "metrics.json")
+        assert summary["status"] == "interrupted" and 2 <= summary["epochs_completed"] < 40
+        assert (tmp_path / "sweep" / str(number) / "model.pt").exists()
+    assert not any((tmp_path / "sweep" / str(number) / "metrics.json").exists() for number in (0, 1))
+
+    resumed = run_cli("src.train", *args, f"hydra.sweep.dir={tmp_path / 'second'}", timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert len(load_study(tmp_path).get_trials(states=(TrialState.COMPLETE,))) == 4

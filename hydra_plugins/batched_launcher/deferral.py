@@ -1,10 +1,10 @@
 """The task's side of hydra/launcher=batched: defer a job's work, to be done together with others.
 
     if deferring():
-        return defer(MyWork(cfg))      # MyWork.run_together(works, max_batch) does it later
+        return defer(MyWork(cfg))      # MyWork.run_together(works, settings) does it later
 
 `run_together` is a classmethod of the work's type, called once per type with every deferred work of the
-batch (in job order) and hydra.launcher.max_batch; it returns, per work, the job's return value or the
+batch (in job order) and the launcher's BatchSettings; it returns, per work, the job's return value or the
 exception that ended it.
 """
 
@@ -15,6 +15,14 @@ from dataclasses import dataclass
 from typing import Any
 
 _collected: ContextVar[list["Deferred"] | None] = ContextVar("batched_launcher_deferred", default=None)
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """What hydra.launcher sets for the work of a batch."""
+
+    max_batch: int | None = None  # at most this many jobs' works done together (None: the work decides)
+    processes: int = 1  # processes the works may be spread over
 
 
 @dataclass(frozen=True)
@@ -54,14 +62,14 @@ def collecting() -> Iterator[list[Deferred]]:
         _collected.reset(token)
 
 
-def run_deferred(collected: list[Deferred], max_batch: int | None) -> dict[int, Any]:
+def run_deferred(collected: list[Deferred], settings: BatchSettings) -> dict[int, Any]:
     """Each deferred work's result (a value or an exception), by id() of its Deferred."""
     by_type: dict[type, list[Deferred]] = {}
     for deferred in collected:
         by_type.setdefault(type(deferred.work), []).append(deferred)
     results: dict[int, Any] = {}
     for work_type, deferreds in by_type.items():
-        outcomes = work_type.run_together([d.work for d in deferreds], max_batch)
+        outcomes = work_type.run_together([d.work for d in deferreds], settings)
         for deferred, outcome in zip(deferreds, outcomes, strict=True):
             results[id(deferred)] = outcome
     return results

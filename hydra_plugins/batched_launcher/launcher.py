@@ -4,6 +4,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
@@ -12,7 +13,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
 from .composing import JobComposer
-from .deferral import Deferred, collecting, run_deferred
+from .deferral import BatchSettings, Deferred, collecting, run_deferred
 
 log = logging.getLogger(__name__)
 
@@ -20,8 +21,11 @@ log = logging.getLogger(__name__)
 @dataclass
 class BatchedLauncherConf:
     _target_: str = "hydra_plugins.batched_launcher.launcher.BatchedLauncher"
+    # Typed Any: a bad value reaches the app's check (one line naming what is allowed), not OmegaConf's.
     # At most this many jobs trained together (null: as many as fit in memory, the task decides).
-    max_batch: int | None = None
+    max_batch: Any = None
+    # Processes that train a batch's trials at once (on CPU: each its share of the trials and of the threads).
+    processes: Any = 1
 
 
 ConfigStore.instance().store(
@@ -29,15 +33,20 @@ ConfigStore.instance().store(
 )
 
 
+def is_count(value: object) -> bool:
+    """An integer >= 1 (not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 class BatchedLauncher(Launcher):
-    def __init__(self, max_batch: int | None = None) -> None:
-        if max_batch is not None and (
-            isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1
-        ):
+    def __init__(self, max_batch: int | None = None, processes: int = 1) -> None:
+        if max_batch is not None and not is_count(max_batch):
             raise ValueError(
                 f"hydra.launcher.max_batch={max_batch!r} is not allowed: an integer >= 1 or null"
             )
-        self.max_batch = max_batch
+        if not is_count(processes):
+            raise ValueError(f"hydra.launcher.processes={processes!r} is not allowed: an integer >= 1")
+        self.settings = BatchSettings(max_batch, processes)
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
@@ -80,7 +89,7 @@ class BatchedLauncher(Launcher):
                     )
                 )
                 self._configure_hydra_logging()
-        results = run_deferred(collected, self.max_batch)
+        results = run_deferred(collected, self.settings)
         for run in runs:
             if run.status is JobStatus.COMPLETED and isinstance(run._return_value, Deferred):
                 outcome = results[id(run._return_value)]

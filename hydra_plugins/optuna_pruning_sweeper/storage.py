@@ -12,9 +12,11 @@ config), so nothing about the storage reaches a job through a file Hydra writes:
 show URLs with the password masked (`describe`).
 """
 
+import os
 import random
 import time
 import warnings
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,19 @@ JOURNAL_PREFIX = "journal file "  # how describe() names a journal file storage 
 # already exists, duplicate key), and opening again succeeds.
 RACE_MESSAGES = ("locked", "already exists", "duplicate", "unique constraint", "deadlock")
 OPEN_ATTEMPTS = 12
+# The RDB storages this process opened: a child forked from it (hydra/launcher=batched with processes > 1)
+# opens connections of its own (see _own_connections_in_forked_child).
+_opened_rdb: "weakref.WeakSet[RDBStorage]" = weakref.WeakSet()
+
+
+def _own_connections_in_forked_child() -> None:
+    """SQLAlchemy's rule for an engine that crosses a fork: the child drops the pool it inherited without
+    closing its connections (they are the parent's) and opens its own when it needs one."""
+    for storage in list(_opened_rdb):
+        storage.engine.dispose(close=False)
+
+
+os.register_at_fork(after_in_child=_own_connections_in_forked_child)
 
 
 class StorageError(Exception):
@@ -146,7 +161,13 @@ def open_storage(
     """The storage named by hydra.sweeper.storage (`sweep_dir()`: where a null storage puts its database).
     RDB storages get Optuna's heartbeat settings and engine_defaults (unless their config sets its own);
     the caller records the heartbeats."""
-    spec = storage_url_or_config(spec, sweep_dir, cwd)
+    storage = _open(storage_url_or_config(spec, sweep_dir, cwd), heartbeat_interval, grace_period)
+    if isinstance(storage, RDBStorage):
+        _opened_rdb.add(storage)
+    return storage
+
+
+def _open(spec: str | DictConfig, heartbeat_interval: int | None, grace_period: int | None) -> BaseStorage:
     heartbeat = {"heartbeat_interval": heartbeat_interval, "grace_period": grace_period}
     if isinstance(spec, str):
         engine_kwargs = engine_defaults(spec, grace_period)
