@@ -1,8 +1,8 @@
 """Batched trials (hydra/launcher=batched) against the basic launcher and the seed's script, full MNIST.
 
 1. The 20-trial x 5-epoch default sweep (hparams_search=steplr_optuna): basic launcher with shared epochs
-   (the preset's default) and without, batched launcher (all trials one batch, and batches of 10; one batch
-   spread over 2 processes, hydra.launcher.processes=2), each over
+   (the preset's default) and without, batched launcher (all trials one batch, and batches of 10, each spread
+   over one process per CPU thread, its default; and one batch in one process), each over
    the sampler seeds given; wall time, in seed-script runs; trial throughput; per-trial overhead
    (wall x workers / trials - training); best validation accuracy per sampler seed.
 2. The MLP and the CNN, 4 and 10 trials (a grid over optimizer.lr, --epochs-big epochs), basic vs batched
@@ -37,10 +37,10 @@ SWEEPS = {
     "basic, no sharing": ["trainer.prefix_cache=null"],
     "batched, 1 batch of 20": ["hydra/launcher=batched", "hydra.sweeper.n_jobs=20"],
     "batched, 2 batches of 10": ["hydra/launcher=batched", "hydra.sweeper.n_jobs=10"],
-    "batched, 1 batch of 20, 2 processes": [
+    "batched, 1 batch of 20, 1 process": [
         "hydra/launcher=batched",
         "hydra.sweeper.n_jobs=20",
-        "hydra.launcher.processes=2",
+        "hydra.launcher.processes=1",
     ],
 }
 
@@ -126,20 +126,20 @@ def main() -> None:
                         args.epochs_big,
                         "hydra/launcher=batched",
                     )
-                    two, _ = grid(
+                    one, _ = grid(
                         root,
                         scratch,
-                        f"{model}{trials}p",
+                        f"{model}{trials}o",
                         model,
                         trials,
                         args.epochs_big,
                         "hydra/launcher=batched",
-                        "hydra.launcher.processes=2",
+                        "hydra.launcher.processes=1",
                     )
                     big[f"{model}, {trials} trials"] = {
                         "basic_s": basic,
                         "batched_s": batched,
-                        "batched_2_processes_s": two,
+                        "batched_1_process_s": one,
                         "decided": decided,
                     }
     seed_wall = statistics.median(seed_walls)
@@ -156,11 +156,11 @@ def main() -> None:
             f"overhead {overhead:.2f} s per trial; best val_acc per sampler seed: {bests}"
         )
     for name, result in big.items():
-        two = result["batched_2_processes_s"]
+        one = result["batched_1_process_s"]
         print(
             f"{name}: basic {result['basic_s']:.1f} s, batched {result['batched_s']:.1f} s "
-            f"({result['basic_s'] / result['batched_s']:.2f}x), in 2 processes "
-            f"{two:.1f} s ({result['basic_s'] / two:.2f}x)"
+            f"({result['basic_s'] / result['batched_s']:.2f}x), in 1 process "
+            f"{one:.1f} s ({result['basic_s'] / one:.2f}x)"
             f" | {' / '.join(result['decided'])}"
         )
 

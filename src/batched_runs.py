@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import math
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -217,12 +218,16 @@ def train_group(
 def train_in_parts(
     runs: list[BatchedRun],
     train_stacked: Callable[[list[BatchedRun]], list[Any]],
-    processes: int,
+    processes: int | None,
     device: torch.device,
     threads: int,
 ) -> list[Any]:
     """train_stacked over the runs, spread over up to `processes` processes (src/trial_processes.py) on a
-    CPU; each run's outcome."""
+    CPU; each run's outcome. processes=None: one per thread on Linux (fork is safe with torch there), or
+    one on a GPU, silently."""
+    chosen = processes is not None
+    if processes is None:
+        processes = threads if sys.platform == "linux" and device.type == "cpu" else 1
     if processes == 1:
         return train_stacked(runs)
     why_not = (
@@ -232,9 +237,13 @@ def train_in_parts(
     if why_not is None and len(parts) == 1:
         why_not = f"{len(runs)} trials are too few to split (at least 2 per process)"
     if why_not is not None:
-        log.info(
-            "%d trials train in one process (hydra.launcher.processes=%d): %s", len(runs), processes, why_not
-        )
+        if chosen:
+            log.info(
+                "%d trials train in one process (hydra.launcher.processes=%d): %s",
+                len(runs),
+                processes,
+                why_not,
+            )
         return train_stacked(runs)
     per_process = max(1, threads // len(parts))
     log.info(

@@ -74,8 +74,11 @@ def check_sweep_dir_and_launcher(config: DictConfig) -> None:
             raise ConfigError(
                 "hydra.launcher.max_batch", max_batch, "an integer >= 1, or null (as many as fit)"
             )
-        if not is_count(launcher.get("processes", 1)):
-            raise ConfigError("hydra.launcher.processes", launcher.get("processes"), "an integer >= 1")
+        processes = launcher.get("processes")
+        if processes is not None and not is_count(processes):
+            raise ConfigError(
+                "hydra.launcher.processes", processes, "an integer >= 1, or null (one per CPU thread)"
+            )
 
 
 def check_machine_and_data(config: DictConfig) -> None:

@@ -464,8 +464,8 @@ def test_a_batched_sweep_killed_in_the_middle_of_a_batch_resumes(tiny_mnist, tmp
     ("override", "error"),
     [
         ("max_batch=0", "max_batch=0 is not allowed: an integer >= 1, or null (as many as fit)"),
-        ("processes=0", "processes=0 is not allowed: an integer >= 1"),
-        ("processes=two", "processes='two' is not allowed: an integer >= 1"),
+        ("processes=0", "processes=0 is not allowed: an integer >= 1, or null (one per CPU thread)"),
+        ("processes=two", "processes='two' is not allowed: an integer >= 1, or null (one per CPU thread)"),
         ("max_batch=all", "max_batch='all' is not allowed: an integer >= 1, or null (as many as fit)"),
     ],
 )

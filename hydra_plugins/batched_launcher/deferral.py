@@ -22,7 +22,7 @@ class BatchSettings:
     """What hydra.launcher sets for the work of a batch."""
 
     max_batch: int | None = None  # at most this many jobs' works done together (None: the work decides)
-    processes: int = 1  # processes the works may be spread over
+    processes: int | None = 1  # processes the works may be spread over (None: the work decides)
 
 
 @dataclass(frozen=True)

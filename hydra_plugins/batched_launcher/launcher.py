@@ -24,8 +24,9 @@ class BatchedLauncherConf:
     # Typed Any: a bad value reaches the app's check (one line naming what is allowed), not OmegaConf's.
     # At most this many jobs trained together (null: as many as fit in memory, the task decides).
     max_batch: Any = None
-    # Processes that train a batch's trials at once (on CPU: each its share of the trials and of the threads).
-    processes: Any = 1
+    # Processes that train a batch's trials at once, each its share of the trials and of the CPU threads
+    # (null: the task decides; ours: one per CPU thread of the job on Linux, 1 elsewhere or on a GPU).
+    processes: Any = None
 
 
 ConfigStore.instance().store(
@@ -39,13 +40,15 @@ def is_count(value: object) -> bool:
 
 
 class BatchedLauncher(Launcher):
-    def __init__(self, max_batch: int | None = None, processes: int = 1) -> None:
+    def __init__(self, max_batch: int | None = None, processes: int | None = None) -> None:
         if max_batch is not None and not is_count(max_batch):
             raise ValueError(
                 f"hydra.launcher.max_batch={max_batch!r} is not allowed: an integer >= 1 or null"
             )
-        if not is_count(processes):
-            raise ValueError(f"hydra.launcher.processes={processes!r} is not allowed: an integer >= 1")
+        if processes is not None and not is_count(processes):
+            raise ValueError(
+                f"hydra.launcher.processes={processes!r} is not allowed: an integer >= 1 or null"
+            )
         self.settings = BatchSettings(max_batch, processes)
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
