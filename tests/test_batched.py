@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from optuna.trial import TrialState
 from torch import nn
 
 from hydra_plugins.batched_launcher.deferral import BatchSettings
+from hydra_plugins.optuna_pruning_sweeper.workers import Heartbeats
 from src.batched_runs import BatchedRun
 from src.epoch_callbacks import RunContext
 from src.errors import TrainingDiverged
@@ -577,3 +579,31 @@ def test_a_child_process_of_a_batch_ends_its_trials_as_interrupted_when_the_swee
     resumed = run_cli("src.train", *args, f"hydra.sweep.dir={tmp_path / 'second'}", timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert len(load_study(tmp_path).get_trials(states=(TrialState.COMPLETE,))) == 4
+
+
+def test_a_fork_waits_until_the_heartbeat_being_written_is_recorded():
+    """No child starts while the sweep's heartbeat thread is inside the database library."""
+
+    class SlowStorage(optuna.storages.InMemoryStorage):
+        def __init__(self) -> None:
+            super().__init__()
+            self.writing, self.written = threading.Event(), threading.Event()
+
+        def set_trial_system_attr(self, trial_id, key, value) -> None:
+            self.writing.set()
+            time.sleep(0.5)
+            super().set_trial_system_attr(trial_id, key, value)
+            self.written.set()
+
+    storage = SlowStorage()
+    trial_id = optuna.create_study(storage=storage).ask()._trial_id
+    with Heartbeats(storage, interval=0.05) as heartbeats:
+        heartbeats.add(trial_id)  # the first beat, in this thread
+        storage.writing.clear()
+        storage.written.clear()
+        assert storage.writing.wait(10)  # the heartbeat thread is writing now
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0 if storage.written.is_set() else 1)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -88,6 +88,15 @@ def claim(study: optuna.Study, trial: optuna.Trial, worker: Worker) -> None:
     study._storage.set_trial_system_attr(trial._trial_id, WORKER_PROCESS, worker.as_attr())
 
 
+# Held while a heartbeat thread writes to the study. A fork (hydra/launcher=batched with processes > 1)
+# waits for it: a child must not start while another thread of its parent is inside the database library
+# (SQLite's and the drivers' own locks would stay taken in the child).
+_writing = threading.Lock()
+os.register_at_fork(
+    before=_writing.acquire, after_in_parent=_writing.release, after_in_child=_writing.release
+)
+
+
 class Heartbeats:
     """A background thread that records a heartbeat for each trial this worker runs.
 
@@ -126,7 +135,8 @@ class Heartbeats:
                 trial_ids = list(self._trial_ids)
             for trial_id in trial_ids:
                 try:
-                    self._beat(trial_id)
+                    with _writing:
+                        self._beat(trial_id)
                 except UpdateFinishedTrialError:
                     self.discard(trial_id)
                 except Exception as error:  # a database hiccup: the next beat may get through
