@@ -66,36 +66,62 @@ def how_it_ended(status: int) -> str:
 def in_processes(
     parts: list[list[Item]], work: Callable[[list[Item]], list[Any]], threads: int
 ) -> list[list[Any]]:
-    """work(part) for every part: the first here, each other one in a child process; each part's outcomes
-    (a value or the exception that ended the item). Every process uses `threads` threads meanwhile."""
-    children = []
+    """work(part) for every part: the first here, each other one in a child process (here too, after the
+    first, when no process can be started); each part's outcomes (a value or the exception that ended the
+    item). Every process uses `threads` threads meanwhile."""
+    children, here = [], [0]
     sys.stdout.flush()
     sys.stderr.flush()
-    for part in parts[1:]:
-        readable, writable = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            os.close(readable)
-            _child(part, work, threads, writable)
-        os.close(writable)
-        children.append((pid, readable, part))
+    for index, part in enumerate(parts[1:], start=1):
+        try:
+            children.append((index, *_start_child(part, work, threads)))
+        except OSError as error:  # no memory or process slot left for a fork
+            log.warning("%d trials train in this process: no process could be started (%s)", len(part), error)
+            here.append(index)
+    results: dict[int, list[Any]] = {}
     threads_before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        mine = work(parts[0])
+        for index in here:
+            results[index] = work(parts[index])
     except BaseException:
-        for pid, _, _ in children:  # Ctrl-C or a crash here: the children end their trials too
+        for _, pid, _ in children:  # Ctrl-C or a crash here: the children end their trials too
             _signal(pid, signal.SIGINT)
-        _collect(children)
+        _collect(children, parts)
         raise
     finally:
         torch.set_num_threads(threads_before)
-    return [mine, *_collect(children)]
+    results.update(_collect(children, parts))
+    return [results[index] for index in range(len(parts))]
+
+
+def _start_child(part: list[Any], work: Callable[[list[Any]], list[Any]], threads: int) -> tuple[int, int]:
+    """(pid, the pipe's end its outcomes come from)."""
+    readable, writable = os.pipe()
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(readable)
+        os.close(writable)
+        raise
+    if pid == 0:
+        os.close(readable)
+        _child(part, work, threads, writable)
+    os.close(writable)
+    return pid, readable
+
+
+def _interrupt_once(signum: int, frame: Any) -> None:
+    """Ctrl-C reaches a child twice (from the terminal, and forwarded by its parent): the second must not
+    break off the files the first one has the trials write."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 def _child(part: list[Any], work: Callable[[list[Any]], list[Any]], threads: int, writable: int) -> None:
     status, outcomes = 1, None
     try:
+        signal.signal(signal.SIGINT, _interrupt_once)
         torch.set_num_threads(threads)
         with stopped_when_sweep_process_ends():
             outcomes = [transferable(outcome) for outcome in work(part)]
@@ -118,21 +144,22 @@ def _signal(pid: int, signum: int) -> None:
         os.kill(pid, signum)
 
 
-def _collect(children: list[tuple[int, int, list[Any]]]) -> list[list[Any]]:
-    """Each child's outcomes, once it has ended."""
-    results = []
-    for pid, readable, part in children:
+def _collect(children: list[tuple[int, int, int]], parts: list[list[Any]]) -> dict[int, list[Any]]:
+    """Each child's outcomes (by the index of its part), once it has ended."""
+    results = {}
+    for index, pid, readable in children:
+        size = len(parts[index])
         with os.fdopen(readable, "rb") as pipe:
             data = pipe.read()
         _, status = os.waitpid(pid, 0)
         outcomes = pickle.loads(data) if data else None
-        if isinstance(outcomes, list) and len(outcomes) == len(part):
-            results.append(outcomes)
+        if isinstance(outcomes, list) and len(outcomes) == size:
+            results[index] = outcomes
             continue
         if not isinstance(outcomes, BaseException):
             outcomes = ChildProcessError(
-                f"the process training {len(part)} of the batch's trials (pid {pid}) {how_it_ended(status)}"
+                f"the process training {size} of the batch's trials (pid {pid}) {how_it_ended(status)}"
             )
             log.error("%s", outcomes)
-        results.append([outcomes] * len(part))
+        results[index] = [outcomes] * size
     return results

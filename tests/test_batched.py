@@ -607,3 +607,39 @@ def test_a_fork_waits_until_the_heartbeat_being_written_is_recorded():
             os._exit(0 if storage.written.is_set() else 1)
         _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_child_ends_its_trials_once_when_ctrl_c_reaches_it_twice(tmp_path):
+    """From the terminal and forwarded by its parent: the second must not break off the files."""
+    pid_file = tmp_path / "child.pid"
+
+    def work(part):
+        if part == ["child"]:
+            pid_file.write_text(str(os.getpid()))
+            try:
+                time.sleep(60)
+            except KeyboardInterrupt:
+                time.sleep(1.0)  # writing its trials' files
+                return ["files written"]
+        deadline = time.monotonic() + 30
+        while not pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        child = int(pid_file.read_text())
+        for _ in range(2):
+            os.kill(child, signal.SIGINT)
+            time.sleep(0.3)
+        return ["parent done"]
+
+    assert in_processes([["parent"], ["child"]], work, threads=1) == [["parent done"], ["files written"]]
+
+
+def test_a_part_that_gets_no_process_trains_in_this_one(monkeypatch):
+    def no_fork() -> int:
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    results = in_processes(
+        [["a"], ["b", "c"]], lambda part: [(item, os.getpid()) for item in part], threads=1
+    )
+    assert results == [[("a", os.getpid())], [("b", os.getpid()), ("c", os.getpid())]]
