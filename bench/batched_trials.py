@@ -4,7 +4,8 @@
    (the preset's default) and without, batched launcher (all trials one batch, and batches of 10, each spread
    over one process per CPU thread, its default; and one batch in one process), each over
    the sampler seeds given; wall time, in seed-script runs; trial throughput; per-trial overhead
-   (wall x workers / trials - training); best validation accuracy per sampler seed.
+   (wall x workers / trials - training, workers: the processes a batch trains in); best validation accuracy
+   per sampler seed.
 2. The MLP and the CNN, 4 and 10 trials (a grid over optimizer.lr, --epochs-big epochs), basic vs batched
    (trainer.stacking=auto: the launcher may decide one at a time is faster, and says so).
 
@@ -60,12 +61,15 @@ def default_sweeps(root: Path, scratch: Path, seeds: list[int], trials: int) -> 
                 *overrides,
             )
             train_s = training_seconds(scratch / tag)
+            workers = max([1, *(int(n) for n in re.findall(r"trials train in (\d+) processes", run.stdout))])
             results[name].append(
                 {
                     "sampler_seed": seed,
                     "wall_s": run.wall_s,
                     "training_s": train_s,
-                    "overhead_per_trial_s": (run.wall_s - train_s) / trials,
+                    "processes": workers,
+                    # training_s sums the processes' training: the overhead is counted in process-seconds
+                    "overhead_per_trial_s": (run.wall_s * workers - train_s) / trials,
                     "best_val_acc": summary["best_value"],
                     "complete": summary["trials"]["complete"],
                 }

@@ -93,9 +93,11 @@ class TrialOptimizer:
             self._collect_buffers()
 
 
+@torch.no_grad()
 def step_trials(optimizers: Sequence[TrialOptimizer], grads: Sequence[Sequence[torch.Tensor]]) -> None:
     """One step of each trial (its gradients in grads, in the order of its params); trials with equal
-    shared_call() share one kernel call."""
+    shared_call() share one kernel call, and the Adam kernels' step counts all count up in one call first
+    (as torch's step() counts them up before its kernel)."""
     calls: dict[tuple[Any, ...], list[tuple[TrialOptimizer, Sequence[torch.Tensor]]]] = {}
     for optimizer, trial_grads in zip(optimizers, grads, strict=True):
         call = optimizer.shared_call()
@@ -103,6 +105,9 @@ def step_trials(optimizers: Sequence[TrialOptimizer], grads: Sequence[Sequence[t
             optimizer.torch_step(trial_grads)
         else:
             calls.setdefault(call, []).append((optimizer, trial_grads))
+    steps = [step for call, members in calls.items() if call[0] != "sgd" for step in _joined(members, "step")]
+    if steps:
+        torch._foreach_add_(steps, 1)
     for call, members in calls.items():
         _fused_call(call, members)
 
@@ -111,10 +116,9 @@ def _joined(members: list[tuple[TrialOptimizer, Sequence[torch.Tensor]]], name: 
     return [tensor for optimizer, _ in members for tensor in optimizer.buffers[name]]
 
 
-@torch.no_grad()
 def _fused_call(call: tuple[Any, ...], members: list[tuple[TrialOptimizer, Sequence[torch.Tensor]]]) -> None:
-    """The call torch's fused step() makes, over the tensors of every member (gradients contiguous: the
-    kernels read a gradient in its parameter's layout)."""
+    """The kernel call torch's fused step() makes, over the tensors of every member (gradients contiguous:
+    the kernels read a gradient in its parameter's layout; Adam's step counts already counted up)."""
     params = [p for optimizer, _ in members for p in optimizer.params]
     grads = [g.contiguous() for _, trial_grads in members for g in trial_grads]
     if call[0] == "sgd":
@@ -135,15 +139,13 @@ def _fused_call(call: tuple[Any, ...], members: list[tuple[TrialOptimizer, Seque
         )
         return
     kernel, lr, beta1, beta2, weight_decay, eps = call
-    steps = _joined(members, "step")
-    torch._foreach_add_(steps, 1)
     (torch._fused_adamw_ if kernel == "adamw" else torch._fused_adam_)(
         params,
         grads,
         _joined(members, "exp_avg"),
         _joined(members, "exp_avg_sq"),
         [],
-        steps,
+        _joined(members, "step"),
         amsgrad=False,
         lr=lr,
         beta1=beta1,

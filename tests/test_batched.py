@@ -417,18 +417,22 @@ def test_max_batch_splits_a_batch_and_an_unstackable_setting_trains_one_at_a_tim
         assert read_json(run_dir / "metrics.json")["status"] == "completed"
 
 
-@pytest.mark.slow
-def test_a_batched_sweep_killed_in_the_middle_of_a_batch_resumes(tiny_mnist, tmp_path):
+def sweep_in_the_middle_of_a_batch(
+    tiny_mnist, tmp_path, trials: int, *extra: str
+) -> tuple[subprocess.Popen, list[str]]:
+    """A batched sweep of one batch of `trials` long trials, in a session of its own, once every trial has
+    finished 2 epochs; the process and its arguments."""
     args = optuna_sweep_args(
         tiny_mnist,
         tmp_path,
         "sweep",
         "hydra/launcher=batched",
-        "hydra.sweeper.n_jobs=4",
-        "hydra.sweeper.n_trials=4",
-        "trainer.epochs=30",
+        f"hydra.sweeper.n_jobs={trials}",
+        f"hydra.sweeper.n_trials={trials}",
+        "trainer.epochs=40",
         "logger=none",
         "trainer.stacking=always",
+        *extra,
     )
     sweep = subprocess.Popen(
         [sys.executable, "-m", "src.train", *args],
@@ -438,11 +442,17 @@ def test_a_batched_sweep_killed_in_the_middle_of_a_batch_resumes(tiny_mnist, tmp
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    first = tmp_path / "sweep" / "0" / "metrics.csv"
+    csv_files = [tmp_path / "sweep" / str(n) / "metrics.csv" for n in range(trials)]
     deadline = time.monotonic() + 300
-    while not (first.exists() and len(first.read_text().splitlines()) >= 3):
+    while not all(f.exists() and len(f.read_text().splitlines()) >= 3 for f in csv_files):
         assert sweep.poll() is None and time.monotonic() < deadline, "the batch never got going"
         time.sleep(0.2)
+    return sweep, args
+
+
+@pytest.mark.slow
+def test_a_batched_sweep_killed_in_the_middle_of_a_batch_resumes(tiny_mnist, tmp_path):
+    sweep, args = sweep_in_the_middle_of_a_batch(tiny_mnist, tmp_path, 4)
     os.killpg(sweep.pid, signal.SIGKILL)
     sweep.wait()
     assert all(not (d / "metrics.json").exists() for d in trial_dirs(tmp_path / "sweep"))  # killed mid-batch
@@ -539,31 +549,7 @@ def live_processes_of_session(session: int) -> list[int]:
 def test_a_child_process_of_a_batch_ends_its_trials_as_interrupted_when_the_sweeps_process_is_killed(
     tiny_mnist, tmp_path
 ):
-    args = optuna_sweep_args(
-        tiny_mnist,
-        tmp_path,
-        "sweep",
-        "hydra/launcher=batched",
-        "hydra.launcher.processes=2",
-        "hydra.sweeper.n_jobs=4",
-        "hydra.sweeper.n_trials=4",
-        "trainer.epochs=40",
-        "logger=none",
-        "trainer.stacking=always",
-    )
-    sweep = subprocess.Popen(
-        [sys.executable, "-m", "src.train", *args],
-        cwd=REPO,
-        env=cli_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    csv_files = [tmp_path / "sweep" / str(n) / "metrics.csv" for n in range(4)]
-    deadline = time.monotonic() + 300
-    while not all(f.exists() and len(f.read_text().splitlines()) >= 3 for f in csv_files):
-        assert sweep.poll() is None and time.monotonic() < deadline, "the batch never got going"
-        time.sleep(0.2)
+    sweep, args = sweep_in_the_middle_of_a_batch(tiny_mnist, tmp_path, 4, "hydra.launcher.processes=2")
     os.kill(sweep.pid, signal.SIGKILL)  # the sweep's process only: its child trains trials 2 and 3
     sweep.wait()
     deadline = time.monotonic() + 60
