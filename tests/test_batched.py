@@ -417,11 +417,15 @@ def test_max_batch_splits_a_batch_and_an_unstackable_setting_trains_one_at_a_tim
         assert read_json(run_dir / "metrics.json")["status"] == "completed"
 
 
+LONG_EPOCHS = 200
+
+
 def sweep_in_the_middle_of_a_batch(
     tiny_mnist, tmp_path, trials: int, *extra: str
 ) -> tuple[subprocess.Popen, list[str]]:
     """A batched sweep of one batch of `trials` long trials, in a session of its own, once every trial has
-    finished 2 epochs; the process and its arguments."""
+    finished 2 epochs; the process and its arguments. An epoch of the tiny data takes about 0.04 s, and the
+    parts of a batch start up to a second apart on a loaded host: 200 epochs leave seconds to spare."""
     args = optuna_sweep_args(
         tiny_mnist,
         tmp_path,
@@ -429,7 +433,7 @@ def sweep_in_the_middle_of_a_batch(
         "hydra/launcher=batched",
         f"hydra.sweeper.n_jobs={trials}",
         f"hydra.sweeper.n_trials={trials}",
-        "trainer.epochs=40",
+        f"trainer.epochs={LONG_EPOCHS}",
         "logger=none",
         "trainer.stacking=always",
         *extra,
@@ -558,7 +562,7 @@ def test_a_child_process_of_a_batch_ends_its_trials_as_interrupted_when_the_swee
         time.sleep(0.2)
     for number in (2, 3):  # the child's trials: interrupted, their files written
         summary = read_json(tmp_path / "sweep" / str(number) / "metrics.json")
-        assert summary["status"] == "interrupted" and 2 <= summary["epochs_completed"] < 40
+        assert summary["status"] == "interrupted" and 2 <= summary["epochs_completed"] < LONG_EPOCHS
         assert (tmp_path / "sweep" / str(number) / "model.pt").exists()
     assert not any((tmp_path / "sweep" / str(number) / "metrics.json").exists() for number in (0, 1))
 
