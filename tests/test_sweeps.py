@@ -442,6 +442,10 @@ BAD_STORAGES = [
         "{_target_: optuna.storages.JournalStorage, log_storage: {_target_: builtins.open, file: x}}",
         "_target_ 'builtins.open' is not allowed",
     ),
+    (
+        "{_target_: optuna.storages.InMemoryStorage}",
+        "'optuna.storages.InMemoryStorage' is not allowed: each job",
+    ),
     ("5", "hydra.sweeper.storage=5 is not allowed"),
     ("sqlite:///NOT_A_DATABASE", "file is not a database"),
 ]

@@ -30,6 +30,7 @@ from sqlalchemy.engine import make_url
 
 STORAGE_PACKAGE = "optuna.storages."
 STORAGE_WHITELIST = (f"{STORAGE_PACKAGE}*",)
+IN_MEMORY = f"{STORAGE_PACKAGE}InMemoryStorage"  # a study no job could reach
 SQLITE_PREFIX = "sqlite:///"
 DEFAULT_DATABASE = "optuna.db"
 JOURNAL_PREFIX = "journal file "  # how describe() names a journal file storage (compare reads it back)
@@ -85,6 +86,11 @@ def storage_url_or_config(spec: Any, sweep_dir: Callable[[], Path], cwd: Path) -
             if not target.startswith(STORAGE_PACKAGE):
                 allowed = f"a class under {STORAGE_PACKAGE}*"
                 raise StorageError(f"hydra.sweeper.storage: _target_ {target!r} is not allowed: {allowed}")
+        if str(spec._target_) == IN_MEMORY:
+            raise StorageError(
+                f"hydra.sweeper.storage: _target_ {IN_MEMORY!r} is not allowed: each job opens the study "
+                "itself, so it must be one that outlives a process (null, a URL, or a JournalStorage)"
+            )
         return spec
     raise StorageError(
         f"hydra.sweeper.storage={spec!r} is not allowed: null, a storage URL or a config with a _target_ "
