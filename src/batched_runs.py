@@ -1,7 +1,8 @@
 """Trials trained together (hydra/launcher=batched): one pass over the data for a whole batch of runs.
 
-Under the batched launcher each job defers its run (BatchedRun.for_this_job) after Hydra has written its
-directory, .hydra/ and log; the launcher then calls BatchedRun.run_together with the batch's runs. Runs that
+Under the batched launcher each job defers its run (src/deferred_job.py) after Hydra has written its
+directory, .hydra/ and log; the launcher then has the batch's runs trained together (BatchedRun.run_together,
+in its launch process). Runs that
 differ only in their optimizer and scheduler (same model, data, batch size, seed, device) form a group,
 split by hydra.launcher.max_batch and by memory; a group trains as one stacked model (src/stacked_model.py),
 each trial with torch's own optimizer and scheduler on its slice (src/trial_optimizers.py).
@@ -35,10 +36,11 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from hydra_plugins.batched_launcher.deferral import BatchSettings, Deferred, defer
+from hydra_plugins.batched_launcher.deferral import BatchSettings
 from src.config import EXECUTION_WHITELIST
 from src.cpu_share import CpuShare, job_cpus
 from src.data import MnistSplits, Split
+from src.deferred_job import DeferredJob, LogFile
 from src.epoch_callbacks import RunContext
 from src.errors import TrainingDiverged
 from src.hardware import resolve_device, threads_for_this_job
@@ -56,6 +58,7 @@ from src.run_record import Column, EpochRecord
 from src.schedules import Stepping, build_scheduler, constant_epochs, fill_in_steps
 from src.shared_prefix import resolved_except
 from src.stacked_model import StackedModel, parameter_bytes, stack_model
+from src.sweep_process import stopped_when_sweep_process_ends
 from src.trial_optimizers import TrialOptimizer, step_trials
 from src.trial_processes import in_processes, split
 
@@ -88,10 +91,12 @@ class BatchedRun:
     started: float = field(default_factory=time.perf_counter)
 
     @classmethod
-    def for_this_job(cls, cfg: DictConfig) -> Deferred:
-        context = run_context(cfg)
-        context.log = job_logger(context.job)
-        return defer(cls(cfg, context))  # run_job gave this job a config of its own
+    def for_job(cls, job: DeferredJob) -> "BatchedRun":
+        """The deferred job's run: its context made as the job would have made it (its trial opened here)."""
+        with job.as_running():
+            context = run_context(job.cfg)
+        context.log = job_logger(context.job, job.log_files)
+        return cls(job.cfg, context, job.started)
 
     @property
     def group_key(self) -> str:
@@ -108,25 +113,26 @@ class BatchedRun:
             groups.setdefault(run.group_key, []).append(index)
         loaded = LoadedData()
         try:
-            for members in groups.values():
-                outcomes.update(train_group([runs[i] for i in members], members, settings, loaded))
+            # in the launcher's launch process (a child of the sweep's), stopped as a job is in a child
+            with stopped_when_sweep_process_ends():
+                for members in groups.values():
+                    outcomes.update(train_group([runs[i] for i in members], members, settings, loaded))
         finally:
             for run in runs:
                 close_job_logger(run.context.log)
         return [outcomes[i] for i in range(len(runs))]
 
 
-def job_logger(job: str) -> logging.Logger:
-    """A logger that writes to this job's own log file only (Hydra's file handler at this moment): in a
-    group, each trial's lines go to its own run's log, and the console gets the group's lines."""
+def job_logger(job: str, log_files: list[LogFile]) -> logging.Logger:
+    """A logger that writes to this job's own log files only: in a group, each trial's lines go to its own
+    run's log, and the console gets the group's lines."""
     logger = logging.getLogger(f"{__name__}.job{job}")
     logger.propagate = False
     logger.setLevel(logging.INFO)
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler):
-            own = logging.FileHandler(handler.baseFilename, mode="a")
-            own.setFormatter(handler.formatter)
-            logger.addHandler(own)
+    for log_file in log_files:
+        own = logging.FileHandler(log_file.path, mode="a")
+        own.setFormatter(log_file.formatter)
+        logger.addHandler(own)
     return logger
 
 

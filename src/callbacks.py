@@ -15,7 +15,7 @@ from hydra.experimental.callback import Callback
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
-from hydra_plugins.batched_launcher.launcher import is_count
+from hydra_plugins.batched_launcher.launcher import is_count, is_module_list
 from hydra_plugins.optuna_pruning_sweeper.disk import unwritable_reason
 from src.config import validate
 from src.cpu_share import CpuShare, job_cpus
@@ -79,6 +79,9 @@ def check_sweep_dir_and_launcher(config: DictConfig) -> None:
             raise ConfigError(
                 "hydra.launcher.processes", processes, "an integer >= 1, or null (one per CPU thread)"
             )
+        preload = launcher.get("preload")
+        if not is_module_list(preload):
+            raise ConfigError("hydra.launcher.preload", preload, "a list of module names, e.g. [torch]")
 
 
 def check_machine_and_data(config: DictConfig) -> None:

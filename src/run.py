@@ -21,7 +21,6 @@ from hydra.types import RunMode
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig
 
-from hydra_plugins.batched_launcher.deferral import deferring
 from hydra_plugins.optuna_pruning_sweeper.trial_bridge import current_trial
 from src.config import EXECUTION_WHITELIST
 from src.cpu_share import CpuShare, job_cpus
@@ -138,12 +137,8 @@ def prunable_from(cfg: DictConfig, context: RunContext, constant: int) -> int | 
 
 
 def train(cfg: DictConfig, context: RunContext | None = None) -> Any:
-    """Train the run; its optimized metric. Under hydra/launcher=batched a job's run is deferred, to train
-    stacked with the batch's other trials (src/batched_runs.py); `context` is then given."""
-    if context is None and deferring():
-        from src.batched_runs import BatchedRun
-
-        return BatchedRun.for_this_job(cfg)
+    """Train the run; its optimized metric. `context`: given when the run trains as one of a batch's trials
+    (src/batched_runs.py), else this job's."""
     started = time.perf_counter()
     share = CpuShare(job_cpus())
     share.register()  # one of the processes that train on this machine's CPUs (src/cpu_share.py)

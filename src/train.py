@@ -17,8 +17,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from hydra_plugins.batched_launcher.deferral import deferring
 from src.command_line import check_command_line
 from src.config import EXECUTION_WHITELIST, validate
+from src.deferred_job import DeferredJob
 from src.errors import TrainingDiverged, UserInputError
 from src.fast_exit import run_then_exit
 from src.run_record import HYDRA_DIR
@@ -29,6 +31,8 @@ from src.sweep_process import stopped_when_sweep_process_ends
 def main(cfg: DictConfig) -> float:
     try:
         validate(cfg)
+        if deferring():  # hydra/launcher=batched: trained with the batch's other jobs, in its launch process
+            return DeferredJob.for_this_job(cfg)
         from src.run import train
 
         with stopped_when_sweep_process_ends():

@@ -16,7 +16,6 @@ A child that dies without handing them back (killed, out of memory) fails each o
 ChildProcessError naming how it ended; the other parts go on.
 """
 
-import contextlib
 import logging
 import os
 import pickle
@@ -27,6 +26,12 @@ from typing import Any, TypeVar
 
 import torch
 
+from hydra_plugins.batched_launcher.launch_process import (
+    how_it_ended,
+    interrupt_once,
+    send_signal,
+    transferable,
+)
 from src.sweep_process import stopped_when_sweep_process_ends
 
 log = logging.getLogger(__name__)
@@ -44,23 +49,6 @@ def split(items: Sequence[Item], processes: int, least: int = 2) -> list[list[It
         parts.append(list(items[start : start + size]))
         start += size
     return parts
-
-
-def transferable(outcome: Any) -> Any:
-    """The outcome, or for an exception that would not survive pickling, a RuntimeError saying what it was."""
-    if not isinstance(outcome, BaseException):
-        return outcome
-    try:
-        pickle.loads(pickle.dumps(outcome))
-        return outcome
-    except Exception:
-        return RuntimeError(f"{type(outcome).__name__}: {outcome}")
-
-
-def how_it_ended(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        return f"was killed by {signal.Signals(os.WTERMSIG(status)).name}"
-    return f"exited with code {os.waitstatus_to_exitcode(status)} without its trials' outcomes"
 
 
 def in_processes(
@@ -86,7 +74,7 @@ def in_processes(
             results[index] = work(parts[index])
     except BaseException:
         for _, pid, _ in children:  # Ctrl-C or a crash here: the children end their trials too
-            _signal(pid, signal.SIGINT)
+            send_signal(pid, signal.SIGINT)
         _collect(children, parts)
         raise
     finally:
@@ -111,17 +99,10 @@ def _start_child(part: list[Any], work: Callable[[list[Any]], list[Any]], thread
     return pid, readable
 
 
-def _interrupt_once(signum: int, frame: Any) -> None:
-    """Ctrl-C reaches a child twice (from the terminal, and forwarded by its parent): the second must not
-    break off the files the first one has the trials write."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise KeyboardInterrupt
-
-
 def _child(part: list[Any], work: Callable[[list[Any]], list[Any]], threads: int, writable: int) -> None:
     status, outcomes = 1, None
     try:
-        signal.signal(signal.SIGINT, _interrupt_once)
+        signal.signal(signal.SIGINT, interrupt_once)
         torch.set_num_threads(threads)
         with stopped_when_sweep_process_ends():
             outcomes = [transferable(outcome) for outcome in work(part)]
@@ -137,11 +118,6 @@ def _child(part: list[Any], work: Callable[[list[Any]], list[Any]], threads: int
             sys.stderr.flush()
         finally:
             os._exit(status)
-
-
-def _signal(pid: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signum)
 
 
 def _collect(children: list[tuple[int, int, int]], parts: list[list[Any]]) -> dict[int, list[Any]]:

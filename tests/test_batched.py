@@ -35,7 +35,8 @@ from helpers.workers import storage_for
 from optuna.trial import TrialState
 from torch import nn
 
-from hydra_plugins.batched_launcher.deferral import BatchSettings
+from hydra_plugins.batched_launcher.deferral import BatchSettings, Deferred
+from hydra_plugins.batched_launcher.launch_process import LaunchProcess
 from hydra_plugins.optuna_pruning_sweeper.workers import Heartbeats
 from src.batched_runs import BatchedRun
 from src.epoch_callbacks import RunContext
@@ -457,6 +458,9 @@ def sweep_in_the_middle_of_a_batch(
 @pytest.mark.slow
 def test_a_batched_sweep_killed_in_the_middle_of_a_batch_resumes(tiny_mnist, tmp_path):
     sweep, args = sweep_in_the_middle_of_a_batch(tiny_mnist, tmp_path, 4)
+    # The batch trains in the launch process; the sweep's process never loads torch.
+    assert not loads_torch(sweep.pid)
+    assert any(loads_torch(pid) for pid in live_processes_of_session(sweep.pid) if pid != sweep.pid)
     os.killpg(sweep.pid, signal.SIGKILL)
     sweep.wait()
     assert all(not (d / "metrics.json").exists() for d in trial_dirs(tmp_path / "sweep"))  # killed mid-batch
@@ -474,6 +478,23 @@ def test_a_batched_sweep_killed_in_the_middle_of_a_batch_resumes(tiny_mnist, tmp
     assert all(
         read_json(d / "metrics.json")["status"] == "completed" for d in trial_dirs(tmp_path / "second")
     )
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_a_batched_sweep_ends_each_trial_of_the_batch_as_interrupted(tiny_mnist, tmp_path):
+    sweep, _ = sweep_in_the_middle_of_a_batch(tiny_mnist, tmp_path, 4, "hydra.launcher.processes=2")
+    os.killpg(sweep.pid, signal.SIGINT)  # as a terminal sends it: to the sweep, its launch process and child
+    assert sweep.wait(120) != 0
+    deadline = time.monotonic() + 60
+    while live_processes_of_session(sweep.pid):
+        assert time.monotonic() < deadline, "a process of the batch outlived the sweep"
+        time.sleep(0.2)
+    for number in range(4):
+        summary = read_json(tmp_path / "sweep" / str(number) / "metrics.json")
+        assert summary["status"] == "interrupted" and 2 <= summary["epochs_completed"] < LONG_EPOCHS
+        assert (tmp_path / "sweep" / str(number) / "model.pt").exists()
+    batch = load_study(tmp_path).trials[:4]  # (the sweep queued their parameters again for a resume)
+    assert all(t.state == TrialState.FAIL and t.user_attrs["status"] == "interrupted" for t in batch)
 
 
 @pytest.mark.parametrize(
@@ -536,6 +557,15 @@ def test_parts_trained_in_child_processes_hand_back_their_outcomes_and_a_lost_ch
     assert isinstance(results[4][0], RuntimeError) and str(results[4][0]) == "Unpicklable: a lock inside"
 
 
+def loads_torch(pid: int) -> bool:
+    return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+
+
+def process_state(pid: int) -> str:
+    """R, S, Z (ended, not yet reaped), ... from /proc."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
 def live_processes_of_session(session: int) -> list[int]:
     """Processes of a session that are not zombies (this container's PID 1 does not reap orphans)."""
     live = []
@@ -550,21 +580,21 @@ def live_processes_of_session(session: int) -> list[int]:
 
 
 @pytest.mark.slow
-def test_a_child_process_of_a_batch_ends_its_trials_as_interrupted_when_the_sweeps_process_is_killed(
+def test_the_processes_of_a_batch_end_its_trials_as_interrupted_when_the_sweeps_process_is_killed(
     tiny_mnist, tmp_path
 ):
     sweep, args = sweep_in_the_middle_of_a_batch(tiny_mnist, tmp_path, 4, "hydra.launcher.processes=2")
-    os.kill(sweep.pid, signal.SIGKILL)  # the sweep's process only: its child trains trials 2 and 3
+    # the sweep's process only: its launch process trains trials 0 and 1, that one's child 2 and 3
+    os.kill(sweep.pid, signal.SIGKILL)
     sweep.wait()
     deadline = time.monotonic() + 60
     while live_processes_of_session(sweep.pid):
-        assert time.monotonic() < deadline, "the child went on training after the sweep's process died"
+        assert time.monotonic() < deadline, "a batch went on training after the sweep's process died"
         time.sleep(0.2)
-    for number in (2, 3):  # the child's trials: interrupted, their files written
+    for number in range(4):  # interrupted, their files written
         summary = read_json(tmp_path / "sweep" / str(number) / "metrics.json")
         assert summary["status"] == "interrupted" and 2 <= summary["epochs_completed"] < LONG_EPOCHS
         assert (tmp_path / "sweep" / str(number) / "model.pt").exists()
-    assert not any((tmp_path / "sweep" / str(number) / "metrics.json").exists() for number in (0, 1))
 
     resumed = run_cli("src.train", *args, f"hydra.sweep.dir={tmp_path / 'second'}", timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -633,3 +663,87 @@ def test_a_part_that_gets_no_process_trains_in_this_one(monkeypatch):
         [["a"], ["b", "c"]], lambda part: [(item, os.getpid()) for item in part], threads=1
     )
     assert results == [[("a", os.getpid())], [("b", os.getpid()), ("c", os.getpid())]]
+
+
+# --- the launch process (hydra_plugins/batched_launcher/launch_process.py) ------------------------------
+
+
+def test_the_launch_process_preloads_its_modules_and_hands_back_each_works_outcome(tmp_path, monkeypatch):
+    (tmp_path / "preloaded_module.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def work(collected, settings):
+        if collected[0].work == "whole batch fails":
+            raise ValueError("no batch")
+        outcomes = []
+        for deferred in collected:
+            if deferred.work == "raises":
+                outcomes.append(KeyError("this one"))
+            elif deferred.work == "unpicklable":
+                outcomes.append(Unpicklable("a lock inside", handle=lambda: None))
+            else:
+                loaded = "preloaded_module" in sys.modules
+                outcomes.append((deferred.work, os.getpid(), loaded, settings.max_batch))
+        return outcomes
+
+    process = LaunchProcess(work, ["preloaded_module", "no_such_module_here"])
+    try:
+        outcomes = process.run([Deferred("a"), Deferred("raises"), Deferred("unpicklable")], BatchSettings(3))
+        assert outcomes[0] == ("a", process.pid, True, 3) and process.pid != os.getpid()
+        assert isinstance(outcomes[1], KeyError) and outcomes[1].args == ("this one",)
+        assert isinstance(outcomes[2], RuntimeError) and str(outcomes[2]) == "Unpicklable: a lock inside"
+        with pytest.raises(ValueError, match="no batch"):
+            process.run([Deferred("whole batch fails")], BatchSettings())
+        assert process.run([Deferred("b")], BatchSettings())[0][:2] == ("b", process.pid)  # it goes on
+        pid = process.pid
+    finally:
+        process.stop()
+    assert "preloaded_module" not in sys.modules  # loaded there only
+    with pytest.raises(ProcessLookupError):  # ended and reaped
+        os.kill(pid, 0)
+
+
+def test_a_killed_launch_process_fails_its_batch_with_how_it_ended():
+    def work(collected, settings):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    process = LaunchProcess(work, [])
+    with pytest.raises(
+        ChildProcessError, match=r"the process running the batch's jobs \(pid \d+\) was killed by SIGKILL"
+    ):
+        process.run([Deferred("a")], BatchSettings())
+    assert not process.alive
+    process.stop()
+
+
+def test_ctrl_c_in_the_sweeps_process_ends_the_launch_processs_batch_after_its_files_are_written(tmp_path):
+    started, written = tmp_path / "started", tmp_path / "written"
+
+    def work(collected, settings):
+        started.write_text("")
+        try:
+            time.sleep(60)
+        except KeyboardInterrupt:
+            time.sleep(0.5)  # the trials write their files
+            written.write_text("")
+            raise
+        return ["not interrupted"]
+
+    def interrupt_when_started() -> None:
+        deadline = time.monotonic() + 30
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)  # to the sweep's process alone: it forwards it
+
+    process = LaunchProcess(work, [])
+    threading.Thread(target=interrupt_when_started, daemon=True).start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            process.run([Deferred("a")], BatchSettings())
+        assert written.exists()  # run() returned only after the batch's files were written
+        deadline = time.monotonic() + 10
+        while process_state(process.pid) != "Z":  # it leaves on its own, as after Ctrl-C
+            assert time.monotonic() < deadline, "the launch process did not end after Ctrl-C"
+            time.sleep(0.05)
+    finally:
+        process.stop()

@@ -189,10 +189,19 @@ def test_the_cpu_share_counts_live_jobs_on_overlapping_cpus_and_forgets_dead_one
     dead = subprocess.Popen(["true"])
     dead.wait()
     (tmp_path / f"{dead.pid}.1").write_text("0,1")  # a job that ended without leaving
-    (tmp_path / f"{os.getppid()}.{cpu_share.process_start_time(os.getppid())}").write_text("0")
-    (tmp_path / f"1.{cpu_share.process_start_time(1)}").write_text("7")  # alive, on other CPUs
-    share = cpu_share.CpuShare(frozenset({0, 1}))
-    share.register()
-    assert share.entry.read_text() == "0,1"
-    assert share.jobs_sharing_my_cpus() == 2  # this job and the parent on CPU 0
+    # live jobs (not this process's ancestors): one on CPU 0, one on other CPUs
+    others = [subprocess.Popen(["sleep", "60"]) for _ in range(2)]
+    try:
+        for other, cpus in zip(others, ("0", "7"), strict=True):
+            (tmp_path / f"{other.pid}.{cpu_share.process_start_time(other.pid)}").write_text(cpus)
+        # this process's parent: the sweep whose launch process this would be (it trains for it)
+        (tmp_path / f"{os.getppid()}.{cpu_share.process_start_time(os.getppid())}").write_text("0,1")
+        share = cpu_share.CpuShare(frozenset({0, 1}))
+        share.register()
+        assert share.entry.read_text() == "0,1"
+        assert share.jobs_sharing_my_cpus() == 2  # this job and the other one on CPU 0
+    finally:
+        for other in others:
+            other.kill()
+            other.wait()
     assert not (tmp_path / f"{dead.pid}.1").exists()

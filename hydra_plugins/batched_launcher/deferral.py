@@ -62,14 +62,13 @@ def collecting() -> Iterator[list[Deferred]]:
         _collected.reset(token)
 
 
-def run_deferred(collected: list[Deferred], settings: BatchSettings) -> dict[int, Any]:
-    """Each deferred work's result (a value or an exception), by id() of its Deferred."""
-    by_type: dict[type, list[Deferred]] = {}
-    for deferred in collected:
-        by_type.setdefault(type(deferred.work), []).append(deferred)
+def run_deferred(collected: list[Deferred], settings: BatchSettings) -> list[Any]:
+    """Each deferred work's result (a value or an exception), in the order of `collected`."""
+    by_type: dict[type, list[int]] = {}
+    for index, deferred in enumerate(collected):
+        by_type.setdefault(type(deferred.work), []).append(index)
     results: dict[int, Any] = {}
-    for work_type, deferreds in by_type.items():
-        outcomes = work_type.run_together([d.work for d in deferreds], settings)
-        for deferred, outcome in zip(deferreds, outcomes, strict=True):
-            results[id(deferred)] = outcome
-    return results
+    for work_type, indices in by_type.items():
+        outcomes = work_type.run_together([collected[i].work for i in indices], settings)
+        results.update(zip(indices, outcomes, strict=True))
+    return [results[index] for index in range(len(collected))]

@@ -1,8 +1,10 @@
 """hydra/launcher=batched: the basic launcher's jobs, their deferred work done together (see __init__)."""
 
 import logging
+import os
+import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ from omegaconf import DictConfig, open_dict
 
 from .composing import JobComposer
 from .deferral import BatchSettings, Deferred, collecting, run_deferred
+from .launch_process import LaunchProcess
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +30,10 @@ class BatchedLauncherConf:
     # Processes that train a batch's trials at once, each its share of the trials and of the CPU threads
     # (null: the task decides; ours: one per CPU thread of the job on Linux, 1 elsewhere or on a GPU).
     processes: Any = None
+    # Modules the jobs import, loaded while the sweeper prepares the first batch (on Linux the jobs run in a
+    # process forked when the sweep starts, launch_process.py). This app's: its batched training, and
+    # torch._dynamo, which torch's optimizers import at their first use.
+    preload: Any = field(default_factory=lambda: ["src.batched_runs", "torch._dynamo"])
 
 
 ConfigStore.instance().store(
@@ -39,8 +46,17 @@ def is_count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
+def is_module_list(value: object) -> bool:
+    """A list of module names (strings)."""
+    return (
+        isinstance(value, Sequence) and not isinstance(value, str) and all(isinstance(m, str) for m in value)
+    )
+
+
 class BatchedLauncher(Launcher):
-    def __init__(self, max_batch: int | None = None, processes: int | None = None) -> None:
+    def __init__(
+        self, max_batch: int | None = None, processes: int | None = None, preload: Sequence[str] = ()
+    ) -> None:
         if max_batch is not None and not is_count(max_batch):
             raise ValueError(
                 f"hydra.launcher.max_batch={max_batch!r} is not allowed: an integer >= 1 or null"
@@ -49,7 +65,11 @@ class BatchedLauncher(Launcher):
             raise ValueError(
                 f"hydra.launcher.processes={processes!r} is not allowed: an integer >= 1 or null"
             )
+        if not is_module_list(preload):
+            raise ValueError(f"hydra.launcher.preload={preload!r} is not allowed: a list of module names")
         self.settings = BatchSettings(max_batch, processes)
+        self.preload = list(preload)
+        self.launch_process: LaunchProcess | None = None
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
@@ -58,6 +78,8 @@ class BatchedLauncher(Launcher):
         self.config = config
         self.hydra_context = hydra_context
         self.task_function = task_function
+        if self.launch_process is None and sys.platform == "linux" and hasattr(os, "fork"):
+            self.launch_process = LaunchProcess(run_deferred, self.preload)
 
     def _configure_hydra_logging(self) -> None:
         assert self.config is not None and self.hydra_context is not None
@@ -92,10 +114,18 @@ class BatchedLauncher(Launcher):
                     )
                 )
                 self._configure_hydra_logging()
-        results = run_deferred(collected, self.settings)
+        results = self._run_deferred(collected)
+        position = {id(deferred): index for index, deferred in enumerate(collected)}
         for run in runs:
             if run.status is JobStatus.COMPLETED and isinstance(run._return_value, Deferred):
-                outcome = results[id(run._return_value)]
+                outcome = results[position[id(run._return_value)]]
                 run.status = JobStatus.FAILED if isinstance(outcome, BaseException) else JobStatus.COMPLETED
                 run.return_value = outcome
         return runs
+
+    def _run_deferred(self, collected: list[Deferred]) -> list[Any]:
+        if not collected:
+            return []
+        if self.launch_process is not None and self.launch_process.alive:
+            return self.launch_process.run(collected, self.settings)
+        return run_deferred(collected, self.settings)

@@ -1,0 +1,170 @@
+"""The batched launcher's deferred work runs in a process forked when the sweep starts (Linux): its launch
+process.
+
+What that work imports (this app's: torch, 2-3 s, and torch._dynamo, which torch's optimizers import at
+their first use, 2 s more) then loads on another core while the sweeper opens its study, asks its trials
+and Hydra runs each job's side in the sweep's process, instead of after them: hydra.launcher.preload names
+it. The launcher sends each batch's deferred works (deferral.py) and the process sends back their outcomes;
+the sweep's process never imports what the work does.
+
+- Ctrl-C reaches it from the terminal and, forwarded, from the sweep's process: it ends the batch once (its
+  trials end as interrupted, their files written), sends that back and leaves.
+- Killed alone, its batch is lost, as the sweep's own process would lose it: run() raises a
+  ChildProcessError naming how it ended, and the sweep ends as a killed one does (and resumes so).
+- The sweep's process ending: between batches it is killed (nothing is running); during one, the deferred
+  work's own watch stops it (src/sweep_process.py).
+"""
+
+import atexit
+import contextlib
+import importlib
+import logging
+import os
+import pickle
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from multiprocessing import Pipe
+from multiprocessing.connection import Connection
+from typing import Any, NoReturn
+
+from .deferral import BatchSettings, Deferred
+
+log = logging.getLogger(__name__)
+
+Work = Callable[[list[Deferred], BatchSettings], list[Any]]
+REPLY_OUTCOMES, REPLY_RAISED = "outcomes", "raised"
+
+
+def transferable(outcome: Any) -> Any:
+    """The outcome, or for an exception that would not survive pickling, a RuntimeError saying what it was."""
+    if not isinstance(outcome, BaseException):
+        return outcome
+    try:
+        pickle.loads(pickle.dumps(outcome))
+        return outcome
+    except Exception:
+        return RuntimeError(f"{type(outcome).__name__}: {outcome}")
+
+
+def how_it_ended(status: int) -> str:
+    """A waitpid status in words."""
+    if os.WIFSIGNALED(status):
+        return f"was killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exited with code {os.waitstatus_to_exitcode(status)}"
+
+
+def interrupt_once(signum: int, frame: Any) -> None:
+    """SIGINT handler of a process that trials train in: Ctrl-C reaches it twice (from the terminal, and
+    forwarded by its parent); the second must not break off the files the first one has the trials write."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def send_signal(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signum)
+
+
+class LaunchProcess:
+    """The process the launcher's deferred work runs in (forked here, now); run() sends it one batch's."""
+
+    def __init__(self, work: Work, preload: Sequence[str]) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        here, there = Pipe()
+        pid = os.fork()
+        if pid == 0:
+            here.close()
+            _serve(there, work, preload)
+        there.close()
+        self.pid: int | None = pid
+        self._connection = here
+        self._in_batch = False
+        atexit.register(self.stop)
+
+    @property
+    def alive(self) -> bool:
+        return self.pid is not None
+
+    def run(self, collected: list[Deferred], settings: BatchSettings) -> list[Any]:
+        """work(collected, settings) there: each deferred work's outcome (a value or an exception)."""
+        assert self.pid is not None
+        self._in_batch = True
+        try:
+            self._connection.send((collected, settings))
+            try:
+                kind, payload = self._receive()
+            except KeyboardInterrupt:
+                send_signal(self.pid, signal.SIGINT)  # Ctrl-C sent to this process alone reaches the batch
+                with contextlib.suppress(ChildProcessError):
+                    self._receive()  # its trials end as interrupted and write their files first
+                raise
+        finally:
+            self._in_batch = False
+        if kind == REPLY_RAISED:
+            raise payload
+        return payload
+
+    def _receive(self) -> tuple[str, Any]:
+        pid = self.pid
+        assert pid is not None
+        try:
+            return self._connection.recv()
+        except (EOFError, OSError):
+            _, status = os.waitpid(pid, 0)
+            self.pid = None
+            raise ChildProcessError(
+                f"the process running the batch's jobs (pid {pid}) {how_it_ended(status)}"
+            ) from None
+
+    def stop(self) -> None:
+        """End the process (at the sweep's end: nothing runs in it between batches) and reap it."""
+        if self.pid is None:
+            return
+        pid, self.pid = self.pid, None
+        self._connection.close()
+        if not self._in_batch:
+            send_signal(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+
+
+def _serve(connection: Connection, work: Work, preload: Sequence[str]) -> NoReturn:
+    """The launch process: import `preload`, then run every batch it is sent, until the sweep ends."""
+    code = 0
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for module in preload:
+            try:
+                importlib.import_module(module)
+            except ImportError as error:
+                log.warning("hydra.launcher.preload: %s (the jobs import what they need themselves)", error)
+        while True:
+            try:
+                collected, settings = connection.recv()
+            except EOFError:  # the sweep's process has ended
+                break
+            signal.signal(signal.SIGINT, interrupt_once)
+            try:
+                reply: tuple[str, Any] = (
+                    REPLY_OUTCOMES,
+                    [transferable(o) for o in work(collected, settings)],
+                )
+            except BaseException as error:
+                reply = (REPLY_RAISED, transferable(error))
+            try:
+                connection.send(reply)
+            except Exception as error:  # a value that cannot be pickled
+                connection.send((REPLY_RAISED, RuntimeError(f"the batch's outcomes cannot be sent: {error}")))
+            if isinstance(reply[1], KeyboardInterrupt):
+                code = 130
+                break
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+    except KeyboardInterrupt:  # Ctrl-C between batches: the sweep's process stops too
+        code = 130
+    finally:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)

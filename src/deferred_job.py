@@ -1,0 +1,71 @@
+"""A job's training, deferred under hydra/launcher=batched: what the sweep's process records of the job.
+
+The task defers here, after Hydra has made the job's directory, .hydra/ and log, without importing torch:
+the launcher hands the batch's deferred jobs to its launch process, forked when the sweep started, which has
+imported torch meanwhile (hydra_plugins/batched_launcher/launch_process.py). So a DeferredJob is
+picklable: the job's config, its Hydra config and environment (which trial it is), and its log files.
+There, `run_together` makes each job a BatchedRun in the job's own Hydra config and environment, as run_job
+set them, and trains the batch (src/batched_runs.py).
+"""
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import env_override
+from omegaconf import DictConfig
+
+from hydra_plugins.batched_launcher.deferral import BatchSettings, Deferred, defer
+
+
+@dataclass(frozen=True)
+class LogFile:
+    """A file the job's log lines go to (Hydra's file handler while the job runs)."""
+
+    path: str
+    formatter: logging.Formatter | None
+
+
+@dataclass
+class DeferredJob:
+    cfg: DictConfig
+    hydra: DictConfig  # HydraConfig's config while the job ran
+    log_files: list[LogFile]
+    started: float = field(default_factory=time.perf_counter)
+
+    @classmethod
+    def for_this_job(cls, cfg: DictConfig) -> Deferred:
+        log_files = [
+            LogFile(handler.baseFilename, handler.formatter)
+            for handler in logging.getLogger().handlers
+            if isinstance(handler, logging.FileHandler)
+        ]
+        return defer(cls(cfg, HydraConfig.instance().cfg, log_files))  # run_job gave the job its own config
+
+    @contextmanager
+    def as_running(self) -> Iterator[None]:
+        """Hydra's config and the environment as run_job set them for this job (HydraConfig stays set after,
+        as after a job of the basic launcher)."""
+        HydraConfig.instance().cfg = self.hydra
+        with env_override(self.hydra.hydra.job.env_set):
+            yield
+
+    @classmethod
+    def run_together(cls, jobs: list["DeferredJob"], settings: BatchSettings) -> list[Any]:
+        """Each job's value for the sweeper, or the exception that ended it."""
+        from src.batched_runs import BatchedRun
+
+        outcomes: dict[int, Any] = {}
+        runs: dict[int, BatchedRun] = {}
+        for index, job in enumerate(jobs):
+            try:
+                runs[index] = BatchedRun.for_job(job)
+            except Exception as error:  # its trial could not be opened: this job fails alone
+                outcomes[index] = error
+        trained = BatchedRun.run_together(list(runs.values()), settings)
+        outcomes.update(zip(runs, trained, strict=True))
+        return [outcomes[index] for index in range(len(jobs))]
