@@ -504,6 +504,7 @@ def test_ctrl_c_on_a_batched_sweep_ends_each_trial_of_the_batch_as_interrupted(t
         ("processes=0", "processes=0 is not allowed: an integer >= 1, or null (one per CPU thread)"),
         ("processes=two", "processes='two' is not allowed: an integer >= 1, or null (one per CPU thread)"),
         ("max_batch=all", "max_batch='all' is not allowed: an integer >= 1, or null (as many as fit)"),
+        ("preload=torch", "preload='torch' is not allowed: a list of module names, e.g. [torch]"),
     ],
 )
 def test_a_bad_launcher_setting_stops_the_sweep_with_one_line_before_anything_is_written(
