@@ -20,8 +20,10 @@ STUDY_ID_ENV = "HYDRA_OPTUNA_STUDY_ID"
 TRIAL_ID_ENV = "HYDRA_OPTUNA_TRIAL_ID"
 PRUNER_WHITELIST = ("optuna.pruners.*",)
 RUN_DIR = "run_dir"  # trial user attr: the job's output directory (see run_dir_attr)
-# The storages this process opened for its jobs, by what names them (opening one costs ~70 ms per job).
+# The storages this process opened for its jobs, by what names them (opening one costs ~70 ms per job), and
+# the studies it loaded, each with the sweep's pruner (one per study and process, as in study.optimize).
 _opened: dict[tuple, BaseStorage] = {}
+_loaded: dict[tuple, optuna.Study] = {}
 
 
 def job_environment(study_id: int, trial_id: int) -> tuple[str, ...]:
@@ -67,12 +69,16 @@ def current_trial() -> optuna.Trial | None:
             cwd=Path(hydra_cfg.runtime.cwd),
             grace_period=hydra_cfg.sweeper.get("grace_period"),
         )
-    storage = _opened[where]
-    study = optuna.load_study(
-        study_name=storage.get_study_name_from_id(int(os.environ[STUDY_ID_ENV])),
-        storage=storage,
-        pruner=instantiate_pruner(hydra_cfg.sweeper.get("pruner")),
-    )
+    pruner_cfg = hydra_cfg.sweeper.get("pruner")
+    study_key = (where, os.environ[STUDY_ID_ENV], str(pruner_cfg))
+    if study_key not in _loaded:  # the jobs of a batch, trained in one process, share it
+        storage = _opened[where]
+        _loaded[study_key] = optuna.load_study(
+            study_name=storage.get_study_name_from_id(int(os.environ[STUDY_ID_ENV])),
+            storage=storage,
+            pruner=instantiate_pruner(pruner_cfg),
+        )
+    study = _loaded[study_key]
     trial = optuna.Trial(study, int(trial_id))
     trial.set_user_attr(
         RUN_DIR, run_dir_attr(Path(hydra_cfg.runtime.output_dir), Path(hydra_cfg.runtime.cwd))
