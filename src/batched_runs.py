@@ -2,10 +2,10 @@
 
 Under the batched launcher each job defers its run (src/deferred_job.py) after Hydra has written its
 directory, .hydra/ and log; the launcher then has the batch's runs trained together (BatchedRun.run_together,
-in its launch process). Runs that
-differ only in their optimizer and scheduler (same model, data, batch size, seed, device) form a group,
-split by hydra.launcher.max_batch and by memory; a group trains as one stacked model (src/stacked_model.py),
-each trial with torch's own optimizer and scheduler on its slice (src/trial_optimizers.py).
+in its launch process). Runs that differ only in their optimizer and scheduler (same model, data, batch size,
+seed, device) form a group, split by hydra.launcher.max_batch and by memory; a group trains as one stacked
+model (src/stacked_model.py), each trial with torch's own optimizer and scheduler on its slice
+(src/trial_optimizers.py).
 
 Per trial, as in a run alone: the same initial weights and shuffles (the group shares the seed), the same
 dropout masks (one draw of a run's shape, from the same generator), the same epoch callbacks and files

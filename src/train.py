@@ -1,9 +1,10 @@
 """python -m src.train [overrides]: one training run, or under --multirun one job of a sweep.
 
 The config is checked before torch is imported: a bad value fails in a fraction of a second, and the
-parent process of a joblib sweep (which only runs the sweeper) never loads torch. The run's or the
-sweep's config is checked even before Hydra writes anything (src.callbacks.CheckConfigFirst); each
-job's, with the values its sweeper chose, here.
+parent process of a joblib sweep (which only runs the sweeper) never loads torch, nor does the sweep's process
+under hydra/launcher=batched (its jobs defer their training, src/deferred_job.py). The run's or the sweep's
+config is checked even before Hydra writes anything (src.callbacks.CheckConfigFirst); each job's, with the
+values its sweeper chose, here.
 """
 
 import contextlib

@@ -704,7 +704,9 @@ def test_the_launch_process_preloads_its_modules_and_hands_back_each_works_outco
         os.kill(pid, 0)
 
 
-def test_a_killed_launch_process_fails_its_batch_with_how_it_ended():
+def test_a_killed_launch_process_fails_its_batch_with_how_it_ended_and_one_gone_between_batches_is_reaped(
+    caplog,
+):
     def work(collected, settings):
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -714,7 +716,20 @@ def test_a_killed_launch_process_fails_its_batch_with_how_it_ended():
     ):
         process.run([Deferred("a")], BatchSettings())
     assert not process.alive
-    process.stop()
+
+    idle = LaunchProcess(work, [])
+    assert idle.alive
+    pid = idle.pid
+    os.kill(pid, signal.SIGKILL)  # between batches (out of memory, say): the launcher trains here instead
+    deadline = time.monotonic() + 10
+    while idle.alive:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert (
+        f"the launch process (pid {pid}) was killed by SIGKILL: batches train in this process" in caplog.text
+    )
+    with pytest.raises(ChildProcessError):  # reaped
+        os.waitpid(pid, 0)
 
 
 def test_ctrl_c_in_the_sweeps_process_ends_the_launch_processs_batch_after_its_files_are_written(tmp_path):

@@ -3,6 +3,7 @@
 Each job runs through Hydra's run_job as with the basic launcher (its directory, .hydra/, log, env_set,
 callbacks). A task that can train together with other jobs defers its work (deferral.py) instead of doing
 it; once every job of the batch has run, the launcher hands the deferred work to the task's own
-`run_together`, which returns each job's value or exception, and puts them into the jobs' returns. A task
-that never defers runs exactly as under the basic launcher.
+`run_together` (on Linux in its launch process, forked when the sweep starts: launch_process.py), which
+returns each job's value or exception, and puts them into the jobs' returns. A task that never defers runs
+exactly as under the basic launcher.
 """

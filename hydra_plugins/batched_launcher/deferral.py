@@ -5,7 +5,9 @@
 
 `run_together` is a classmethod of the work's type, called once per type with every deferred work of the
 batch (in job order) and the launcher's BatchSettings; it returns, per work, the job's return value or the
-exception that ended it.
+exception that ended it. On Linux this happens in the launcher's launch process (launch_process.py): works,
+values and exceptions are pickled there and back (an exception that won't pickle arrives as a RuntimeError
+with its text).
 """
 
 from collections.abc import Iterator

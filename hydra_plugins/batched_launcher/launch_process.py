@@ -80,43 +80,47 @@ class LaunchProcess:
         there.close()
         self.pid: int | None = pid
         self._connection = here
-        self._in_batch = False
         atexit.register(self.stop)
 
     @property
     def alive(self) -> bool:
-        return self.pid is not None
+        """Still there to train a batch; one that has ended (killed while waiting) is reaped, with a warning:
+        the launcher then trains its batches in the sweep's process."""
+        if self.pid is None:
+            return False
+        pid, status = os.waitpid(self.pid, os.WNOHANG)
+        if pid == 0:
+            return True
+        log.warning(
+            "the launch process (pid %d) %s: batches train in this process", self.pid, how_it_ended(status)
+        )
+        self.pid = None
+        self._connection.close()
+        return False
 
     def run(self, collected: list[Deferred], settings: BatchSettings) -> list[Any]:
         """work(collected, settings) there: each deferred work's outcome (a value or an exception)."""
         assert self.pid is not None
-        self._in_batch = True
         try:
             self._connection.send((collected, settings))
-            try:
-                kind, payload = self._receive()
-            except KeyboardInterrupt:
-                send_signal(self.pid, signal.SIGINT)  # Ctrl-C sent to this process alone reaches the batch
-                with contextlib.suppress(ChildProcessError):
-                    self._receive()  # its trials end as interrupted and write their files first
-                raise
-        finally:
-            self._in_batch = False
+            kind, payload = self._connection.recv()
+        except (EOFError, OSError):
+            raise self._lost() from None
+        except KeyboardInterrupt:
+            send_signal(self.pid, signal.SIGINT)  # Ctrl-C sent to this process alone reaches the batch too
+            with contextlib.suppress(EOFError, OSError):
+                self._connection.recv()  # its trials end as interrupted and write their files first
+            raise
         if kind == REPLY_RAISED:
             raise payload
         return payload
 
-    def _receive(self) -> tuple[str, Any]:
-        pid = self.pid
-        assert pid is not None
-        try:
-            return self._connection.recv()
-        except (EOFError, OSError):
-            _, status = os.waitpid(pid, 0)
-            self.pid = None
-            raise ChildProcessError(
-                f"the process running the batch's jobs (pid {pid}) {how_it_ended(status)}"
-            ) from None
+    def _lost(self) -> ChildProcessError:
+        """The process ended during a batch: reaped, and the error that fails the batch."""
+        assert self.pid is not None
+        pid, self.pid = self.pid, None
+        _, status = os.waitpid(pid, 0)
+        return ChildProcessError(f"the process running the batch's jobs (pid {pid}) {how_it_ended(status)}")
 
     def stop(self) -> None:
         """End the process (at the sweep's end: nothing runs in it between batches) and reap it."""
@@ -124,8 +128,7 @@ class LaunchProcess:
             return
         pid, self.pid = self.pid, None
         self._connection.close()
-        if not self._in_batch:
-            send_signal(pid, signal.SIGKILL)
+        send_signal(pid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)
 

@@ -30,10 +30,19 @@ class BatchedLauncherConf:
     # Processes that train a batch's trials at once, each its share of the trials and of the CPU threads
     # (null: the task decides; ours: one per CPU thread of the job on Linux, 1 elsewhere or on a GPU).
     processes: Any = None
-    # Modules the jobs import, loaded while the sweeper prepares the first batch (on Linux the jobs run in a
-    # process forked when the sweep starts, launch_process.py). This app's: its batched training, and
-    # torch._dynamo, which torch's optimizers import at their first use.
-    preload: Any = field(default_factory=lambda: ["src.batched_runs", "torch._dynamo"])
+    # Modules the deferred work imports, loaded while the sweeper prepares the first batch (on Linux it runs
+    # in a process forked when the sweep starts, launch_process.py). This app's: its batched training;
+    # torch._dynamo, which torch's optimizers import at their first use; and what Optuna imports when that
+    # process opens the study (SQLAlchemy's models, alembic).
+    preload: Any = field(
+        default_factory=lambda: [
+            "src.batched_runs",
+            "torch._dynamo",
+            "optuna.storages._rdb.models",
+            "alembic.migration",
+            "alembic.script",
+        ]
+    )
 
 
 ConfigStore.instance().store(
