@@ -1,16 +1,17 @@
 """The batched launcher's deferred work runs in a process forked when the sweep starts (Linux): its launch
 process.
 
-What that work imports (this app's: torch, 2-3 s, and torch._dynamo, which torch's optimizers import at
-their first use, 2 s more) then loads on another core while the sweeper opens its study, asks its trials
-and Hydra runs each job's side in the sweep's process, instead of after them: hydra.launcher.preload names
-it. The launcher sends each batch's deferred works (deferral.py) and the process sends back their outcomes;
-the sweep's process never imports what the work does.
+What that work imports (this app's: torch, 2-3 s; torch._dynamo, which torch's optimizers import at their
+first use, 2 s more; the study's database libraries) then loads on another core while the sweeper opens its
+study, asks its trials and Hydra runs each job's side in the sweep's process, instead of after them:
+hydra.launcher.preload names it. The launcher sends each batch's deferred works (deferral.py) and the process
+sends back their outcomes; the sweep's process never imports what the work does.
 
 - Ctrl-C reaches it from the terminal and, forwarded, from the sweep's process: it ends the batch once (its
   trials end as interrupted, their files written), sends that back and leaves.
-- Killed alone, its batch is lost, as the sweep's own process would lose it: run() raises a
-  ChildProcessError naming how it ended, and the sweep ends as a killed one does (and resumes so).
+- Killed alone during a batch, the batch is lost, as the sweep's own process would lose it: run() raises a
+  ChildProcessError naming how it ended, and the sweep ends as a killed one does (and resumes so). Ended
+  between batches, it is reaped with a warning and the launcher trains the next batches in its own process.
 - The sweep's process ending: between batches it is killed (nothing is running); during one, the deferred
   work's own watch stops it (src/sweep_process.py).
 """
