@@ -12,8 +12,9 @@ sends back their outcomes; the sweep's process never imports what the work does.
 - Killed alone during a batch, the batch is lost, as the sweep's own process would lose it: run() raises a
   ChildProcessError naming how it ended, and the sweep ends as a killed one does (and resumes so). Ended
   between batches, it is reaped with a warning and the launcher trains the next batches in its own process.
-- The sweep's process ending: between batches it is killed (nothing is running); during one, the deferred
-  work's own watch stops it (src/sweep_process.py).
+- The sweep's process ending: at its normal end it kills it (nothing runs between batches); killed between
+  batches, the pipe closes and it leaves; during a batch, the deferred work's own watch stops it
+  (src/sweep_process.py).
 """
 
 import atexit
