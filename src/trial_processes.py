@@ -133,8 +133,9 @@ def _collect(children: list[tuple[int, int, int]], parts: list[list[Any]]) -> di
             results[index] = outcomes
             continue
         if not isinstance(outcomes, BaseException):
+            ended = how_it_ended(status) + ("" if os.WIFSIGNALED(status) else " without its trials' outcomes")
             outcomes = ChildProcessError(
-                f"the process training {size} of the batch's trials (pid {pid}) {how_it_ended(status)}"
+                f"the process training {size} of the batch's trials (pid {pid}) {ended}"
             )
             log.error("%s", outcomes)
         results[index] = [outcomes] * size
