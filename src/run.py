@@ -21,6 +21,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig
 
+from hydra_plugins.optuna_pruning_sweeper.storage import release_interrupted_reads
 from hydra_plugins.optuna_pruning_sweeper.trial_bridge import current_trial
 from src.config import EXECUTION_WHITELIST
 from src.cpu_share import CpuShare, job_cpus
@@ -238,6 +239,7 @@ def finishing_run(
         raise
     except BaseException as stop:  # Ctrl-C (KeyboardInterrupt), or an exit asked from outside
         status, reason = STATUS_INTERRUPTED, f"{type(stop).__name__}: stopped from outside"
+        release_interrupted_reads(stop)  # it may have come in the middle of a report to the study
         raise
     finally:
         history = next(c for c in callbacks if isinstance(c, History))

@@ -603,3 +603,33 @@ def test_opening_a_storage_retries_when_another_worker_created_its_tables_first(
             ),
             "the test storage",
         )
+
+
+def test_a_study_can_be_written_right_after_ctrl_c_stopped_one_of_its_reads(tmp_path):
+    """Ctrl-C in the middle of a read (a trial's report, a pruning check) leaves an open SQLite statement in
+    the traceback's frames; its shared lock blocked every write of the process, the trial's status
+    `interrupted` among them, for the whole busy timeout (seen: a batch's process hung after its sweep died)."""
+    import sqlalchemy
+
+    from hydra_plugins.optuna_pruning_sweeper.storage import release_interrupted_reads
+
+    storage = optuna.storages.RDBStorage(
+        f"sqlite:///{tmp_path / 'optuna.db'}", engine_kwargs={"connect_args": {"timeout": 3}}
+    )
+    trial_id = optuna.create_study(storage=storage).ask()._trial_id
+    stopped_reads = []
+
+    @sqlalchemy.event.listens_for(storage.engine, "after_cursor_execute")
+    def ctrl_c_during_a_read(connection, cursor, statement, *args):
+        if statement.lstrip().upper().startswith("SELECT") and not stopped_reads:
+            stopped_reads.append(statement)
+            raise KeyboardInterrupt
+
+    try:
+        storage.get_trial(trial_id)
+    except KeyboardInterrupt as stop:
+        release_interrupted_reads(stop)
+        started = time.monotonic()
+        storage.set_trial_user_attr(trial_id, "status", "interrupted")
+        assert time.monotonic() - started < 2  # not after waiting out the busy timeout
+    assert stopped_reads and storage.get_trial(trial_id).user_attrs["status"] == "interrupted"

@@ -15,6 +15,7 @@ show URLs with the password masked (`describe`).
 import os
 import random
 import time
+import traceback
 import warnings
 import weakref
 from collections.abc import Callable
@@ -52,6 +53,18 @@ def _own_connections_in_forked_child() -> None:
 
 
 os.register_at_fork(after_in_child=_own_connections_in_forked_child)
+
+
+def release_interrupted_reads(stop: BaseException) -> None:
+    """Call after Ctrl-C, or any exception, stopped this process in the middle of a database read, before
+    it writes to the study again.
+
+    The stopped read's cursor stays alive in the locals of the frames its traceback keeps, and an open
+    SQLite statement holds the database's shared lock. A write on another connection of the same process
+    then waits for that lock, up to the 60 s busy timeout, for each write. Clearing the finished frames
+    ends the statement; the traceback still names every line.
+    """
+    traceback.clear_frames(stop.__traceback__)
 
 
 class StorageError(Exception):

@@ -49,7 +49,7 @@ from optuna.trial import FrozenTrial, TrialState
 from . import config as registered_configs  # noqa: F401  (registers the configs)
 from .disk import unwritable_reason
 from .seeding import SeedPerTrialSampler
-from .storage import StorageError, describe, open_storage
+from .storage import StorageError, describe, open_storage, release_interrupted_reads
 from .trial_bridge import RUN_DIR, instantiate_pruner, job_environment, run_dir_attr
 from .workers import FAIL_REASON, INTERRUPTED, Heartbeats, Worker, claim, fail_dead_trials, give_up
 
@@ -371,7 +371,8 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
                 )
             ]
             returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
-        except BaseException:  # Ctrl-C or a launcher crash: never leave these trials RUNNING
+        except BaseException as stop:  # Ctrl-C or a launcher crash: never leave these trials RUNNING
+            release_interrupted_reads(stop)
             for trial in trials:
                 give_up(
                     study,
