@@ -57,7 +57,7 @@ from src.run import (
 from src.run_record import Column, EpochRecord
 from src.schedules import Stepping, build_scheduler, constant_epochs, fill_in_steps
 from src.shared_prefix import resolved_except
-from src.stacked_model import StackedModel, parameter_bytes, stack_model
+from src.stacked_model import StackedModel, parameter_bytes, stack_model, trial_losses
 from src.sweep_process import stopped_when_sweep_process_ends
 from src.trial_optimizers import TrialOptimizer, step_trials
 from src.trial_processes import in_processes, split
@@ -349,21 +349,10 @@ def stacked_step(
 ) -> torch.Tensor:
     """One training step of every trial in the stack on one batch (a None optimizer: that trial's weights
     stay as they are); each trial's loss [K], detached."""
-    losses = trial_losses(stacked(inputs), labels)
-    # Contiguous as the stack: torch's fused kernels read a gradient in its parameter's layout (the layout
-    # backward() guarantees for .grad, and autograd.grad does not: bmm's is transposed).
-    grads = [g.contiguous() for g in torch.autograd.grad(losses.sum(), list(stacked.params.values()))]
+    losses, grads = stacked.loss_and_grads(inputs, labels)
     stepping = [k for k, optimizer in enumerate(optimizers) if optimizer is not None]
     step_trials([optimizers[k] for k in stepping], [[g[k] for g in grads] for k in stepping])
-    return losses.detach()
-
-
-def trial_losses(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """Each trial's cross-entropy over the batch: logits [K, N, classes] -> [K]."""
-    trials, n = logits.shape[:2]
-    losses = F.cross_entropy(logits.reshape(trials * n, -1), labels.repeat(trials), reduction="none")
-    losses = losses.view(trials, n)
-    return losses.mean(1) if reduction == "mean" else losses.sum(1)
+    return losses
 
 
 @dataclass
@@ -407,11 +396,14 @@ class StackedGroup:
             callbacks = epoch_callbacks(cfg, context, prunable_from(cfg, context, constant_epochs(cfg)))
             finishing = finishing_run(cfg, context, data, device, callbacks, run.started)
             end = finishing.__enter__()
-            context.log.info("trained stacked with %d other trials (hydra/launcher=batched)", len(runs) - 1)
+            others = len(runs) - 1
+            context.log.info(
+                "trained stacked with %d other trial%s (hydra/launcher=batched)", others, "s"[: others - 1]
+            )
             log_data(data, device, context.log)
             self.trials.append(Trial(run, TrialOptimizer(optimizer), stepping, finishing, end, callbacks))
         epochs = max(r.cfg.trainer.epochs for r in runs)
-        log.info("%d trials train stacked (%s), %d epochs", len(runs), how, epochs)
+        log.info("%d trials train stacked (%s), %d epoch%s", len(runs), how, epochs, "s"[: epochs - 1])
 
     def train(self) -> list[Any]:
         """Each trial's value for the sweeper, or the exception that ended it."""

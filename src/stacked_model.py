@@ -7,6 +7,12 @@ Two ways, both checked against the model's own forward before use (stack_model):
 - vmap: any other model through torch.func (functional_call under vmap), slower for the first layer.
 Dropout draws one mask of the shape a run alone draws, from the same generator, for all trials
 (vmap's randomness="same"): each trial gets exactly the masks its run alone would get.
+
+Gradients (loss_and_grads): a dense chain (Linear, ReLU, Dropout, Flatten: SimpleNet, the MLP) gets each
+trial's cross-entropy gradient written out, (softmax - one-hot) / N back through the layers, a few wide
+operations where autograd records and replays a graph of many small ones (the default model's stacked
+step: 0.6 ms against 0.95 ms for 10 trials). It is the arithmetic autograd does, in another order (float
+rounding only; tests/test_batched.py compares them). Other models go through autograd.
 """
 
 import copy
@@ -18,6 +24,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 CHAIN_LAYERS = (nn.Linear, nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.Dropout, nn.Flatten)
+DENSE_LAYERS = (nn.Linear, nn.ReLU, nn.Dropout, nn.Flatten)  # a chain whose gradients are written out
 
 
 class StackedModel:
@@ -30,10 +37,12 @@ class StackedModel:
         self.params = {name: value.detach().clone().requires_grad_() for name, value in stacked.items()}
         self.how = how
         self.training = True
+        self.dense = False
         if how == "layers":
             self.layers = [m for m in model.modules() if not list(m.children())]
             names = {id(m): name for name, m in model.named_modules()}
             self.layer_names = [names[id(m)] for m in self.layers]
+            self.dense = all(isinstance(m, DENSE_LAYERS) for m in self.layers)
         else:
             meta = copy.deepcopy(model).to("meta")
             self.vmapped = vmap(
@@ -54,6 +63,29 @@ class StackedModel:
         if self.how == "vmap":
             return self.vmapped(self.params, images)
         return wide_forward(self.layers, self.layer_names, self.params, images, self.training)
+
+    def loss_and_grads(
+        self, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Each trial's mean cross-entropy on the batch [K] (detached) and the gradients of their sum, one
+        per stacked parameter in the order of `params` (contiguous, laid out as the stack)."""
+        if not self.dense:
+            losses = trial_losses(self(images), labels)
+            # autograd.grad does not promise the parameter's layout (bmm's is transposed); torch's fused
+            # kernels read a gradient in it
+            grads = torch.autograd.grad(losses.sum(), list(self.params.values()))
+            return losses.detach(), [g.contiguous() for g in grads]
+        with torch.no_grad():
+            tape: list[tuple[nn.Module, str, torch.Tensor, torch.Tensor | None]] = []
+            logits = wide_forward(self.layers, self.layer_names, self.params, images, self.training, tape)
+            log_probs = torch.log_softmax(logits.transpose(0, 1), dim=2)  # [N, K, classes]
+            n, k = log_probs.shape[:2]
+            picked = labels.view(n, 1, 1).expand(n, k, 1)
+            losses = log_probs.gather(2, picked).squeeze(2).mean(0).neg_()
+            grad = log_probs.exp_()  # d(sum of the trials' mean losses)/d(logits): (softmax - one-hot) / N
+            grad.scatter_add_(2, picked, torch.full((n, k, 1), -1.0, dtype=grad.dtype)).div_(n)
+            grads = dense_backward(tape, self.params, grad)
+        return losses, [grads[name] for name in self.params]
 
     def keep(self, trials: list[int]) -> None:
         """Go on with these trials only (indices into the current stack)."""
@@ -78,9 +110,12 @@ def wide_forward(
     params: dict[str, torch.Tensor],
     images: torch.Tensor,
     training: bool,
+    tape: list | None = None,
 ) -> torch.Tensor:
     """The chain of layers for K trials at once. Activations are [N, K, features...] once they differ per
-    trial; before the first layer they are the images, the same for all."""
+    trial; before the first layer they are the images, the same for all. A `tape` records, for
+    dense_backward, each layer with its name, its input and (ReLU: its output; Dropout: its mask) what its
+    gradient needs."""
     n = images.shape[0]
     first = layers[0]
     h = (
@@ -91,6 +126,7 @@ def wide_forward(
     k = next(iter(params.values())).shape[0]
     per_trial = False
     for layer, name in zip(layers, names, strict=True):
+        h_in, kept = h, None
         if isinstance(layer, nn.Linear):
             weight, bias = params[f"{name}.weight"], params.get(f"{name}.bias")
             if per_trial:
@@ -117,7 +153,7 @@ def wide_forward(
             )
             h = pooled.view(*h.shape[: h.dim() - 2], *pooled.shape[-2:])
         elif isinstance(layer, nn.ReLU):
-            h = F.relu(h)
+            h = kept = F.relu(h)
         elif isinstance(layer, nn.Flatten):
             h = h.flatten(2) if per_trial else h.flatten(1)
         elif isinstance(layer, nn.Dropout) and training and layer.p > 0:
@@ -126,10 +162,50 @@ def wide_forward(
             mask = (
                 torch.empty(shape, dtype=h.dtype, device=h.device).bernoulli_(1 - layer.p).div_(1 - layer.p)
             )
-            h = h * (mask.unsqueeze(1) if per_trial else mask)
+            kept = mask.unsqueeze(1) if per_trial else mask
+            h = h * kept
+        if tape is not None:
+            tape.append((layer, name, h_in, kept))
         if isinstance(layer, nn.Linear | nn.Conv2d):
             per_trial = True
     return h.transpose(0, 1)
+
+
+def dense_backward(
+    tape: list[tuple[nn.Module, str, torch.Tensor, torch.Tensor | None]],
+    params: dict[str, torch.Tensor],
+    grad: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """The gradients of the stacked parameters (by name) from the gradient of the logits [N, K, classes],
+    back through a dense chain wide_forward recorded."""
+    grads: dict[str, torch.Tensor] = {}
+    for layer, name, h_in, kept in reversed(tape):
+        if isinstance(layer, nn.Linear):
+            weight = params[f"{name}.weight"]  # [K, out, in]
+            if f"{name}.bias" in params:
+                grads[f"{name}.bias"] = grad.sum(0)
+            if h_in.dim() == 2:  # the first layer: the same inputs [N, in] for every trial
+                k, out = weight.shape[:2]
+                grads[f"{name}.weight"] = (grad.reshape(-1, k * out).T @ h_in).view_as(weight)
+                break
+            per_trial = grad.transpose(0, 1)  # [K, N, out]
+            grads[f"{name}.weight"] = torch.bmm(per_trial.transpose(1, 2), h_in.transpose(0, 1))
+            grad = torch.bmm(per_trial, weight).transpose(0, 1)
+        elif isinstance(layer, nn.ReLU):
+            grad = grad * (kept > 0)
+        elif isinstance(layer, nn.Dropout):
+            grad = grad if kept is None else grad * kept
+        else:  # Flatten
+            grad = grad.reshape(h_in.shape)
+    return grads
+
+
+def trial_losses(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Each trial's cross-entropy over the batch: logits [K, N, classes] -> [K]."""
+    trials, n = logits.shape[:2]
+    losses = F.cross_entropy(logits.reshape(trials * n, -1), labels.repeat(trials), reduction="none")
+    losses = losses.view(trials, n)
+    return losses.mean(1) if reduction == "mean" else losses.sum(1)
 
 
 def stack_model(model: nn.Module, copies: int, sample: torch.Tensor) -> tuple[StackedModel | None, str]:

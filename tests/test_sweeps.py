@@ -608,7 +608,8 @@ def test_opening_a_storage_retries_when_another_worker_created_its_tables_first(
 def test_a_study_can_be_written_right_after_ctrl_c_stopped_one_of_its_reads(tmp_path):
     """Ctrl-C in the middle of a read (a trial's report, a pruning check) leaves an open SQLite statement in
     the traceback's frames; its shared lock blocked every write of the process, the trial's status
-    `interrupted` among them, for the whole busy timeout (seen: a batch's process hung after its sweep died)."""
+    `interrupted` among them, for the whole busy timeout (seen: a batch's process hung after its sweep
+    died)."""
     import sqlalchemy
 
     from hydra_plugins.optuna_pruning_sweeper.storage import release_interrupted_reads

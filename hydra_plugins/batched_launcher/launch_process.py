@@ -140,11 +140,7 @@ def _serve(connection: Connection, work: Work, preload: Sequence[str]) -> NoRetu
     code = 0
     try:
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        for module in preload:
-            try:
-                importlib.import_module(module)
-            except ImportError as error:
-                log.warning("hydra.launcher.preload: %s (the jobs import what they need themselves)", error)
+        _import_quietly(preload)
         while True:
             try:
                 collected, settings = connection.recv()
@@ -173,3 +169,18 @@ def _serve(connection: Connection, work: Work, preload: Sequence[str]) -> NoRetu
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+
+
+def _import_quietly(preload: Sequence[str]) -> None:
+    """Import the modules, without what they log below WARNING while imported: the sweep's log is
+    configured at INFO, and what a module says about its own setup (alembic: `setup plugin ...`, one line per
+    plugin) is noise there. A job importing it itself would run before that logging is set up."""
+    logging.disable(logging.INFO)
+    try:
+        for module in preload:
+            try:
+                importlib.import_module(module)
+            except ImportError as error:
+                log.warning("hydra.launcher.preload: %s (the jobs import what they need themselves)", error)
+    finally:
+        logging.disable(logging.NOTSET)
