@@ -11,7 +11,7 @@ Dropout draws one mask of the shape a run alone draws, from the same generator, 
 Gradients (loss_and_grads): a dense chain (Linear, ReLU, Dropout, Flatten: SimpleNet, the MLP) gets each
 trial's cross-entropy gradient written out, (softmax - one-hot) / N back through the layers, a few wide
 operations where autograd records and replays a graph of many small ones (the default model's stacked
-step: 0.6 ms against 0.95 ms for 10 trials). It is the arithmetic autograd does, in another order (float
+step: 0.73 ms against 1.05 ms for 10 trials). It is the arithmetic autograd does, in another order (float
 rounding only; tests/test_batched.py compares them). Other models go through autograd.
 """
 
