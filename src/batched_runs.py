@@ -355,6 +355,11 @@ def stacked_step(
     return losses
 
 
+def counted(count: int, noun: str) -> str:
+    """'1 epoch', '0 epochs', '5 epochs'."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 @dataclass
 class Trial:
     """One run inside a stacked group: its optimizer and scheduler, callbacks and finishing."""
@@ -396,14 +401,13 @@ class StackedGroup:
             callbacks = epoch_callbacks(cfg, context, prunable_from(cfg, context, constant_epochs(cfg)))
             finishing = finishing_run(cfg, context, data, device, callbacks, run.started)
             end = finishing.__enter__()
-            others = len(runs) - 1
             context.log.info(
-                "trained stacked with %d other trial%s (hydra/launcher=batched)", others, "s"[: others - 1]
+                "trained stacked with %s (hydra/launcher=batched)", counted(len(runs) - 1, "other trial")
             )
             log_data(data, device, context.log)
             self.trials.append(Trial(run, TrialOptimizer(optimizer), stepping, finishing, end, callbacks))
         epochs = max(r.cfg.trainer.epochs for r in runs)
-        log.info("%d trials train stacked (%s), %d epoch%s", len(runs), how, epochs, "s"[: epochs - 1])
+        log.info("%d trials train stacked (%s), %s", len(runs), how, counted(epochs, "epoch"))
 
     def train(self) -> list[Any]:
         """Each trial's value for the sweeper, or the exception that ended it."""
