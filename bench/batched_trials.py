@@ -5,7 +5,8 @@
    over one process per CPU thread, its default; and one batch in one process), each over
    the sampler seeds given; wall time, in seed-script runs; trial throughput; per-trial overhead
    (wall x workers / trials - training, workers: the processes a batch trains in); best validation accuracy
-   per sampler seed.
+   per sampler seed; and the floor of that overhead in a cold sweep: the imports a launch process needs before
+   its first trial trains.
 2. The MLP and the CNN, 4 and 10 trials (a grid over optimizer.lr, --epochs-big epochs), basic vs batched
    (trainer.stacking=auto: the launcher may decide one at a time is faster, and says so).
 
@@ -46,6 +47,22 @@ SWEEPS = {
 }
 
 
+LAUNCH_IMPORTS = """
+import importlib
+import src.train
+from hydra_plugins.batched_launcher.launcher import BatchedLauncherConf
+for module in BatchedLauncherConf().preload:
+    importlib.import_module(module)
+"""
+
+
+def launch_imports_seconds(repeats: int = 3) -> float:
+    """The fastest of `repeats` fresh processes that import what the launch process imports before its first
+    trial can train (the app, hydra.launcher.preload: torch, torch._dynamo, which torch's optimizer step()
+    imports, the study's database libraries), with the interpreter's start."""
+    return min(run_process([sys.executable, "-c", LAUNCH_IMPORTS]).wall_s for _ in range(repeats))
+
+
 def default_sweeps(root: Path, scratch: Path, seeds: list[int], trials: int) -> dict:
     results: dict = {name: [] for name in SWEEPS}
     for seed in seeds:
@@ -70,6 +87,7 @@ def default_sweeps(root: Path, scratch: Path, seeds: list[int], trials: int) -> 
                     "processes": workers,
                     # training_s sums the processes' training: the overhead is counted in process-seconds
                     "overhead_per_trial_s": (run.wall_s * workers - train_s) / trials,
+                    "overhead_per_trial_wall_s": (run.wall_s - train_s / workers) / trials,
                     "best_val_acc": summary["best_value"],
                     "complete": summary["trials"]["complete"],
                 }
@@ -116,6 +134,7 @@ def main() -> None:
         seed_walls = [run_process(seed_script(root)).wall_s for _ in range(2)]
         sweeps = default_sweeps(root, scratch, args.sampler_seeds, args.trials)
         seed_walls.append(run_process(seed_script(root)).wall_s)
+        imports_s = launch_imports_seconds()
         big = {}
         if not args.skip_big:
             for model in ("mlp", "cnn"):
@@ -147,18 +166,29 @@ def main() -> None:
                         "decided": decided,
                     }
     seed_wall = statistics.median(seed_walls)
-    print(json.dumps({"seed_wall_s": seed_walls, "sweeps": sweeps, "big": big}, indent=1))
+    print(
+        json.dumps(
+            {"seed_wall_s": seed_walls, "launch_imports_s": imports_s, "sweeps": sweeps, "big": big}, indent=1
+        )
+    )
     basic_wall = statistics.median(r["wall_s"] for r in sweeps["basic, shared epochs"])
     print(f"\nseed script: {seed_wall:.1f} s per run (median of {len(seed_walls)})")
     for name, runs in sweeps.items():
         wall = statistics.median(r["wall_s"] for r in runs)
         overhead = statistics.median(r["overhead_per_trial_s"] for r in runs)
+        overhead_wall = statistics.median(r["overhead_per_trial_wall_s"] for r in runs)
         bests = ", ".join(f"{r['best_val_acc']:.2f}" for r in runs)
         print(
             f"{name}: {args.trials} trials in {wall:.1f} s = {wall / seed_wall:.2f} seed runs, "
             f"{basic_wall / wall:.2f}x the trial throughput of the preset (basic, shared epochs), "
-            f"overhead {overhead:.2f} s per trial; best val_acc per sampler seed: {bests}"
+            f"overhead {overhead:.2f} s per trial ({overhead_wall:.2f} s against the wall); "
+            f"best val_acc per sampler seed: {bests}"
         )
+    print(
+        f"a launch process's imports before its first trial trains: {imports_s:.1f} s (fastest of 3 fresh "
+        f"processes) = {imports_s / args.trials:.2f} s per trial against the wall, the floor of a cold "
+        f"{args.trials}-trial sweep's overhead"
+    )
     for name, result in big.items():
         one = result["batched_1_process_s"]
         print(

@@ -19,7 +19,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate, to_absolute_path
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.optuna_pruning_sweeper.storage import release_interrupted_reads
 from hydra_plugins.optuna_pruning_sweeper.trial_bridge import current_trial
@@ -257,6 +257,7 @@ def finishing_run(
             Summary.DEVICE: str(device),
             Summary.OVERRIDES: context.overrides,
             Summary.HYPERPARAMETERS: hyperparameters(cfg),
+            Summary.STEPS: OmegaConf.to_container(cfg.steps) if "steps" in cfg else None,
         }
         if status != STATUS_FAILED and end.model is not None:
             try:

@@ -76,6 +76,7 @@ class Summary:
     DEVICE = "device"
     OVERRIDES = "overrides"  # the job's command-line overrides
     HYPERPARAMETERS = "hyperparameters"
+    STEPS = "steps"  # the run's config's steps.*, as filled in from its data (what ${steps.total} stands for)
     WEIGHTS_ERROR = "weights_error"  # only when model.pt could not be written
 
 

@@ -117,6 +117,42 @@ def flatten_config(config: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
+def resolved_interpolations(
+    config: dict[str, Any], params: dict[str, Any], metrics: dict[str, Any]
+) -> dict[str, Any]:
+    """The params Hydra saved as interpolations (`total_steps: ${steps.total}`), resolved in the run's config
+    with the steps it filled in from its data (metrics.json; for a run from before it recorded them, its
+    recorded hyperparameters). One that cannot be resolved stays as written."""
+    interpolated = [key for key, value in params.items() if isinstance(value, str) and "${" in value]
+    if not interpolated:
+        return {}
+    from omegaconf import Container, OmegaConf  # only here: most runs have none, and compare stays fast
+    from omegaconf.errors import OmegaConfBaseException
+
+    steps = metrics.get(Summary.STEPS)
+    if isinstance(steps, dict) and isinstance(config.get("steps"), dict):
+        config = {**config, "steps": {**config["steps"], **steps}}
+    recorded = metrics.get(Summary.HYPERPARAMETERS)
+    recorded = recorded if isinstance(recorded, dict) else {}
+    try:
+        conf = OmegaConf.create(config)
+    except OmegaConfBaseException:
+        return {}
+    resolved: dict[str, Any] = {}
+    for key in interpolated:
+        try:
+            value = OmegaConf.select(conf, key, throw_on_resolution_failure=True)
+            if isinstance(value, Container):
+                value = str(OmegaConf.to_container(value, resolve=True))
+        except OmegaConfBaseException:
+            value = None
+        if value is None:
+            value = recorded.get(key)
+        if value is not None:
+            resolved[key] = value
+    return resolved
+
+
 def find_run_directories(roots: Iterable[Path]) -> tuple[list[Path], list[str]]:
     """Directories that look like runs (.hydra/ or metrics.json); warnings for empty or unreadable ones."""
     found, warnings = [], []
@@ -222,7 +258,9 @@ def load_run(directory: Path) -> tuple[Run | None, list[str]]:
     params: dict[str, Any] = {}
     try:
         config = yaml.load(read_small_text(config_path, MAX_JSON_BYTES), Loader=YamlLoader) or {}
-        params = flatten_config(config if isinstance(config, dict) else {})
+        config = config if isinstance(config, dict) else {}
+        params = flatten_config(config)
+        params.update(resolved_interpolations(config, params, metrics))
     except (UnreadableFile, yaml.YAMLError) as error:
         warnings.append(f"{directory}: unreadable {HYDRA_DIR}/config.yaml ({error})")
     epochs, csv_warning = read_epochs(directory / METRICS_CSV)

@@ -446,3 +446,61 @@ def test_hostile_run_files_each_give_a_warning_and_compare_goes_on(runs_root, tm
         assert any(str(directory) in w and message in w for w in warnings), (message, warnings)
     listed = {record["run"] for record in json.loads(result.stdout)}
     assert {runs[0].name, runs[1].name} <= listed and runs[2].name not in listed and "huge" not in listed
+
+
+def test_a_per_step_schedules_step_counts_show_as_the_numbers_the_run_used(tiny_mnist, tmp_path):
+    """Hydra saves `total_steps: ${steps.total}` as written; each run fills steps.* in from its data
+    (16 steps an epoch on the tiny MNIST) and records them, and compare shows those numbers."""
+    result = run_cli(
+        "src.train",
+        "--multirun",
+        f"hydra.sweep.dir={tmp_path}/grid",
+        *tiny_data_overrides(tiny_mnist),
+        "trainer.epochs=2",
+        "scheduler=onecycle,warmup_cosine",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    for run_dir in all_run_dirs(tmp_path):
+        steps = read_json(run_dir / "metrics.json")["steps"]
+        counts = (steps["per_epoch"], steps["total"], steps["warmup"], steps["after_warmup"])
+        assert counts == (16, 32, 16, 16)
+    records = {r["params"]["scheduler"]: r["params"] for r in json_records(tmp_path, "grid")}
+    assert records["OneCycleLR"]["scheduler.total_steps"] == 32
+    assert records["SequentialLR"]["scheduler.milestones"] == "[16]"
+    assert "'total_iters': 16" in records["SequentialLR"]["scheduler.schedulers"]
+    assert "'T_max': 16" in records["SequentialLR"]["scheduler.schedulers"]
+    assert not [v for p in records.values() for v in p.values() if isinstance(v, str) and "${" in v]
+    filtered = json_records(tmp_path, "grid", "--filter", "scheduler.total_steps=32")
+    assert [r["params"]["scheduler"] for r in filtered] == ["OneCycleLR"]
+
+
+def test_an_interpolation_is_resolved_from_the_recorded_hyperparameters_or_else_left_as_written(tmp_path):
+    from src.runs import load_run
+
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").write_text(
+        "steps:\n  total: null\n"
+        "scheduler:\n  total_steps: ${steps.total}\n"
+        "  other: ${nowhere.at_all}\n  custom: ${no_such_resolver:}\n"
+    )
+    # a run from before metrics.json recorded its steps: its recorded hyperparameters stand in
+    (run_dir / "metrics.json").write_text(
+        json.dumps({"status": "completed", "hyperparameters": {"scheduler.total_steps": 860}})
+    )
+    run, warnings = load_run(run_dir)
+    assert warnings == []
+    assert run.params["scheduler.total_steps"] == 860
+    assert run.params["scheduler.other"] == "${nowhere.at_all}"
+    assert run.params["scheduler.custom"] == "${no_such_resolver:}"
+    (run_dir / "metrics.json").write_text(
+        json.dumps(
+            {
+                "status": "completed",
+                "steps": {"total": 120},
+                "hyperparameters": {"scheduler.total_steps": 860},
+            }
+        )
+    )
+    run, _ = load_run(run_dir)
+    assert run.params["scheduler.total_steps"] == 120
