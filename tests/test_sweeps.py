@@ -634,3 +634,30 @@ def test_a_study_can_be_written_right_after_ctrl_c_stopped_one_of_its_reads(tmp_
         storage.set_trial_user_attr(trial_id, "status", "interrupted")
         assert time.monotonic() - started < 2  # not after waiting out the busy timeout
     assert stopped_reads and storage.get_trial(trial_id).user_attrs["status"] == "interrupted"
+
+
+def test_each_trial_records_its_fixed_values_once_as_the_numbers_they_are_and_gets_them_as_overrides():
+    from optuna.distributions import FloatDistribution
+
+    from hydra_plugins.optuna_pruning_sweeper.sweeper import PruningOptunaSweeperImpl
+
+    storage = optuna.storages.InMemoryStorage()
+    writes = []
+    write = storage.set_trial_user_attr
+
+    def counted_write(trial_id, key, value):
+        writes.append(key)
+        write(trial_id, key, value)
+
+    storage.set_trial_user_attr = counted_write
+    study = optuna.create_study(storage=storage)
+    trials = [study.ask() for _ in range(2)]
+    sweeper = object.__new__(PruningOptunaSweeperImpl)  # _configure_trials reads only these two
+    sweeper.custom_search_space_extender = None
+    sweeper.config = None
+    fixed = {"trainer.epochs": "3", "logger": "none"}
+    overrides = sweeper._configure_trials(trials, {"x": FloatDistribution(0, 1)}, fixed, ["+extra=1"])
+    for trial, trial_overrides in zip(trials, overrides, strict=True):
+        assert trial_overrides == (f"x={trial.params['x']}", "trainer.epochs=3", "logger=none", "+extra=1")
+    assert sorted(writes) == ["logger", "logger", "trainer.epochs", "trainer.epochs"]  # once per trial
+    assert [t.user_attrs for t in study.get_trials()] == [{"trainer.epochs": 3, "logger": "none"}] * 2

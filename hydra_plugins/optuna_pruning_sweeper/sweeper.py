@@ -398,10 +398,18 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
         fixed_params: dict[str, Any],
         fixed_overrides: list[str],
     ) -> Sequence[Sequence[str]]:
-        """Upstream's, with the fixed values recorded on each trial as the numbers or booleans they are
-        (upstream records the text typed: `trainer.epochs` was '3' beside an `epochs_planned` of 3)."""
-        overrides = super()._configure_trials(trials, distributions, fixed_params, fixed_overrides)
+        """Upstream's, with the fixed values recorded on each trial once, as the numbers or booleans they are
+        (upstream records the text typed: `trainer.epochs` was '3' beside an `epochs_planned` of 3). Upstream
+        is handed them as fixed overrides, so it writes no attribute of its own, and each trial's overrides
+        are the same `name=value` lines in the same order (its search space's, then the fixed ones)."""
+        as_overrides = [f"{name}={value}" for name, value in fixed_params.items()]
+        overrides = super()._configure_trials(trials, distributions, {}, [*as_overrides, *fixed_overrides])
         for trial in trials:
+            if overlap := sorted(trial.params.keys() & fixed_params.keys()):  # upstream's check, kept
+                raise ValueError(
+                    "Overlapping fixed parameters and search space parameters found!"
+                    f"Overlapping parameters: {overlap}"
+                )
             for name, value in fixed_params.items():
                 trial.set_user_attr(name, typed_value(value))
         return overrides
