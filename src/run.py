@@ -21,7 +21,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from hydra_plugins.optuna_pruning_sweeper.storage import release_interrupted_reads
+from hydra_plugins.optuna_pruning_sweeper.storage import release_interrupted_reads, set_trial_attrs
 from hydra_plugins.optuna_pruning_sweeper.trial_bridge import current_trial
 from src.config import EXECUTION_WHITELIST
 from src.cpu_share import CpuShare, job_cpus
@@ -272,6 +272,7 @@ def finishing_run(
         for callback in callbacks:
             callback.on_run_end(status)
         if context.trial is not None:
-            for key in TRIAL_ATTRS:
-                context.trial.set_user_attr(key, end.summary[key])
+            set_trial_attrs(
+                context.trial.storage, context.trial._trial_id, {key: end.summary[key] for key in TRIAL_ATTRS}
+            )
         context.log.info("%s: %s", status, context.run_dir)

@@ -661,3 +661,34 @@ def test_each_trial_records_its_fixed_values_once_as_the_numbers_they_are_and_ge
         assert trial_overrides == (f"x={trial.params['x']}", "trainer.epochs=3", "logger=none", "+extra=1")
     assert sorted(writes) == ["logger", "logger", "trainer.epochs", "trainer.epochs"]  # once per trial
     assert [t.user_attrs for t in study.get_trials()] == [{"trainer.epochs": 3, "logger": "none"}] * 2
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_a_trials_attributes_are_set_in_one_transaction_and_never_on_a_finished_trial(tmp_path, kind):
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.storages.journal import JournalFileBackend
+    from sqlalchemy import event
+
+    from hydra_plugins.optuna_pruning_sweeper.storage import set_trial_attrs
+
+    if kind == "sqlite":
+        storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/study.db")
+    else:
+        storage = optuna.storages.JournalStorage(JournalFileBackend(str(tmp_path / "journal.log")))
+    study = optuna.create_study(storage=storage)
+    trial = study.ask()
+    commits = []
+    if kind == "sqlite":
+        event.listen(storage.engine, "commit", lambda connection: commits.append(1))
+    set_trial_attrs(study._storage, trial._trial_id, {"a": 1, "b": [2.5, "x"], "c": None}, {"s": {"k": 1}})
+    if kind == "sqlite":
+        assert len(commits) == 1  # one per key through the public setters
+    stored = study._storage.get_trial(trial._trial_id)
+    assert stored.user_attrs == {"a": 1, "b": [2.5, "x"], "c": None}
+    assert stored.system_attrs == {"s": {"k": 1}}
+    set_trial_attrs(study._storage, trial._trial_id, {"a": 3})  # an existing key is overwritten
+    assert study._storage.get_trial(trial._trial_id).user_attrs["a"] == 3
+    study.tell(trial, 1.0)
+    with pytest.raises(UpdateFinishedTrialError):
+        set_trial_attrs(study._storage, trial._trial_id, {"late": 1, "a": 4})
+    assert study._storage.get_trial(trial._trial_id).user_attrs == {"a": 3, "b": [2.5, "x"], "c": None}

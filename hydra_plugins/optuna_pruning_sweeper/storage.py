@@ -67,6 +67,39 @@ def release_interrupted_reads(stop: BaseException) -> None:
     traceback.clear_frames(stop.__traceback__)
 
 
+def set_trial_attrs(
+    storage: BaseStorage, trial_id: int, user: dict[str, Any], system: dict[str, Any] | None = None
+) -> None:
+    """A trial's user (and system) attributes, as set_trial_user_attr and set_trial_system_attr set them one
+    by one, in one transaction when the study is in a database: one commit instead of one per key (half
+    the time on SQLite; a round trip each saved on a server). Other storages: one call per key.
+
+    This goes through RDBStorage's own write for one attribute (a private method, the one its public
+    setters call in a transaction of their own), so the same checks apply: a finished trial raises
+    UpdateFinishedTrialError and nothing is written. An Optuna without it gets the public calls. Unlike
+    Trial.set_user_attr, it leaves an optuna.Trial object's own copy (trial.user_attrs) as it was: read
+    them from the study."""
+    system = system or {}
+    backend = getattr(storage, "_backend", storage)  # Optuna wraps an RDBStorage in a _CachedStorage
+    write = getattr(backend, "_set_trial_attr_without_commit", None)
+    if isinstance(backend, RDBStorage) and write is not None:
+        from optuna.storages._rdb import models  # loaded by the RDBStorage already
+        from optuna.storages._rdb import storage as rdb
+
+        with rdb._create_scoped_session(backend.scoped_session, True) as session:
+            for model, attrs in (
+                (models.TrialUserAttributeModel, user),
+                (models.TrialSystemAttributeModel, system),
+            ):
+                for key, value in attrs.items():
+                    write(session, model, trial_id, key, value)
+        return
+    for key, value in user.items():
+        storage.set_trial_user_attr(trial_id, key, value)
+    for key, value in system.items():
+        storage.set_trial_system_attr(trial_id, key, value)
+
+
 class StorageError(Exception):
     """A storage that cannot be opened; the message names it (password masked) and the cause."""
 

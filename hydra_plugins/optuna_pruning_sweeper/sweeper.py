@@ -49,7 +49,7 @@ from optuna.trial import FrozenTrial, TrialState
 from . import config as registered_configs  # noqa: F401  (registers the configs)
 from .disk import unwritable_reason
 from .seeding import SeedPerTrialSampler
-from .storage import StorageError, describe, open_storage, release_interrupted_reads
+from .storage import StorageError, describe, open_storage, release_interrupted_reads, set_trial_attrs
 from .trial_bridge import RUN_DIR, instantiate_pruner, job_environment, run_dir_attr
 from .workers import FAIL_REASON, INTERRUPTED, Heartbeats, Worker, claim, fail_dead_trials, give_up
 
@@ -410,8 +410,8 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
                     "Overlapping fixed parameters and search space parameters found!"
                     f"Overlapping parameters: {overlap}"
                 )
-            for name, value in fixed_params.items():
-                trial.set_user_attr(name, typed_value(value))
+            fixed = {name: typed_value(value) for name, value in fixed_params.items()}
+            set_trial_attrs(trial.storage, trial._trial_id, fixed)
         return overrides
 
     def _parse_sweeper_params_config(self) -> list[str]:

@@ -29,6 +29,7 @@ from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
 from .processes import process_start_time, read_text
+from .storage import set_trial_attrs
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +85,9 @@ class Worker:
 
 def claim(study: optuna.Study, trial: optuna.Trial, worker: Worker) -> None:
     """Record on a freshly asked trial which worker runs it."""
-    trial.set_user_attr(WORKER, worker.label)
-    study._storage.set_trial_system_attr(trial._trial_id, WORKER_PROCESS, worker.as_attr())
+    set_trial_attrs(
+        study._storage, trial._trial_id, {WORKER: worker.label}, {WORKER_PROCESS: worker.as_attr()}
+    )
 
 
 # Held while a heartbeat thread writes to the study. A fork (hydra/launcher=batched with processes > 1)
