@@ -253,12 +253,11 @@ def train_in_parts(
         return train_stacked(runs)
     per_process = max(1, threads // len(parts))
     log.info(
-        "%d trials train in %d processes (%s trials, %d thread%s each)",
+        "%d trials train in %d processes (%s trials, %s each)",
         len(runs),
         len(parts),
         " + ".join(str(len(part)) for part in parts),
-        per_process,
-        "" if per_process == 1 else "s",
+        counted(per_process, "thread"),
     )
     return [outcome for part in in_processes(parts, train_stacked, per_process) for outcome in part]
 

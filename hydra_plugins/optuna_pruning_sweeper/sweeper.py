@@ -404,14 +404,14 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
         are the same `name=value` lines in the same order (its search space's, then the fixed ones)."""
         as_overrides = [f"{name}={value}" for name, value in fixed_params.items()]
         overrides = super()._configure_trials(trials, distributions, {}, [*as_overrides, *fixed_overrides])
+        typed = {name: typed_value(value) for name, value in fixed_params.items()}
         for trial in trials:
             if overlap := sorted(trial.params.keys() & fixed_params.keys()):  # upstream's check, kept
                 raise ValueError(
                     "Overlapping fixed parameters and search space parameters found!"
                     f"Overlapping parameters: {overlap}"
                 )
-            fixed = {name: typed_value(value) for name, value in fixed_params.items()}
-            set_trial_attrs(trial.storage, trial._trial_id, fixed)
+            set_trial_attrs(trial.storage, trial._trial_id, typed)
         return overrides
 
     def _parse_sweeper_params_config(self) -> list[str]:
