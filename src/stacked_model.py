@@ -78,7 +78,7 @@ class StackedModel:
         with torch.no_grad():
             tape: list[tuple[nn.Module, str, torch.Tensor, torch.Tensor | None]] = []
             logits = wide_forward(self.layers, self.layer_names, self.params, images, self.training, tape)
-            log_probs = torch.log_softmax(logits.transpose(0, 1), dim=2)  # [N, K, classes]
+            log_probs = log_softmax_per_trial(logits)  # [N, K, classes]
             n, k = log_probs.shape[:2]
             picked = labels.view(n, 1, 1).expand(n, k, 1)
             losses = log_probs.gather(2, picked).squeeze(2).mean(0).neg_()
@@ -200,12 +200,21 @@ def dense_backward(
     return grads
 
 
+def log_softmax_per_trial(logits: torch.Tensor) -> torch.Tensor:
+    """Each trial's log-probabilities: logits [K, N, classes] -> [N, K, classes] (a view). Computed over the
+    classes as dimension 1 of [N, classes, K], the trials innermost: torch's CPU log-softmax over a last
+    dimension of 10 classes takes about 0.2 us a row, 4-6x longer for 10-20 trials."""
+    return torch.log_softmax(logits.permute(1, 2, 0).contiguous(), dim=1).transpose(1, 2)
+
+
 def trial_losses(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """Each trial's cross-entropy over the batch: logits [K, N, classes] -> [K]."""
+    """Each trial's cross-entropy over the batch: logits [K, N, classes] -> [K] (the classes as dimension 1,
+    as log_softmax_per_trial has them)."""
     trials, n = logits.shape[:2]
-    losses = F.cross_entropy(logits.reshape(trials * n, -1), labels.repeat(trials), reduction="none")
-    losses = losses.view(trials, n)
-    return losses.mean(1) if reduction == "mean" else losses.sum(1)
+    losses = F.cross_entropy(
+        logits.permute(1, 2, 0), labels.view(n, 1).expand(n, trials), reduction="none"
+    )  # [N, K]
+    return losses.mean(0) if reduction == "mean" else losses.sum(0)
 
 
 def stack_model(model: nn.Module, copies: int, sample: torch.Tensor) -> tuple[StackedModel | None, str]:

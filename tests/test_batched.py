@@ -115,6 +115,38 @@ def test_the_fused_step_on_views_of_a_stack_equals_torchs_step_bit_for_bit(make,
     assert calls == [1] + [len(settings) - 2] * 11  # torch's step() first, then one call per setting
 
 
+def test_trials_that_stop_stepping_keep_their_adam_step_counts_while_the_others_count_on():
+    """The step counts of the trials stepped together live in one tensor (one add a step); a trial left out
+    (diverged) or dropped (finished: a narrower stack) keeps its own count, bit for bit as torch's step()."""
+    torch.manual_seed(0)
+    start = [torch.randn(4, 3), torch.randn(3)]
+    stack = [torch.stack([p.clone() for _ in range(3)]) for p in start]
+    trials = [TrialOptimizer(torch.optim.Adam([p[k] for p in stack], lr=1e-2, fused=True)) for k in range(3)]
+    alone = []
+    for _ in range(3):
+        separate = [p.clone().requires_grad_() for p in start]
+        alone.append((separate, torch.optim.Adam(separate, lr=1e-2, fused=True)))
+    stepping_per_step = [[0, 1, 2]] * 3 + [[0, 2]] * 2 + [[2]] * 2 + [[0, 1, 2]]
+    for number, stepping in enumerate(stepping_per_step, start=1):
+        grads = [torch.randn_like(p) for p in stack]
+        step_trials([trials[k] for k in stepping], [[g[k] for g in grads] for k in stepping])
+        for k in stepping:
+            params, optimizer = alone[k]
+            for p, g in zip(params, grads, strict=True):
+                p.grad = g[k].clone()
+            optimizer.step()
+        counts = [step for k in stepping for step in trials[k].buffers["step"]]
+        if number > 1:  # the first step is torch's step(), which makes the counts; then: one add
+            assert all(step._base is counts[0]._base is not None for step in counts)
+    for k, (params, optimizer) in enumerate(alone):
+        for stacked, separate in zip(stack, params, strict=True):
+            assert torch.equal(stacked[k], separate.detach())
+        assert [float(s) for s in trials[k].buffers["step"]] == [
+            float(optimizer.state[p]["step"]) for p in params
+        ]
+    assert [float(trials[k].buffers["step"][0]) for k in range(3)] == [6.0, 4.0, 8.0]
+
+
 @pytest.mark.parametrize("model_class", [SimpleNet, MLP, CNN])
 def test_a_stacked_model_computes_each_trials_forward_with_the_dropout_masks_of_a_run_alone(model_class):
     images = torch.rand(16, 28, 28)
