@@ -349,8 +349,9 @@ def stacked_step(
     """One training step of every trial in the stack on one batch (a None optimizer: that trial's weights
     stay as they are); each trial's loss [K], detached."""
     losses, grads = stacked.loss_and_grads(inputs, labels)
+    per_trial = [g.unbind(0) for g in grads]  # each trial's slice of each gradient
     stepping = [k for k, optimizer in enumerate(optimizers) if optimizer is not None]
-    step_trials([optimizers[k] for k in stepping], [[g[k] for g in grads] for k in stepping])
+    step_trials([optimizers[k] for k in stepping], [[g[k] for g in per_trial] for k in stepping])
     return losses
 
 
@@ -478,18 +479,25 @@ class StackedGroup:
         shuffled = self.data.train.shuffled(self.generator)
         totals = torch.zeros(len(active), dtype=torch.float64)
         diverged: dict[int, str] = {}
+        optimizers: list[TrialOptimizer | None] = [trial.optimizer for trial in active]  # None: diverged
+        # Per-step schedules step after each optimizer step; the others' lr is the epoch's (their schedulers
+        # step after it), so the lr of their last step is taken once, after the epoch.
+        per_step = [k for k, trial in enumerate(active) if trial.stepping.per_step]
         for batch_number, start in enumerate(range(0, len(shuffled), batch_size), start=1):
             inputs, labels = shuffled.batch(slice(start, start + batch_size))
-            optimizers = [None if k in diverged else trial.optimizer for k, trial in enumerate(active)]
             values = stacked_step(stacked, optimizers, inputs, labels)
-            for k, trial in enumerate(active):
-                if k not in diverged:
-                    trial.stepping.after_optimizer_step()
+            for k in per_step:
+                if optimizers[k] is not None:
+                    active[k].stepping.after_optimizer_step()
             if not bool(torch.isfinite(values).all()):
                 for k in torch.nonzero(~torch.isfinite(values)).flatten().tolist():
                     reason = f"training diverged: loss is {values[k].item()} at batch {batch_number}"
                     diverged.setdefault(k, reason)
+                    optimizers[k] = None
             totals += values.double() * len(labels)
+        for trial in active:
+            if not trial.stepping.per_step:
+                trial.stepping.after_optimizer_step()
         return (totals / len(shuffled)).tolist(), diverged
 
     @torch.no_grad()
