@@ -151,7 +151,8 @@ def run_alone(run: BatchedRun) -> Any:
 
 
 class LoadedData:
-    """The batch's data, loaded once for all its groups that read the same data onto the same device."""
+    """The batch's data, loaded once for all its groups that read the same data onto the same device, its
+    images converted to model inputs once (MnistSplits.as_inputs)."""
 
     def __init__(self) -> None:
         self.splits: dict[str, MnistSplits] = {}
@@ -159,7 +160,7 @@ class LoadedData:
     def get(self, cfg: DictConfig, device: torch.device) -> MnistSplits:
         key = json.dumps([OmegaConf.to_container(cfg.data, resolve=True), str(device)], sort_keys=True)
         if key not in self.splits:
-            self.splits[key] = load_data(cfg, device)
+            self.splits[key] = load_data(cfg, device).as_inputs()  # many passes: converted once
         return self.splits[key]
 
 

@@ -1,10 +1,12 @@
-"""src.data: parallel jobs that find MNIST missing download it once."""
+"""src.data: parallel jobs that find MNIST missing download it once; the splits as model inputs."""
 
 import multiprocessing
 import shutil
 import time
 from pathlib import Path
 
+import pytest
+import torch
 import torchvision.datasets
 
 from src.data import load_mnist
@@ -54,3 +56,22 @@ def test_parallel_jobs_download_once_and_all_read_complete_files(tiny_mnist, tmp
     assert [results.get(timeout=5) for _ in jobs] == [("mnist", 1000, 300)] * 3
     assert count_file.read_text().splitlines() == ["download", "download"]  # train and test, once each
     shutil.rmtree(root)
+
+
+@pytest.mark.parametrize("standardize", [False, True])
+def test_splits_converted_to_model_inputs_once_give_the_same_batches_bit_for_bit(tiny_mnist, standardize):
+    data = load_mnist(tiny_mnist, download=False, offline_fallback=False, val_size=200, split_seed=0)
+    data = data.standardized() if standardize else data
+    inputs = data.as_inputs()
+    assert inputs.train.images.dtype == torch.float32
+    assert inputs.train.images is inputs.val.images  # the splits of one file share one converted tensor
+    generator = torch.Generator().manual_seed(3)
+    pairs = zip((data.train, data.val, data.test), (inputs.train, inputs.val, inputs.test), strict=True)
+    for split, converted in pairs:
+        assert len(converted) == len(split)
+        for positions in (slice(0, 64), slice(100, 131), slice(None)):
+            for got, expected in zip(converted.batch(positions), split.batch(positions), strict=True):
+                assert got.dtype == expected.dtype and torch.equal(got, expected)
+        shuffled = converted.shuffled(generator.clone_state()).batch(slice(0, 64))
+        assert torch.equal(shuffled[0], split.shuffled(generator.clone_state()).batch(slice(0, 64))[0])
+    assert inputs.as_inputs().train.images is inputs.train.images  # converted already: kept
