@@ -41,7 +41,7 @@ from src.config import EXECUTION_WHITELIST
 from src.cpu_share import CpuShare, job_cpus
 from src.data import MnistSplits, Split
 from src.deferred_job import DeferredJob, LogFile
-from src.epoch_callbacks import RunContext
+from src.epoch_callbacks import RunContext, report_epoch_together
 from src.errors import TrainingDiverged
 from src.hardware import resolve_device, threads_for_this_job
 from src.run import (
@@ -111,13 +111,13 @@ class BatchedRun:
         groups: dict[str, list[int]] = {}
         for index, run in enumerate(runs):
             groups.setdefault(run.group_key, []).append(index)
-        loaded = LoadedData()
         try:
             # in the launcher's launch process (a child of the sweep's), stopped as a job is in a child
             with stopped_when_sweep_process_ends():
                 for members in groups.values():
-                    outcomes.update(train_group([runs[i] for i in members], members, settings, loaded))
+                    outcomes.update(train_group([runs[i] for i in members], members, settings, SWEEP_DATA))
         finally:
+            SWEEP_DATA.keep_used()
             for run in runs:
                 close_job_logger(run.context.log)
         return [outcomes[i] for i in range(len(runs))]
@@ -151,17 +151,30 @@ def run_alone(run: BatchedRun) -> Any:
 
 
 class LoadedData:
-    """The batch's data, loaded once for all its groups that read the same data onto the same device, its
-    images converted to model inputs once (MnistSplits.as_inputs)."""
+    """The data of a batch's groups, loaded once for all groups that read the same data onto the same
+    device, its images converted to model inputs once (MnistSplits.as_inputs), and kept for the next batch
+    of the sweep (the launch process serves one batch after another: 0.2 s a batch of full MNIST); data that
+    a batch did not use is dropped after it."""
 
     def __init__(self) -> None:
         self.splits: dict[str, MnistSplits] = {}
+        self.used: set[str] = set()
 
     def get(self, cfg: DictConfig, device: torch.device) -> MnistSplits:
         key = json.dumps([OmegaConf.to_container(cfg.data, resolve=True), str(device)], sort_keys=True)
         if key not in self.splits:
             self.splits[key] = load_data(cfg, device).as_inputs()  # many passes: converted once
+        self.used.add(key)
         return self.splits[key]
+
+    def keep_used(self) -> None:
+        """Keep what the batch since the last call used, for the next batch; drop the rest."""
+        self.splits = {key: splits for key, splits in self.splits.items() if key in self.used}
+        self.used = set()
+
+
+# The data of the sweep's batches, in the process that trains them (the launch process, launch_process.py)
+SWEEP_DATA = LoadedData()
 
 
 def train_group(
@@ -438,6 +451,7 @@ class StackedGroup:
         val_losses, val_accs = self._evaluate(self.data.val)
         _, test_accs = self._evaluate(self.data.test)
         epoch_time = time.perf_counter() - started
+        finished: list[tuple[int, Trial, EpochRecord]] = []  # the trials that trained the epoch through
         for k, (position, trial) in enumerate(zip(self.in_stack, active, strict=True)):
             if k in diverged:
                 self._finish(position, TrainingDiverged(diverged[k]))
@@ -454,6 +468,9 @@ class StackedGroup:
                 epoch_time_s=epoch_time / len(active),
                 lr_last=trial.stepping.last_step_lr,
             )
+            finished.append((position, trial, record))
+        report_epoch_together([trial.callbacks for _, trial, _ in finished], [r for _, _, r in finished])
+        for position, trial, record in finished:
             step_lrs = trial.stepping.take_step_lrs() if trial.stepping.per_step else []
             try:
                 for callback in trial.callbacks:

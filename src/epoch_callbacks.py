@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import optuna
 
+from hydra_plugins.optuna_pruning_sweeper.storage import report_together
 from src.run_files import write_epochs, write_step_lrs
 from src.run_record import EpochRecord
 
@@ -109,11 +110,27 @@ class ReportToOptuna:
 
     trial: optuna.Trial
     prune_from_epoch: int
+    reported_epoch: int = 0  # the last epoch report_epoch_together recorded for this trial
 
     def on_epoch_end(self, record: EpochRecord, step_lrs: list[float]) -> None:
-        self.trial.report(record.val_acc, record.epoch)
+        if record.epoch != self.reported_epoch:
+            self.trial.report(record.val_acc, record.epoch)
         if record.epoch >= self.prune_from_epoch and self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned by the Optuna pruner after epoch {record.epoch}")
 
     def on_run_end(self, status: str) -> None:
         pass
+
+
+def report_epoch_together(callbacks: list[list[EpochCallback]], records: list[EpochRecord]) -> None:
+    """The epoch's validation accuracy of several runs (trained together: src/batched_runs.py) to their
+    trials in one write (report_together), before each run's callbacks get the epoch: their ReportToOptuna
+    then only asks the pruner. When the one write fails, each reports on its own, as a run alone does."""
+    reporters = [
+        (next(c for c in run_callbacks if isinstance(c, ReportToOptuna)), record)
+        for run_callbacks, record in zip(callbacks, records, strict=True)
+        if any(isinstance(c, ReportToOptuna) for c in run_callbacks)
+    ]
+    if reporters and report_together([(r.trial, record.val_acc, record.epoch) for r, record in reporters]):
+        for reporter, record in reporters:
+            reporter.reported_epoch = record.epoch

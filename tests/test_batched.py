@@ -595,6 +595,36 @@ class Unpicklable(Exception):
         self.handle = handle
 
 
+def test_a_batchs_data_is_kept_for_the_next_batch_and_data_the_last_batch_did_not_use_is_dropped(monkeypatch):
+    from omegaconf import OmegaConf
+
+    import src.batched_runs as batched_runs
+
+    loads = []
+
+    class Splits:
+        def as_inputs(self) -> "Splits":
+            return self
+
+    def load_data(cfg, device):
+        loads.append(cfg.data.root)
+        return Splits()
+
+    monkeypatch.setattr(batched_runs, "load_data", load_data)
+    loaded, cpu = batched_runs.LoadedData(), torch.device("cpu")
+    data_a, data_b = (OmegaConf.create({"data": {"root": root}}) for root in ("a", "b"))
+    first = loaded.get(data_a, cpu)
+    assert loaded.get(data_a, cpu) is first  # two groups of one batch
+    loaded.keep_used()
+    assert loaded.get(data_a, cpu) is first  # the next batch
+    loaded.get(data_b, cpu)
+    loaded.keep_used()
+    loaded.get(data_b, cpu)  # a batch without data a
+    loaded.keep_used()
+    assert loaded.get(data_a, cpu) is not first
+    assert loads == ["a", "b", "a"]
+
+
 def test_parts_trained_in_child_processes_hand_back_their_outcomes_and_a_lost_child_fails_only_its_part():
     def work(part):
         if part == ["raises"]:

@@ -4,6 +4,7 @@ With step_size=1, a gamma of 0.001 or less collapses the learning rate after the
 those trials fall behind the median of the finished ones at epoch 2 and must be pruned.
 """
 
+import warnings
 from pathlib import Path
 
 import optuna
@@ -146,3 +147,64 @@ def test_the_pruner_is_asked_from_the_epoch_prune_from_names(
 def test_first_prunable_epoch_follows_what_the_search_covers(searched, expected):
     """(auto, first_epoch, first_decay) for a run that keeps lr0 for 5 epochs."""
     assert tuple(first_prunable_epoch(mode, 5, searched) for mode in PRUNE_FROM) == expected
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_an_epoch_of_trials_trained_together_is_reported_in_one_commit_and_the_pruner_sees_it(tmp_path, kind):
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.storages.journal import JournalFileBackend
+    from sqlalchemy import event
+
+    from src.epoch_callbacks import ReportToOptuna, report_epoch_together
+    from src.run_record import EpochRecord
+
+    if kind == "sqlite":
+        storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/study.db")
+        commits = []
+        event.listen(storage.engine, "commit", lambda connection: commits.append(1))
+    else:
+        storage = optuna.storages.JournalStorage(JournalFileBackend(str(tmp_path / "journal.log")))
+    # prunes a trial whose value at this epoch is below 50, from epoch 1 on
+    study = optuna.create_study(storage=storage, pruner=optuna.pruners.ThresholdPruner(lower=50.0))
+    trials = [study.ask() for _ in range(3)]
+    reporters = [ReportToOptuna(trial, prune_from_epoch=1) for trial in trials]
+
+    def epoch(number: int, accuracies: list[float]) -> list[EpochRecord]:
+        times = {"train_time_s": 1.0, "epoch_time_s": 1.0}
+        return [
+            EpochRecord(number, 0.1, 1.0, 1.0, val_acc=acc, test_acc=acc, **times, lr_last=0.1)
+            for acc in accuracies
+        ]
+
+    records = epoch(1, [90.0, 40.0, 80.0])
+    if kind == "sqlite":
+        commits.clear()
+    report_epoch_together([[r] for r in reporters], records)
+    stored = [{1: 90.0}, {1: 40.0}, {1: 80.0}]
+    if kind == "sqlite":
+        assert len(commits) == 1  # one per trial through Trial.report
+        assert [r.reported_epoch for r in reporters] == [1, 1, 1]
+        assert [study._storage.get_trial(t._trial_id).intermediate_values for t in trials] == stored
+    else:  # no database: each reports on its own, in on_epoch_end
+        assert [r.reported_epoch for r in reporters] == [0, 0, 0]
+    outcomes = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Optuna warns of a step reported twice
+        for reporter, record in zip(reporters, records, strict=True):
+            try:
+                reporter.on_epoch_end(record, [])
+                outcomes.append("goes on")
+            except optuna.TrialPruned:
+                outcomes.append("pruned")
+    assert outcomes == ["goes on", "pruned", "goes on"]  # the pruner saw each trial's value of the epoch
+    assert [study._storage.get_trial(t._trial_id).intermediate_values for t in trials] == stored
+
+    study.tell(trials[2], 1.0)  # finished meanwhile: the one write fails, each trial reports on its own
+    records = epoch(2, [91.0, 92.0])
+    report_epoch_together([[reporters[0]], [reporters[2]]], records)
+    assert reporters[0].reported_epoch != 2  # not recorded together
+    reporters[0].on_epoch_end(records[0], [])
+    with pytest.raises(UpdateFinishedTrialError):
+        reporters[2].on_epoch_end(records[1], [])
+    assert study._storage.get_trial(trials[0]._trial_id).intermediate_values == {1: 90.0, 2: 91.0}
+    assert study._storage.get_trial(trials[2]._trial_id).intermediate_values == {1: 80.0}

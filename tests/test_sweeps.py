@@ -692,3 +692,41 @@ def test_a_trials_attributes_are_set_in_one_transaction_and_never_on_a_finished_
     with pytest.raises(UpdateFinishedTrialError):
         set_trial_attrs(study._storage, trial._trial_id, {"late": 1, "a": 4})
     assert study._storage.get_trial(trial._trial_id).user_attrs == {"a": 3, "b": [2.5, "x"], "c": None}
+
+
+def test_a_trials_sampler_draws_as_one_instantiated_with_its_seed_and_gets_nested_objects_of_its_own():
+    from hydra.utils import instantiate
+    from hydra_plugins.hydra_optuna_sweeper.config import (
+        CmaEsSamplerConfig,
+        GridSamplerConfig,
+        TPESamplerConfig,
+    )
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.optuna_pruning_sweeper.sweeper import SAMPLER_WHITELIST, sampler_builder
+
+    def draws(sampler: optuna.samplers.BaseSampler) -> list[float]:
+        study = optuna.create_study(sampler=sampler)
+        study.optimize(lambda trial: (trial.suggest_float("x", -1, 1) - 0.3) ** 2, n_trials=6)
+        return [trial.params["x"] for trial in study.trials]
+
+    tpe = OmegaConf.structured(TPESamplerConfig(seed=42, n_startup_trials=3))
+    build = sampler_builder(tpe, constant_liar=True)  # instantiated once, as a partial
+    by_seed = {}
+    for seed in (1, 2):
+        made = build(seed)
+        assert made._constant_liar
+        alone = instantiate(tpe, seed=seed, constant_liar=True, _execution_whitelist_=SAMPLER_WHITELIST)
+        by_seed[seed] = draws(made)
+        assert by_seed[seed] == draws(alone)
+    assert by_seed[1] != by_seed[2]
+
+    cmaes = OmegaConf.structured(CmaEsSamplerConfig(seed=1))
+    cmaes.independent_sampler = {"_target_": "optuna.samplers.RandomSampler", "seed": 3}
+    build = sampler_builder(cmaes)
+    first, second = build(1), build(2)
+    assert first._independent_sampler is not second._independent_sampler  # a seeded RNG each, not shared
+    assert draws(first._independent_sampler) == draws(second._independent_sampler)
+
+    grid = OmegaConf.structured(GridSamplerConfig(seed=5))  # a partial of its own, given the grid later
+    assert isinstance(sampler_builder(grid)(5)({"x": [0.1, 0.2]}), optuna.samplers.GridSampler)

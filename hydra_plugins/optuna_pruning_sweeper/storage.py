@@ -27,6 +27,7 @@ import sqlalchemy.exc
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.trial import FrozenTrial
 from sqlalchemy.engine import make_url
 
 STORAGE_PACKAGE = "optuna.storages."
@@ -98,6 +99,35 @@ def set_trial_attrs(
         storage.set_trial_user_attr(trial_id, key, value)
     for key, value in system.items():
         storage.set_trial_system_attr(trial_id, key, value)
+
+
+def report_together(reports: list[tuple[optuna.Trial, float, int]]) -> bool:
+    """Trial.report(value, step) for each (trial, value, step), trials of one storage, in one transaction
+    when the study is in a database: one commit instead of one per trial (a stacked epoch of 20 trials on
+    SQLite: 17 ms instead of 40 to 100 ms; on a server, a round trip or more per trial saved). All or
+    nothing: False when the transaction failed (a trial finished meanwhile) or the storage is no database,
+    and nothing was written; each trial then reports on its own (Trial.report), which raises for the
+    trial at fault only. Each optuna.Trial's own copy gets the value too, as Trial.report gives it: its
+    should_prune() hands the pruner that copy, not the stored trial."""
+    storages = {id(trial.storage): trial.storage for trial, _, _ in reports}
+    own_copies = [getattr(trial, "_cached_frozen_trial", None) for trial, _, _ in reports]
+    if len(storages) != 1 or not all(isinstance(own, FrozenTrial) for own in own_copies):
+        return False
+    backend = getattr(reports[0][0].storage, "_backend", reports[0][0].storage)
+    write = getattr(backend, "_set_trial_intermediate_value_without_commit", None)
+    if not isinstance(backend, RDBStorage) or write is None:
+        return False
+    from optuna.storages._rdb import storage as rdb
+
+    try:
+        with rdb._create_scoped_session(backend.scoped_session) as session:
+            for trial, value, step in reports:
+                write(session, trial._trial_id, step, float(value))
+    except Exception:  # rolled back
+        return False
+    for (_, value, step), own in zip(reports, own_copies, strict=True):
+        own.intermediate_values[step] = float(value)
+    return True
 
 
 class StorageError(Exception):
