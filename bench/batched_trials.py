@@ -9,8 +9,11 @@
    its first trial trains.
 2. The MLP and the CNN, 4 and 10 trials (a grid over optimizer.lr, --epochs-big epochs), basic vs batched
    (trainer.stacking=auto: the launcher may decide one at a time is faster, and says so).
+3. What a further batch costs besides training: the batched sweep of 20 trials (one batch) against 60 (three
+   batches of 20), one process, alternated --repeats times.
 
     python bench/batched_trials.py --root ../shared/data [--sampler-seeds 42 43 44] [--epochs-big 1]
+        [--skip-big] [--skip-further] [--repeats 3]
 """
 
 import argparse
@@ -58,8 +61,8 @@ for module in BatchedLauncherConf().preload:
 
 def launch_imports_seconds(repeats: int = 3) -> float:
     """The fastest of `repeats` fresh processes that import what the launch process imports before its first
-    trial can train (the app, hydra.launcher.preload: torch, torch._dynamo, which torch's optimizer step()
-    imports, the study's database libraries), with the interpreter's start."""
+    trial can train (the app, hydra.launcher.preload: torch, torch._dynamo, which a torch optimizer imports
+    as it is made, the study's database libraries), with the interpreter's start."""
     return min(run_process([sys.executable, "-c", LAUNCH_IMPORTS]).wall_s for _ in range(repeats))
 
 
@@ -95,6 +98,26 @@ def default_sweeps(root: Path, scratch: Path, seeds: list[int], trials: int) -> 
     return results
 
 
+def further_batches(root: Path, scratch: Path, repeats: int) -> dict[int, list[float]]:
+    """Seconds besides training (wall - training) of batched sweeps of 20 and 60 trials in batches of 20."""
+    besides: dict[int, list[float]] = {20: [], 60: []}
+    for repeat in range(repeats):
+        for trials in besides:
+            tag = f"further_{trials}_{repeat}"
+            run, _ = run_optuna_sweep(
+                root,
+                scratch,
+                tag,
+                f"hydra.sweeper.n_trials={trials}",
+                "hydra/launcher=batched",
+                "hydra.sweeper.n_jobs=20",
+                "hydra.launcher.processes=1",
+                "logger=none",
+            )
+            besides[trials].append(run.wall_s - training_seconds(scratch / tag))
+    return besides
+
+
 def grid(
     root: Path, scratch: Path, name: str, model: str, trials: int, epochs: int, *extra: str
 ) -> tuple[float, list[str]]:
@@ -127,6 +150,8 @@ def main() -> None:
     parser.add_argument("--sampler-seeds", type=int, nargs="+", default=[42, 43, 44])
     parser.add_argument("--epochs-big", type=int, default=1)
     parser.add_argument("--skip-big", action="store_true")
+    parser.add_argument("--skip-further", action="store_true")
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     root = args.root.resolve()
     with tempfile.TemporaryDirectory() as scratch_dir:
@@ -135,6 +160,7 @@ def main() -> None:
         sweeps = default_sweeps(root, scratch, args.sampler_seeds, args.trials)
         seed_walls.append(run_process(seed_script(root)).wall_s)
         imports_s = launch_imports_seconds()
+        further = {} if args.skip_further else further_batches(root, scratch, args.repeats)
         big = {}
         if not args.skip_big:
             for model in ("mlp", "cnn"):
@@ -168,7 +194,14 @@ def main() -> None:
     seed_wall = statistics.median(seed_walls)
     print(
         json.dumps(
-            {"seed_wall_s": seed_walls, "launch_imports_s": imports_s, "sweeps": sweeps, "big": big}, indent=1
+            {
+                "seed_wall_s": seed_walls,
+                "launch_imports_s": imports_s,
+                "sweeps": sweeps,
+                "big": big,
+                "besides_training_s": further,
+            },
+            indent=1,
         )
     )
     basic_wall = statistics.median(r["wall_s"] for r in sweeps["basic, shared epochs"])
@@ -189,6 +222,13 @@ def main() -> None:
         f"processes) = {imports_s / args.trials:.2f} s per trial against the wall, the floor of a cold "
         f"{args.trials}-trial sweep's overhead"
     )
+    if further:
+        one, three = (statistics.median(further[n]) for n in (20, 60))
+        print(
+            f"besides training, one process: 20 trials {one:.1f} s, 60 trials {three:.1f} s (medians of "
+            f"{args.repeats}): a further batch of 20 costs {(three - one) / 2:.1f} s, "
+            f"{(three - one) / 40:.3f} s per trial"
+        )
     for name, result in big.items():
         one = result["batched_1_process_s"]
         print(

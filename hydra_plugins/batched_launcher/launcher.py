@@ -32,7 +32,7 @@ class BatchedLauncherConf:
     processes: Any = None
     # Modules the deferred work imports, loaded while the sweeper prepares the first batch (on Linux it runs
     # in a process forked when the sweep starts, launch_process.py). This app's: its batched training;
-    # torch._dynamo, which torch's optimizers import at their first use; and what Optuna imports when that
+    # torch._dynamo, which a torch optimizer imports as it is made; and what Optuna imports when that
     # process opens the study (SQLAlchemy's models, alembic).
     preload: Any = field(
         default_factory=lambda: [
