@@ -127,9 +127,10 @@ def report_epoch_together(callbacks: list[list[EpochCallback]], records: list[Ep
     trials in one write (report_together), before each run's callbacks get the epoch: their ReportToOptuna
     then only asks the pruner. When the one write fails, each reports on its own, as a run alone does."""
     reporters = [
-        (next(c for c in run_callbacks if isinstance(c, ReportToOptuna)), record)
+        (callback, record)
         for run_callbacks, record in zip(callbacks, records, strict=True)
-        if any(isinstance(c, ReportToOptuna) for c in run_callbacks)
+        for callback in run_callbacks
+        if isinstance(callback, ReportToOptuna)
     ]
     if reporters and report_together([(r.trial, record.val_acc, record.epoch) for r, record in reporters]):
         for reporter, record in reporters:
