@@ -33,13 +33,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
+from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.batched_launcher.deferral import BatchSettings
 from src.config import EXECUTION_WHITELIST
 from src.cpu_share import CpuShare, job_cpus
-from src.data import MnistSplits, Split
+from src.data import MnistSplits, Split, raw_files_identity
 from src.deferred_job import DeferredJob, LogFile
 from src.epoch_callbacks import RunContext, report_epoch_together
 from src.errors import TrainingDiverged
@@ -154,14 +154,16 @@ class LoadedData:
     """The data of a batch's groups, loaded once for all groups that read the same data onto the same
     device, its images converted to model inputs once (MnistSplits.as_inputs), and kept for the next batch
     of the sweep (the launch process serves one batch after another: 0.2 s a batch of full MNIST); data that
-    a batch did not use is dropped after it."""
+    a batch did not use is dropped after it. Its files are part of the key: files replaced in the middle of a
+    sweep are read again."""
 
     def __init__(self) -> None:
         self.splits: dict[str, MnistSplits] = {}
         self.used: set[str] = set()
 
     def get(self, cfg: DictConfig, device: torch.device) -> MnistSplits:
-        key = json.dumps([OmegaConf.to_container(cfg.data, resolve=True), str(device)], sort_keys=True)
+        files = raw_files_identity(Path(to_absolute_path(cfg.data.root)))
+        key = json.dumps([OmegaConf.to_container(cfg.data, resolve=True), str(device), files], sort_keys=True)
         if key not in self.splits:
             self.splits[key] = load_data(cfg, device).as_inputs()  # many passes: converted once
         self.used.add(key)

@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -623,6 +624,26 @@ def test_a_batchs_data_is_kept_for_the_next_batch_and_data_the_last_batch_did_no
     loaded.keep_used()
     assert loaded.get(data_a, cpu) is not first
     assert loads == ["a", "b", "a"]
+
+
+def test_kept_data_is_read_again_when_its_files_change_in_the_middle_of_a_sweep(monkeypatch, tmp_path):
+    from omegaconf import OmegaConf
+
+    import src.batched_runs as batched_runs
+    from src.mnist_files import RAW_FILES, raw_dir
+
+    monkeypatch.setattr(batched_runs, "load_data", lambda cfg, device: SimpleNamespace(as_inputs=object))
+    labels = raw_dir(tmp_path) / RAW_FILES["train_labels"]
+    labels.parent.mkdir(parents=True)
+    labels.write_bytes(b"first")
+    loaded, cpu = batched_runs.LoadedData(), torch.device("cpu")
+    cfg = OmegaConf.create({"data": {"root": str(tmp_path)}})
+    first = loaded.get(cfg, cpu)
+    loaded.keep_used()
+    assert loaded.get(cfg, cpu) is first
+    loaded.keep_used()
+    labels.write_bytes(b"replaced")  # another size
+    assert loaded.get(cfg, cpu) is not first
 
 
 def test_parts_trained_in_child_processes_hand_back_their_outcomes_and_a_lost_child_fails_only_its_part():
