@@ -45,6 +45,7 @@ from src.compare import (
     render_text,
     sort_key,
 )
+from src.interrupts import report_interrupts_in_one_line
 from src.run_record import STATUS_COMPLETED, Summary
 from src.runs import Run, load_runs
 from src.seed_groups import SEED_KEY, Setting, group_by_setting
@@ -322,4 +323,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    report_interrupts_in_one_line()
     sys.exit(main())

@@ -24,6 +24,7 @@ from src.config import EXECUTION_WHITELIST, validate
 from src.deferred_job import DeferredJob
 from src.errors import TrainingDiverged, UserInputError
 from src.fast_exit import run_then_exit
+from src.interrupts import report_interrupts_in_one_line
 from src.run_record import HYDRA_DIR
 from src.sweep_process import stopped_when_sweep_process_ends
 
@@ -59,6 +60,7 @@ def discard_if_never_started(run_dir: Path) -> None:
 
 
 if __name__ == "__main__":
+    report_interrupts_in_one_line()
     try:
         check_command_line(sys.argv[1:])
     except UserInputError as error:

@@ -486,8 +486,9 @@ def sweep_in_the_middle_of_a_batch(
     tiny_mnist, tmp_path, trials: int, *extra: str
 ) -> tuple[subprocess.Popen, list[str]]:
     """A batched sweep of one batch of `trials` long trials, in a session of its own, once every trial has
-    finished 2 epochs; the process and its arguments. An epoch of the tiny data takes about 0.04 s, and the
-    parts of a batch start up to a second apart on a loaded host: 200 epochs leave seconds to spare."""
+    finished 2 epochs; the process and its arguments (its stderr goes to sweep.stderr). An epoch of the tiny
+    data takes about 0.04 s, and the parts of a batch start up to a second apart on a loaded host: 200
+    epochs leave seconds to spare."""
     args = optuna_sweep_args(
         tiny_mnist,
         tmp_path,
@@ -500,14 +501,15 @@ def sweep_in_the_middle_of_a_batch(
         "trainer.stacking=always",
         *extra,
     )
-    sweep = subprocess.Popen(
-        [sys.executable, "-m", "src.train", *args],
-        cwd=REPO,
-        env=cli_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    with (tmp_path / "sweep.stderr").open("w") as stderr:
+        sweep = subprocess.Popen(
+            [sys.executable, "-m", "src.train", *args],
+            cwd=REPO,
+            env=cli_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            start_new_session=True,
+        )
     csv_files = [tmp_path / "sweep" / str(n) / "metrics.csv" for n in range(trials)]
     deadline = time.monotonic() + 300
     while not all(f.exists() and len(f.read_text().splitlines()) >= 3 for f in csv_files):
@@ -545,7 +547,9 @@ def test_a_batched_sweep_killed_in_the_middle_of_a_batch_resumes(tiny_mnist, tmp
 def test_ctrl_c_on_a_batched_sweep_ends_each_trial_of_the_batch_as_interrupted(tiny_mnist, tmp_path):
     sweep, _ = sweep_in_the_middle_of_a_batch(tiny_mnist, tmp_path, 4, "hydra.launcher.processes=2")
     os.killpg(sweep.pid, signal.SIGINT)  # as a terminal sends it: to the sweep, its launch process and child
-    assert sweep.wait(120) != 0
+    assert sweep.wait(120) == -signal.SIGINT  # as Python ends on an uncaught Ctrl-C
+    stderr = (tmp_path / "sweep.stderr").read_text()
+    assert "Traceback" not in stderr and stderr.splitlines()[-1] == "interrupted (Ctrl-C)", stderr[-3000:]
     deadline = time.monotonic() + 60
     while live_processes_of_session(sweep.pid):
         assert time.monotonic() < deadline, "a process of the batch outlived the sweep"
