@@ -105,6 +105,21 @@ def sort_key(key: str, ascending: bool) -> Callable[[Run], tuple]:
     return rank
 
 
+DEFAULT_SORT = Summary.VAL_ACC
+
+
+def check_key(option: str, key: str, runs: Sequence[Run]) -> None:
+    """UsageError naming the keys there are, when no run has `key` (a typo would rank or group nothing)."""
+    if any(key == "run" or key in run.metrics or key in run.params for run in runs):
+        return
+    metrics = (Summary.VAL_ACC, Summary.BEST_VAL_ACC, Summary.TEST_ACC, Summary.WALL_TIME_S)
+    examples = differing_params(runs) or sorted({k for run in runs for k in run.params})[:3]
+    raise UsageError(
+        f"{option} {key}: no run has it; give a metric ({', '.join(metrics)}, ... as in metrics.json) "
+        f"or a config key ({', '.join(examples)}, ... as in .hydra/config.yaml)"
+    )
+
+
 def comparability_groups(runs: Sequence[Run]) -> dict[tuple, str]:
     """A letter per set of comparable runs (same data, model and epochs), in order of appearance."""
     groups: dict[tuple, str] = {}
@@ -289,6 +304,16 @@ def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence]) -> No
         raise UsageError(f"--csv {path}: cannot write it ({error.strerror or error})") from None
 
 
+def make_plot_directory(path: Path) -> None:
+    """--plot's directory; UsageError when it cannot be made."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--plot {path}: a file, not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"--plot {path}: cannot make the directory ({error.strerror})") from None
+
+
 def every_param_table(runs: Sequence[Run], groups: dict[tuple, str]) -> tuple[list[str], list[list]]:
     """The runs' records with every parameter as a column (for --csv)."""
     records = as_records(runs, groups)
@@ -320,7 +345,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     add_study_arguments(parser, "the run directories of this Optuna study's trials (all its workers')")
     parser.add_argument(
-        "--sort", default="val_acc", help="metric or config key, largest first (default val_acc)"
+        "--sort", default=DEFAULT_SORT, help=f"metric or config key, largest first (default {DEFAULT_SORT})"
     )
     parser.add_argument("--ascending", action="store_true", help="smallest first")
     parser.add_argument("--top", type=int, help="show the first N runs only")
@@ -406,6 +431,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    try:
+        check_key("--sort", args.sort, runs)
+        if args.best_per:
+            check_key("--best-per", args.best_per, runs)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if args.status:
         runs = [run for run in runs if run.status == args.status]
     runs = [run for run in runs if all(k(run) for k in keep)]
@@ -424,6 +456,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             header, rows = table_rows(shown, [args.best_per], groups, settings=True)
         else:
             header, rows = table_rows(shown, differing_params(shown), groups)
+    if args.plot and shown:  # before anything is printed
+        try:
+            make_plot_directory(args.plot)
+        except UsageError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     if args.json:
         records = setting_records(shown, verdicts) if args.over_seeds else as_records(shown, groups)
         print(json.dumps(records, indent=2, default=str))

@@ -35,7 +35,9 @@ import yaml
 
 from src.atomic_files import write_text_atomically
 from src.compare import (
+    UsageError,
     best_per,
+    check_key,
     comparability_groups,
     describe_groups,
     expand,
@@ -270,6 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = args.out or default_out
         runs = [run for run in runs if out.resolve() not in run.directory.resolve().parents]
         metric = optimized_metric(runs)
+        if args.best_per:
+            check_key("--best-per", args.best_per, runs)  # a typo would rerun the overall best instead
         candidates = best_per(runs, args.best_per, sort_key(metric, False)) if args.best_per else runs
         settings = top_settings(candidates, metric, args.top)
         seeds = confirmation_seeds(runs, args.seeds)
@@ -289,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             confirmed.append(Setting([run for run in reruns if run.params.get(SEED_KEY) in seeds]))
             if len(confirmed[-1].values(metric)) < 2:
                 raise ConfirmError(f"{setting_dir}: fewer than 2 completed reruns; run the command again")
-    except (ConfirmError, StudyError) as error:
+    except (ConfirmError, StudyError, UsageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     names = setting_names(settings, parameter_formatter)

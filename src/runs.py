@@ -158,7 +158,7 @@ def find_run_directories(roots: Iterable[Path]) -> tuple[list[Path], list[str]]:
     found, warnings = [], []
     for root in roots:
         if not root.is_dir():
-            warnings.append(f"{root}: no such directory")
+            warnings.append(f"{root}: {'not a directory' if root.exists() else 'no such directory'}")
             continue
 
         def unreadable(error: OSError) -> None:

@@ -203,6 +203,48 @@ def test_bad_filter_is_a_clear_error(runs_root):
     assert result.returncode == 2 and "KEY OP VALUE" in result.stderr
 
 
+def test_a_sort_or_best_per_key_no_run_has_is_a_clear_error_naming_keys_there_are(runs_root):
+    for option in ("--sort", "--best-per"):
+        result = compare(runs_root, option, "scheduler.gama")
+        assert result.returncode == 2 and not result.stdout, result.stdout
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith(f"error: {option} scheduler.gama: no run has it; give a metric (val_acc")
+        assert "scheduler.gamma" in line  # a key that differs between the runs, as an example
+    valid = compare(runs_root, "--sort", "scheduler.gamma", "--best-per", "scheduler.step_size")
+    assert valid.returncode == 0, valid.stderr
+
+
+def test_runs_that_failed_before_any_epoch_are_listed_by_a_metric_none_of_them_has(runs_root, tmp_path):
+    early = tmp_path / "early"
+    shutil.copytree(all_run_dirs(runs_root)[0], early)
+    summary = read_json(early / "metrics.json")
+    summary.update(status="failed", val_acc=None, best_val_acc=None, test_acc=None, epochs_completed=0)
+    (early / "metrics.json").write_text(json.dumps(summary))
+    for sort in ((), ("--sort", "val_acc")):
+        result = compare(tmp_path, str(early), *sort)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines()[1].split()[:2] == ["early", "failed"]
+
+
+def test_a_plot_directory_that_cannot_be_made_is_one_line_before_anything_is_printed(runs_root, tmp_path):
+    a_file = tmp_path / "figures"
+    a_file.write_text("not a directory\n")
+    cases = ((a_file, "a file, not a directory"), (a_file / "sub", "cannot make the directory"))
+    for target, reason in cases:
+        result = compare(runs_root, "--plot", str(target))
+        assert result.returncode == 2 and not result.stdout, result.stdout
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith(f"error: --plot {target}: {reason}"), line
+    assert a_file.read_text() == "not a directory\n"
+
+
+def test_a_path_that_is_a_file_is_named_as_such(runs_root, tmp_path):
+    a_file = tmp_path / "runs.txt"
+    a_file.write_text("")
+    result = compare(runs_root, str(a_file))
+    assert f"warning: {a_file}: not a directory" in result.stderr
+
+
 def test_tensorboard_reader_reads_the_logged_scalars_back(runs_root):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

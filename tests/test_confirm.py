@@ -204,6 +204,10 @@ def test_confirm_refuses_runs_that_are_not_comparable(tiny_mnist, tmp_path):
     shutil.rmtree(tmp_path / "runs" / "2")
     single = run_cli("src.confirm", "runs", "--seeds", "1", cwd=tmp_path)
     assert single.returncode == 2 and "--seeds 1: at least 2" in single.stderr
+    typo = run_cli("src.confirm", "runs", "--best-per", "schedular", cwd=tmp_path)  # would rerun the best
+    assert typo.returncode == 2
+    assert typo.stderr.strip().splitlines()[-1].startswith("error: --best-per schedular: no run has it")
+    assert not list(tmp_path.glob("*-confirmation"))
 
 
 def test_settings_with_unequal_seeds_are_paired_on_the_seeds_both_ran_and_the_verdict_says_so(tmp_path):
