@@ -456,12 +456,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             header, rows = table_rows(shown, [args.best_per], groups, settings=True)
         else:
             header, rows = table_rows(shown, differing_params(shown), groups)
-    if args.plot and shown:  # before anything is printed
-        try:
+    try:  # before anything is printed
+        if args.plot and shown:
             make_plot_directory(args.plot)
-        except UsageError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
+        if args.csv and shown:
+            write_csv(args.csv, *((header, rows) if args.over_seeds else every_param_table(shown, groups)))
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if args.json:
         records = setting_records(shown, verdicts) if args.over_seeds else as_records(shown, groups)
         print(json.dumps(records, indent=2, default=str))
@@ -479,12 +481,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         for line in describe_groups(groups):
             print(f"  {line}", file=sys.stderr)
-    if args.csv and shown:
-        try:
-            write_csv(args.csv, *((header, rows) if args.over_seeds else every_param_table(shown, groups)))
-        except UsageError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
     if args.plot and shown:
         from src.compare_plots import write_plots
 

@@ -445,7 +445,7 @@ def test_csv_is_written_whole_or_not_at_all_with_one_line_for_a_path_that_cannot
     target = tmp_path / "runs.csv"
     target.write_text("an earlier export\n")
     missing_dir = compare(runs_root, "--csv", str(tmp_path / "no" / "such" / "dir" / "runs.csv"))
-    assert missing_dir.returncode == 2
+    assert missing_dir.returncode == 2 and not missing_dir.stdout  # nothing printed before the error
     assert missing_dir.stderr.strip().splitlines()[-1].startswith(f"error: --csv {tmp_path / 'no'}")
     assert "Traceback" not in missing_dir.stderr
     is_a_directory = compare(runs_root, "--csv", str(tmp_path))
