@@ -407,6 +407,21 @@ BAD_SWEEPER_SETTINGS = [
         "hydra.sweeper.grace_period=5",
         "hydra.sweeper.grace_period=5 is not allowed: an integer number of seconds > heartbeat_interval (10)",
     ),
+    (
+        "hydra.sweeper.direction=up",
+        "hydra.sweeper.direction='up' is not allowed: maximize or minimize (a list of them for several "
+        "objectives)",
+    ),
+    (
+        "hydra.sweeper.params.scheduler.gamma='interval(0.9,0.1)'",
+        "hydra.sweeper.params.scheduler.gamma=interval(0.9,0.1) is not allowed: `low <= high` must hold, but "
+        "got (low=0.9, high=0.1).",
+    ),
+    (
+        "hydra.sweeper.params.scheduler.gamma='tag(log,interval(0,0.5))'",
+        "hydra.sweeper.params.scheduler.gamma=tag(log,interval(0,0.5)) is not allowed: `low > 0` must hold "
+        "for `log=True`, but got (low=0.0, high=0.5).",
+    ),
 ]
 
 

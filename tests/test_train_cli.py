@@ -120,6 +120,10 @@ BAD_INPUTS = [
         "a class under src.epoch_callbacks.",
     ),
     ("data.root=/etc/hostname", "data.root='/etc/hostname'", "a directory (/etc/hostname is a file)"),
+    ("hydra/launcher=nope", "hydra/launcher='nope'", "one of basic, batched, joblib, slurm, submitit_local"),
+    ("hydra/sweeper/sampler=tpee", "hydra/sweeper/sampler='tpee'", "one of cmaes, gp, grid"),
+    ("hydra/job_logging=nope", "hydra/job_logging='nope'", "one of default, disabled, none, stdout"),
+    (("--multirun", "--cfg", "job"), "--multirun and --cfg cannot be combined", "one of --run, --multirun"),
 ]
 if not __import__("torch").cuda.is_available():
     BAD_INPUTS.append(("trainer.device=cuda", "trainer.device='cuda'", "this machine has no CUDA device"))

@@ -91,6 +91,28 @@ def search_space_overrides(params: DictConfig | None) -> list[str]:
     return flatten("", params) if params else []
 
 
+def search_space(
+    params: list[str], arguments: list[str]
+) -> tuple[dict[str, BaseDistribution], dict[str, Any], list[str]]:
+    """Upstream's create_params_from_overrides over hydra.sweeper.params then the command line's sweep
+    arguments, with a range Optuna refuses (`interval(0.9, 0.1)`, a log range from 0) as one line naming
+    it instead of a traceback."""
+    try:
+        return create_params_from_overrides([*params, *arguments])
+    except ValueError as error:
+        culprit = next((a for a in [*params, *arguments] if not _makes_distribution(a)), None)
+        where = "hydra.sweeper.params." if culprit in params else ""
+        raise SweepError(f"{where}{culprit or 'the search space'} is not allowed: {error}") from None
+
+
+def _makes_distribution(argument: str) -> bool:
+    try:
+        create_params_from_overrides([argument])
+        return True
+    except ValueError:
+        return False
+
+
 def describe_distribution(distribution: BaseDistribution) -> str:
     if isinstance(distribution, CategoricalDistribution):
         return f"one of {', '.join(map(str, distribution.choices))}"
@@ -255,8 +277,8 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
     def sweep(self, arguments: list[str]) -> None:
         self._check_settings()
         self._process_searchspace_config()
-        distributions, fixed_params, fixed_overrides = create_params_from_overrides(
-            [*self._parse_sweeper_params_config(), *arguments]
+        distributions, fixed_params, fixed_overrides = search_space(
+            self._parse_sweeper_params_config(), arguments
         )
         for name in fixed_params:  # a value given on the command line wins over the search space
             distributions.pop(name, None)
@@ -314,6 +336,13 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
         for key, (value, ok, allowed) in checks.items():
             if not ok or isinstance(value, bool):
                 raise SweepError(f"hydra.sweeper.{key}={value!r} is not allowed: {allowed}")
+        directions = self._get_directions()
+        if not directions or any(d not in ("maximize", "minimize") for d in directions):
+            given = self.direction if isinstance(self.direction, str) else directions
+            raise SweepError(
+                f"hydra.sweeper.direction={given!r} is not allowed: maximize or minimize "
+                "(a list of them for several objectives)"
+            )
 
     @property
     def sampler_name(self) -> str:
