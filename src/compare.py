@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from src.atomic_files import write_text_atomically
+from src.interrupts import report_interrupts_in_one_line
 from src.run_record import DATA_SIZES, OPTIMIZED_METRICS, STATUS_COMPLETED, STATUSES, Summary
 from src.runs import COMPARABILITY_KEYS, METRIC_KEYS, OPERATIONAL_KEYS, Run, load_runs, setting_overrides
 from src.seed_groups import AGGREGATED_METRICS, Setting, group_by_setting
@@ -491,6 +492,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    report_interrupts_in_one_line()
     try:
         sys.exit(main())
     except BrokenPipeError:  # the reader left (`python -m src.compare | head`): not an error of ours

@@ -1,5 +1,5 @@
-"""Ctrl-C ends this project's commands (`python -m src.train`, `python -m src.confirm`) with one line on
-stderr instead of a traceback.
+"""Ctrl-C ends this project's commands (`python -m src.train`, `src.confirm`, `src.compare`) with one line
+on stderr instead of a traceback.
 
 What a Ctrl-C interrupted is logged already (a run's `interrupted: DIR`, a sweep's trials queued to run
 again), and its files say so. Python still runs the atexit handlers (the batched launcher's stops its launch
