@@ -44,12 +44,18 @@ def check_group_option(key: str, value: str) -> None:
     """`group=option` for one of this app's config groups (conf/<group>/) names an existing option; so does
     each option of a sweep over the group (`scheduler=step_lr,onecycle`). Sweep functions such as
     `choice(...)` are left to Hydra."""
-    if not (CONF / key).is_dir() or key == "hydra" or value in ("null", "") or "(" in value:
+    if (CONF / key).is_dir() and key != "hydra":
+        check_option(key, value, group_options(key), f" (conf/{key}/)")
+
+
+def check_option(key: str, value: str, options: list[str], where: str = "") -> None:
+    """Each option of `value` (one, or a sweep's `a,b`) is one of `options`; null, nothing and sweep
+    functions such as `choice(...)` are left to Hydra."""
+    if value in ("null", "") or "(" in value:
         return
-    options = group_options(key)
     for option in value.split(","):
         if option.strip() not in options:
-            raise ConfigError(key, value, f"one of {', '.join(options)} (conf/{key}/)")
+            raise ConfigError(key, value, f"one of {', '.join(options)}{where}")
 
 
 def hydra_group_options(group: str) -> list[str]:
@@ -72,11 +78,10 @@ def hydra_group_options(group: str) -> list[str]:
 def check_hydra_group_option(group: str, value: str) -> None:
     """`hydra/<group>=option` names an option the group has (Hydra's own answer lists them over a dozen
     lines, with its config search path); sweeps and groups unknown here are left to Hydra."""
-    if value in ("null", "") or "," in value or "(" in value:
+    if "," in value:  # a sweep over Hydra's own config, which Hydra refuses in its own words
         return
-    options = hydra_group_options(group)
-    if options and value not in options:
-        raise ConfigError(group, value, f"one of {', '.join(options)}")
+    if options := hydra_group_options(group):
+        check_option(group, value, options)
 
 
 def check_target(key: str, value: str) -> None:

@@ -111,7 +111,7 @@ DEFAULT_SORT = Summary.VAL_ACC
 
 def check_key(option: str, key: str, runs: Sequence[Run]) -> None:
     """UsageError naming the keys there are, when no run has `key` (a typo would rank or group nothing)."""
-    if any(key == "run" or key in run.metrics or key in run.params for run in runs):
+    if any(run.has(key) for run in runs):
         return
     metrics = (Summary.VAL_ACC, Summary.BEST_VAL_ACC, Summary.TEST_ACC, Summary.WALL_TIME_S)
     examples = differing_params(runs) or sorted({k for run in runs for k in run.params})[:3]

@@ -92,6 +92,10 @@ class Run:
             return self.metrics[key]
         return self.params.get(key)
 
+    def has(self, key: str) -> bool:
+        """value(key) names something this run records (its value may still be None: a failed run's)."""
+        return key == "run" or key in self.metrics or key in self.params
+
     def comparability(self) -> tuple:
         values = (self.value(key) for key in COMPARABILITY_KEYS)
         return tuple(repr(v) if isinstance(v, list | dict) else v for v in values)  # hashable
