@@ -49,9 +49,9 @@ def check_group_option(key: str, value: str) -> None:
 
 
 def check_option(key: str, value: str, options: list[str], where: str = "") -> None:
-    """Each option of `value` (one, or a sweep's `a,b`) is one of `options`; null, nothing and sweep
-    functions such as `choice(...)` are left to Hydra."""
-    if value in ("null", "") or "(" in value:
+    """Each option of `value` (one, or a sweep's `a,b`) is one of `options` (Hydra refuses `model=null` and
+    `model=` with a traceback or a dozen lines); sweep functions such as `choice(...)` are left to Hydra."""
+    if "(" in value:
         return
     for option in value.split(","):
         if option.strip() not in options:

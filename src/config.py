@@ -4,14 +4,15 @@ Hydra composes plain YAML, so `scheduler.step_size=2.5` or `scheduler.gamma=abc`
 were typed; every value the run depends on is checked here, at the boundary.
 """
 
+import functools
 import math
 from numbers import Real
 from pathlib import Path
 
 import yaml
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from src.errors import ConfigError
+from src.errors import ConfigError, UserInputError
 from src.pruning import PRUNE_FROM
 from src.run_record import OPTIMIZED_METRICS, class_name
 from src.schedule_config import check_stepping
@@ -37,7 +38,7 @@ TARGETS = {
 DEVICES = ("auto", "cpu", "cuda")
 CONF = Path(__file__).resolve().parents[1] / "conf"
 # Groups that hold the app's own settings (not a class's arguments): a key they don't define is a typo.
-GROUPS_OF_SETTINGS = ("trainer", "data")
+GROUPS_OF_SETTINGS = ("trainer", "data", "logger")
 STACKING = ("auto", "always", "never")  # trainer.stacking (src/batched_runs.py)
 
 
@@ -114,9 +115,46 @@ def _check_scheduler(cfg: DictConfig) -> None:
         require_int("scheduler.patience", node.get("patience"), 0)
 
 
-def group_keys(group: str) -> set[str]:
+@functools.cache
+def group_keys(group: str) -> frozenset[str]:
     """The keys a group's options define (conf/<group>/*.yaml): the settings it has."""
-    return {key for path in (CONF / group).glob("*.yaml") for key in (yaml.safe_load(path.read_text()) or {})}
+    return frozenset(
+        key for path in (CONF / group).glob("*.yaml") for key in (yaml.safe_load(path.read_text()) or {})
+    )
+
+
+@functools.cache
+def required_keys() -> tuple[str, ...]:
+    """What every run reads, which `~model` or `~trainer.epochs` would remove: the groups conf/train.yaml's
+    defaults choose an option of, its own keys (`steps.total`) and the settings every option of a group of
+    settings defines (`trainer.epochs`, `logger.name`). A class's arguments (`~optimizer.fused`) may go."""
+    primary = yaml.safe_load((CONF / "train.yaml").read_text())
+    chosen = [entry for entry in primary["defaults"] if isinstance(entry, dict)]
+    keys = [group for entry in chosen for group, option in entry.items() if option is not None]
+    keys += nested_keys({key: value for key, value in primary.items() if key not in ("defaults", "hydra")})
+    for group in GROUPS_OF_SETTINGS:
+        options = [yaml.safe_load(path.read_text()) or {} for path in sorted((CONF / group).glob("*.yaml"))]
+        keys += [f"{group}.{key}" for key in options[0] if all(key in option for option in options)]
+    return tuple(keys)
+
+
+def nested_keys(node: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in node.items():
+        keys.append(f"{prefix}{key}")
+        if isinstance(value, dict):
+            keys += nested_keys(value, f"{prefix}{key}.")
+    return keys
+
+
+def check_nothing_required_removed(cfg: DictConfig) -> None:
+    for key in required_keys():
+        parent, _, name = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        if isinstance(node, DictConfig) and name not in node:
+            options = sorted(path.stem for path in (CONF / key).glob("*.yaml"))
+            choose = f": one of {', '.join(options)} (conf/{key}/)" if options else ""
+            raise UserInputError(f"~{key} is not allowed: every run needs {key}{choose}")
 
 
 def check_known_keys(cfg: DictConfig) -> None:
@@ -147,6 +185,7 @@ def check_targets(node: DictConfig, path: str = "") -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError for the first value that would make the run fail or mean nothing."""
+    check_nothing_required_removed(cfg)
     check_known_keys(cfg)
     check_targets(cfg)
     trainer = cfg.trainer

@@ -124,6 +124,15 @@ BAD_INPUTS = [
     ("hydra/sweeper/sampler=tpee", "hydra/sweeper/sampler='tpee'", "one of cmaes, gp, grid"),
     ("hydra/job_logging=nope", "hydra/job_logging='nope'", "one of default, disabled, none, stdout"),
     (("--multirun", "--cfg", "job"), "--multirun and --cfg cannot be combined", "one of --run, --multirun"),
+    ("model=null", "model='null'", "one of cnn, mlp, simple_net (conf/model/)"),
+    ("model=", "model=''", "one of cnn, mlp, simple_net (conf/model/)"),
+    ("hydra/launcher=null", "hydra/launcher='null'", "one of basic, batched, joblib"),
+    ("~model", "~model is not allowed", "every run needs model: one of cnn, mlp, simple_net (conf/model/)"),
+    ("~logger", "~logger is not allowed", "every run needs logger: one of none, tensorboard"),
+    ("~trainer.epochs", "~trainer.epochs is not allowed", "every run needs trainer.epochs"),
+    ("~steps.total", "~steps.total is not allowed", "every run needs steps.total"),
+    ("~optimized_metric", "~optimized_metric is not allowed", "every run needs optimized_metric"),
+    ("+logger.foo=1", "logger.foo=1", "not a logger setting (they are epoch_callback, name)"),
 ]
 if not __import__("torch").cuda.is_available():
     BAD_INPUTS.append(("trainer.device=cuda", "trainer.device='cuda'", "this machine has no CUDA device"))
@@ -139,6 +148,18 @@ def test_bad_input_is_one_clear_line_and_no_training(tiny_mnist, tmp_path, overr
     assert names in error_lines[0] and allowed in error_lines[0]
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()  # checked before Hydra creates the run directory
+
+
+def test_a_sweep_without_a_setting_every_run_needs_stops_before_its_directory_is_made(tiny_mnist, tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli(
+        "src.train", "--multirun", f"hydra.sweep.dir={sweep}", *tiny_data_overrides(tiny_mnist), "~data.root"
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: ~data.root is not allowed: every run needs data.root"
+    ]
+    assert not sweep.exists()
 
 
 def test_bad_input_into_an_existing_run_directory_leaves_its_files_as_they_were(tiny_mnist, tmp_path):
