@@ -17,6 +17,7 @@ import csv
 import glob
 import io
 import json
+import math
 import operator
 import os
 import re
@@ -91,17 +92,17 @@ def best_per(runs: Sequence[Run], key: str, rank_key: Callable[[Run], tuple]) ->
 
 
 def sort_key(key: str, ascending: bool) -> Callable[[Run], tuple]:
-    """Numbers largest first (smallest with ascending), then text, then runs without the key."""
+    """Numbers largest first (smallest with ascending), then text, then runs without the key or with NaN
+    (which would otherwise stop the sort at wherever it stands, even first)."""
     sign = 1.0 if ascending else -1.0
 
     def rank(run: Run) -> tuple:
         value = run.value(key)
-        if value is None:
-            return (2, 0.0, "")
         try:
-            return (0, sign * float(value), "")
+            number = float(value)  # type: ignore[arg-type]
         except (TypeError, ValueError):
-            return (1, 0.0, str(value))
+            return (2, 0.0, "") if value is None else (1, 0.0, str(value))
+        return (2, 0.0, "") if math.isnan(number) else (0, sign * number, "")
 
     return rank
 

@@ -546,3 +546,16 @@ def test_an_interpolation_is_resolved_from_the_recorded_hyperparameters_or_else_
     )
     run, _ = load_run(run_dir)
     assert run.params["scheduler.total_steps"] == 120
+
+
+def test_a_run_whose_metric_is_nan_ranks_after_every_number_either_way(runs_root, tmp_path):
+    root = tmp_path / "nan"
+    shutil.copytree(runs_root / "multirun" / "grid", root)
+    nan_run = sorted(p for p in root.iterdir() if p.is_dir())[1]  # in the middle: a NaN there stops a sort
+    metrics = json.loads((nan_run / "metrics.json").read_text())
+    (nan_run / "metrics.json").write_text(json.dumps({**metrics, "val_acc": float("nan")}))
+    for order in ((), ("--ascending",)):
+        records = json_records(root, str(root), *order)
+        assert records[-1]["run"] == nan_run.name
+        numbers = [r["val_acc"] for r in records[:-1]]
+        assert numbers == sorted(numbers, reverse=not order)
