@@ -8,6 +8,7 @@ naming the directory; the other runs are still read.
 import csv
 import io
 import json
+import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -237,7 +238,11 @@ def checked_metrics(metrics: dict[str, Any], directory: Path) -> tuple[dict[str,
         for key in NUMERIC_SUMMARY
         if key in metrics
         and metrics[key] is not None
-        and (isinstance(metrics[key], bool) or not isinstance(metrics[key], int | float))
+        and (
+            isinstance(metrics[key], bool)
+            or not isinstance(metrics[key], int | float)
+            or math.isnan(metrics[key])  # json reads NaN, which no run writes and no sort can place
+        )
     ]
     warnings = [
         f"{directory}: {METRICS_JSON} has {key}={metrics[key]!r}, not a number: left out" for key in bad

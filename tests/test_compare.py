@@ -548,7 +548,9 @@ def test_an_interpolation_is_resolved_from_the_recorded_hyperparameters_or_else_
     assert run.params["scheduler.total_steps"] == 120
 
 
-def test_a_run_whose_metric_is_nan_ranks_after_every_number_either_way(runs_root, tmp_path):
+def test_a_run_whose_metric_is_nan_is_warned_about_and_ranks_after_every_number_either_way(
+    runs_root, tmp_path
+):
     root = tmp_path / "nan"
     shutil.copytree(runs_root / "multirun" / "grid", root)
     nan_run = sorted(p for p in root.iterdir() if p.is_dir())[1]  # in the middle: a NaN there stops a sort
@@ -559,3 +561,5 @@ def test_a_run_whose_metric_is_nan_ranks_after_every_number_either_way(runs_root
         assert records[-1]["run"] == nan_run.name
         numbers = [r["val_acc"] for r in records[:-1]]
         assert numbers == sorted(numbers, reverse=not order)
+    result = compare(root, str(root))
+    assert f"warning: {nan_run}: metrics.json has val_acc=nan, not a number: left out" in result.stderr
