@@ -6,11 +6,14 @@ a traceback, and instantiates hydra.callbacks before any callback of ours could 
 checked here, on the words as typed, so they fail in one line like every other bad value.
 """
 
+import difflib
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import hydra
+import yaml
 
 from src.errors import ConfigError, UserInputError
 
@@ -44,7 +47,7 @@ def check_group_option(key: str, value: str) -> None:
     """`group=option` for one of this app's config groups (conf/<group>/) names an existing option; so does
     each option of a sweep over the group (`scheduler=step_lr,onecycle`). Sweep functions such as
     `choice(...)` are left to Hydra."""
-    if (CONF / key).is_dir() and key != "hydra":
+    if key.isidentifier() and (CONF / key).is_dir() and key != "hydra":
         check_option(key, value, group_options(key), f" (conf/{key}/)")
 
 
@@ -84,6 +87,83 @@ def check_hydra_group_option(group: str, value: str) -> None:
         check_option(group, value, options)
 
 
+# Groups whose options are a class's arguments: a key they lack may be added with `+`.
+CLASS_GROUPS = ("model", "optimizer", "scheduler")
+
+
+def chosen_options(arguments: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """The options of each of conf/'s groups a run or sweep of this command line may compose: the default of
+    conf/train.yaml, or what the command line chooses (every option for a sweep function)."""
+    primary = yaml.safe_load((CONF / "train.yaml").read_text())
+    chosen = {
+        group: () if option is None else (option,)
+        for entry in primary["defaults"]
+        if isinstance(entry, dict)
+        for group, option in entry.items()
+    }
+    for argument in arguments:
+        key, _, value = argument.lstrip("+~").partition("=")
+        if not key.isidentifier() or key == "hydra" or not (CONF / key).is_dir():
+            continue
+        value = value.strip().strip("'\"")
+        if argument.startswith("~"):
+            chosen[key] = ()
+        elif "(" in value:  # a sweep function: any of the options
+            chosen[key] = tuple(group_options(key))
+        else:
+            chosen[key] = tuple(value.split(","))
+    return chosen
+
+
+@functools.cache
+def config_keys(chosen: tuple[tuple[str, tuple[str, ...]], ...]) -> dict[str, Any]:
+    """Every key a composed config of these group options can have, as a tree: conf/train.yaml's own, and
+    those of each option (under the group's name, or at the top for a `# @package _global_` preset)."""
+    tree = without_composition(yaml.safe_load((CONF / "train.yaml").read_text()))
+    for group, options in chosen:
+        for option in options:
+            path = CONF / group / f"{option.strip()}.yaml"
+            text = path.read_text() if path.is_file() else ""
+            body = without_composition(yaml.safe_load(text) or {})
+            merge_keys(tree, body if text.startswith("# @package _global_") else {group: body})
+    return tree
+
+
+def without_composition(body: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in body.items() if key not in ("defaults", "hydra")}
+
+
+def merge_keys(tree: dict[str, Any], more: dict[str, Any]) -> None:
+    for key, value in more.items():
+        if isinstance(value, dict) and isinstance(tree.get(key), dict):
+            merge_keys(tree[key], value)
+        elif isinstance(value, dict) or key not in tree:
+            tree[key] = value
+
+
+def check_setting_exists(key: str, value: str, chosen: dict[str, tuple[str, ...]]) -> None:
+    """`trainer.epoch=3` names a key the composed config will have. Hydra answers a typo in five lines, and
+    suggests adding the key with `+`, which for trainer's settings we refuse and for a class's arguments
+    moves the failure to the class. Paths into a list or a value are left to Hydra."""
+    node: Any = config_keys(tuple((group, options) for group, options in chosen.items()))
+    parts = key.split(".")
+    for depth, part in enumerate(parts):
+        if not isinstance(node, dict) or ".".join(parts[depth:]) in node:
+            return
+        if part not in node:
+            parent = ".".join(parts[:depth])
+            owner = f"{parent}={','.join(chosen[parent])}" if chosen.get(parent) else parent or "the config"
+            keys = sorted(map(str, node))
+            if close := difflib.get_close_matches(part, keys, n=1):
+                hint = f"did you mean {'.'.join([*parts[:depth], close[0]])}?"
+            else:
+                hint = f"it has {', '.join(keys)}"
+                if parts[0] in CLASS_GROUPS:
+                    hint += f"; +{key}=... passes a new argument"
+            raise UserInputError(f"{key}={value} is not allowed: {owner} has no key {part} ({hint})")
+        node = node[part]
+
+
 def check_target(key: str, value: str) -> None:
     """An override that sets a `_target_` names a class that may be built where it is set."""
     place = target_place(key.removesuffix("._target_"))
@@ -118,6 +198,7 @@ def check_command_line(arguments: Sequence[str]) -> None:
     """Raise UserInputError for the first thing on the command line that Hydra would report in many
     lines, or too late."""
     check_one_command(arguments)
+    chosen = chosen_options(arguments)
     for argument in arguments:
         if argument.startswith("-") or "=" not in argument:
             continue
@@ -129,3 +210,6 @@ def check_command_line(arguments: Sequence[str]) -> None:
             check_group_option(key, value)
         elif key.startswith("hydra/") and "." not in key:
             check_hydra_group_option(key, value)
+        plain = not argument.startswith(("+", "~")) and "/" not in key and key.split(".")[0] != "hydra"
+        if plain and key not in chosen:
+            check_setting_exists(key, value, chosen)

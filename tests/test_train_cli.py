@@ -133,6 +133,24 @@ BAD_INPUTS = [
     ("~steps.total", "~steps.total is not allowed", "every run needs steps.total"),
     ("~optimized_metric", "~optimized_metric is not allowed", "every run needs optimized_metric"),
     ("+logger.foo=1", "logger.foo=1", "not a logger setting (they are epoch_callback, name)"),
+    ("trainer.epoch=3", "trainer.epoch=3", "trainer=default has no key epoch (did you mean trainer.epochs?)"),
+    (
+        "scheduler.gama=0.3",
+        "scheduler.gama=0.3",
+        "scheduler=step_lr has no key gama (did you mean scheduler.gamma?)",
+    ),
+    (
+        "optimizer.weight_decay=0.1",
+        "optimizer.weight_decay=0.1",
+        "optimizer=adam has no key weight_decay (it has _partial_, _target_, fused, lr; "
+        "+optimizer.weight_decay=... passes a new argument)",
+    ),
+    ("foo.bar=1", "foo.bar=1", "the config has no key foo (it has data, logger, model, optimized_metric"),
+    (
+        ("hparams_search=steplr_optuna", "schedule_families.step_lr.x=1"),
+        "schedule_families.step_lr.x=1",
+        "the config has no key schedule_families (did you mean scheduler?)",
+    ),
 ]
 if not __import__("torch").cuda.is_available():
     BAD_INPUTS.append(("trainer.device=cuda", "trainer.device='cuda'", "this machine has no CUDA device"))
@@ -148,6 +166,53 @@ def test_bad_input_is_one_clear_line_and_no_training(tiny_mnist, tmp_path, overr
     assert names in error_lines[0] and allowed in error_lines[0]
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()  # checked before Hydra creates the run directory
+
+
+def test_every_key_hydra_composes_for_every_option_is_taken_as_a_setting():
+    """The command line's check of setting names (src/command_line.py) refuses nothing Hydra would compose:
+    every key of every option's composed config passes it, with that option chosen."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import DictConfig
+
+    from src.command_line import check_command_line
+
+    def settings(node: DictConfig, prefix: str = "") -> list[str]:
+        """Each leaf as an override that sets it to its own value."""
+        found = []
+        for key in node:
+            child = node._get_node(key)
+            if isinstance(child, DictConfig):
+                found += settings(child, f"{prefix}{key}.")
+            else:
+                found.append(f"{prefix}{key}={child._value()}")
+        return found
+
+    checked = 0
+    with initialize_config_dir(config_dir=str(REPO / "conf")):
+        for group in ("model", "optimizer", "scheduler", "data", "trainer", "logger", "hparams_search"):
+            for option in sorted(path.stem for path in (REPO / "conf" / group).glob("*.yaml")):
+                config = compose("train", overrides=[f"{group}={option}"])
+                for setting in settings(config):
+                    check_command_line([f"{group}={option}", setting])
+                    checked += 1
+    assert checked > 500
+
+
+def test_a_sweep_over_a_setting_that_does_not_exist_stops_before_its_directory_is_made(tiny_mnist, tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli(
+        "src.train",
+        "--multirun",
+        f"hydra.sweep.dir={sweep}",
+        *tiny_data_overrides(tiny_mnist),
+        "trainer.epoch=1,2",
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: trainer.epoch=1,2 is not allowed: trainer=default has no key epoch "
+        "(did you mean trainer.epochs?)"
+    ]
+    assert not sweep.exists()
 
 
 def test_a_sweep_without_a_setting_every_run_needs_stops_before_its_directory_is_made(tiny_mnist, tmp_path):
