@@ -184,20 +184,46 @@ COMMANDS = {
 }
 
 
-def check_one_command(arguments: Sequence[str]) -> None:
-    def given(flags: tuple[str, ...]) -> bool:
-        return any(a in flags or a.startswith(tuple(f"{flag}=" for flag in flags)) for a in arguments)
+def given(arguments: Sequence[str], command: str) -> bool:
+    flags = COMMANDS[command]
+    return any(a in flags or a.startswith(tuple(f"{flag}=" for flag in flags)) for a in arguments)
 
-    commands = [command for command, flags in COMMANDS.items() if given(flags)]
+
+def check_one_command(arguments: Sequence[str]) -> None:
+    commands = [command for command in COMMANDS if given(arguments, command)]
     if len(commands) > 1:
         allowed = ", ".join(COMMANDS)
         raise UserInputError(f"{' and '.join(commands)} cannot be combined: give one of {allowed}")
+
+
+def check_sweeps_have_multirun(arguments: Sequence[str]) -> None:
+    """Without --multirun, an override with several values (`scheduler.gamma=0.1,0.5`, `choice(...)`) gets
+    Hydra's four lines on what it could mean: one line here, parsed as Hydra parses it."""
+    if given(arguments, "--multirun"):
+        return
+    candidates = [a for a in arguments if not a.startswith("-") and "=" in a and ("," in a or "(" in a)]
+    if not candidates:
+        return
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for argument in candidates:
+        try:
+            override = parser.parse_overrides([argument])[0]
+        except Exception:  # not an override Hydra can parse: Hydra says why
+            continue
+        if override.is_sweep_override():
+            raise UserInputError(
+                f"{argument} is not allowed without --multirun: several values are a sweep (add --multirun; "
+                "[a,b] is a list, quoted 'a,b' is text)"
+            )
 
 
 def check_command_line(arguments: Sequence[str]) -> None:
     """Raise UserInputError for the first thing on the command line that Hydra would report in many
     lines, or too late."""
     check_one_command(arguments)
+    check_sweeps_have_multirun(arguments)
     chosen = chosen_options(arguments)
     for argument in arguments:
         if argument.startswith("-") or "=" not in argument:

@@ -147,6 +147,12 @@ BAD_INPUTS = [
     ),
     ("foo.bar=1", "foo.bar=1", "the config has no key foo (it has data, logger, model, optimized_metric"),
     (
+        "scheduler.gamma=0.1,0.5",
+        "scheduler.gamma=0.1,0.5 is not allowed without --multirun",
+        "several values are a sweep (add --multirun; [a,b] is a list, quoted 'a,b' is text)",
+    ),
+    ("model=simple_net,mlp", "model=simple_net,mlp is not allowed without --multirun", "add --multirun"),
+    (
         ("hparams_search=steplr_optuna", "schedule_families.step_lr.x=1"),
         "schedule_families.step_lr.x=1",
         "the config has no key schedule_families (did you mean scheduler?)",
@@ -193,7 +199,7 @@ def test_every_key_hydra_composes_for_every_option_is_taken_as_a_setting():
             for option in sorted(path.stem for path in (REPO / "conf" / group).glob("*.yaml")):
                 config = compose("train", overrides=[f"{group}={option}"])
                 for setting in settings(config):
-                    check_command_line([f"{group}={option}", setting])
+                    check_command_line(["--multirun", f"{group}={option}", setting])
                     checked += 1
     assert checked > 500
 
