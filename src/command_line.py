@@ -219,11 +219,86 @@ def check_sweeps_have_multirun(arguments: Sequence[str]) -> None:
             )
 
 
+# Hydra's plugin groups whose settings (hydra.sweeper.n_trials) are checked by name and type.
+PLUGIN_GROUPS = ("sweeper", "launcher")
+
+
+def chosen_plugin(arguments: Sequence[str], chosen: dict[str, tuple[str, ...]], group: str) -> str:
+    """The hydra/<group> option the command line chooses, else the one the hparams_search preset chooses,
+    else Hydra's default (basic)."""
+    for argument in reversed(arguments):
+        key, _, value = argument.lstrip("+").partition("=")
+        if key == f"hydra/{group}":
+            return value.strip().strip("'\"")
+    for preset in chosen.get("hparams_search", ()):
+        path = CONF / "hparams_search" / f"{preset}.yaml"
+        defaults = (yaml.safe_load(path.read_text()) or {}).get("defaults", []) if path.is_file() else []
+        for entry in defaults:
+            if isinstance(entry, dict) and f"override /hydra/{group}" in entry:
+                return str(entry[f"override /hydra/{group}"])
+    return "basic"
+
+
+def plugin_settings(group: str, option: str) -> Any:
+    """The structured config of a hydra/<group> option (a conf/hydra/<group>/ file: that of the option it
+    extends), or None when there is none to check against."""
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.plugins import Plugins
+
+    Plugins.instance()
+    path = CONF / "hydra" / group / f"{option}.yaml"
+    if path.is_file():
+        extended = [e for e in (yaml.safe_load(path.read_text()) or {}).get("defaults", []) if e != "_self_"]
+        option = extended[0] if len(extended) == 1 and isinstance(extended[0], str) else ""
+    try:
+        return ConfigStore.instance().load(f"hydra/{group}/{option}.yaml").node
+    except Exception:
+        return None
+
+
+def check_plugin_setting(argument: str, group: str, option: str) -> None:
+    """`hydra.sweeper.n_trials=abc` or `hydra.sweeper.n_trial=5`: the option's settings have that name
+    and take that type (OmegaConf's check, as Hydra's, in one line instead of five)."""
+    import copy
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    settings = plugin_settings(group, option)
+    if settings is None:
+        return
+    try:
+        override = OverridesParser.create().parse_overrides([argument])[0]
+    except Exception:  # Hydra says why
+        return
+    name = override.key_or_group.split(".")[2]
+    keys = sorted(str(key) for key in settings if key not in ("_target_", "defaults"))  # with ??? ones
+    if name not in keys:
+        close = difflib.get_close_matches(name, keys, n=1)
+        hint = f"did you mean hydra.{group}.{close[0]}?" if close else f"it has {', '.join(keys) or 'none'}"
+        raise UserInputError(
+            f"{argument} is not allowed: hydra/{group}={option} has no setting {name} ({hint})"
+        )
+    if override.is_sweep_override() or override.key_or_group.count(".") > 2:
+        return  # Hydra refuses a sweep over its own config; nested settings are the nested configs' own
+    try:
+        OmegaConf.update(copy.deepcopy(settings), name, override.value(), merge=True)
+    except OmegaConfBaseException as error:
+        raise UserInputError(f"{argument} is not allowed: {str(error).splitlines()[0]}") from None
+
+
+# Hydra's flags that choose another primary config, or add a config directory.
+CONFIG_FLAGS = ("--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd")
+
+
 def check_command_line(arguments: Sequence[str]) -> None:
     """Raise UserInputError for the first thing on the command line that Hydra would report in many
     lines, or too late."""
     check_one_command(arguments)
     check_sweeps_have_multirun(arguments)
+    if any(a.startswith(CONFIG_FLAGS) for a in arguments):
+        return  # another primary config or config directory: its keys are not conf/train.yaml's
     chosen = chosen_options(arguments)
     for argument in arguments:
         if argument.startswith("-") or "=" not in argument:
@@ -236,6 +311,9 @@ def check_command_line(arguments: Sequence[str]) -> None:
             check_group_option(key, value)
         elif key.startswith("hydra/") and "." not in key:
             check_hydra_group_option(key, value)
-        plain = not argument.startswith(("+", "~")) and "/" not in key and key.split(".")[0] != "hydra"
-        if plain and key not in chosen:
+        plain = not argument.startswith(("+", "~")) and "/" not in key
+        parts = key.split(".")
+        if plain and parts[0] != "hydra" and key not in chosen:
             check_setting_exists(key, value, chosen)
+        elif plain and len(parts) > 2 and parts[0] == "hydra" and parts[1] in PLUGIN_GROUPS:
+            check_plugin_setting(argument, parts[1], chosen_plugin(arguments, chosen, parts[1]))

@@ -392,6 +392,16 @@ def test_runs_and_sweeps_started_in_the_same_second_never_share_a_directory(tiny
 
 
 BAD_SWEEPER_SETTINGS = [
+    (
+        "hydra.sweeper.n_trial=3",
+        "hydra.sweeper.n_trial=3 is not allowed: hydra/sweeper=optuna_pruning has no setting n_trial "
+        "(did you mean hydra.sweeper.n_trials?)",
+    ),
+    (
+        "hydra.sweeper.n_trials=abc",
+        "hydra.sweeper.n_trials=abc is not allowed: Value 'abc' of type 'str' could not be converted to "
+        "Integer",
+    ),
     ("hydra.sweeper.n_jobs=0", "hydra.sweeper.n_jobs=0 is not allowed: an integer >= 1"),
     ("hydra.sweeper.n_jobs=-1", "hydra.sweeper.n_jobs=-1 is not allowed: an integer >= 1"),
     ("hydra.sweeper.n_trials=0", "hydra.sweeper.n_trials=0 is not allowed: an integer >= 1"),

@@ -153,6 +153,16 @@ BAD_INPUTS = [
     ),
     ("model=simple_net,mlp", "model=simple_net,mlp is not allowed without --multirun", "add --multirun"),
     (
+        ("hydra/launcher=joblib", "hydra.launcher.n_jobs=two"),
+        "hydra.launcher.n_jobs=two is not allowed",
+        "Value 'two' of type 'str' could not be converted to Integer",
+    ),
+    (
+        ("hydra/launcher=batched", "hydra.launcher.max_batchh=3"),
+        "hydra.launcher.max_batchh=3 is not allowed",
+        "hydra/launcher=batched has no setting max_batchh (did you mean hydra.launcher.max_batch?)",
+    ),
+    (
         ("hparams_search=steplr_optuna", "schedule_families.step_lr.x=1"),
         "schedule_families.step_lr.x=1",
         "the config has no key schedule_families (did you mean scheduler?)",
@@ -202,6 +212,39 @@ def test_every_key_hydra_composes_for_every_option_is_taken_as_a_setting():
                     check_command_line(["--multirun", f"{group}={option}", setting])
                     checked += 1
     assert checked > 500
+
+
+def test_every_setting_of_every_sweeper_and_launcher_option_passes_as_hydra_composes_it():
+    """The command line's check of hydra.sweeper.* and hydra.launcher.* names and types refuses nothing
+    Hydra composes: each setting, set to its own composed value, passes with that option chosen."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import DictConfig, ListConfig
+
+    from src.command_line import check_command_line
+
+    def typed(value: object) -> str:
+        if value is None:
+            return "null"
+        if isinstance(value, bool):
+            return str(value).lower()
+        if isinstance(value, list | ListConfig):
+            return "[" + ",".join(typed(item) for item in value) + "]"
+        return f"'{value}'" if isinstance(value, str) else str(value)
+
+    checked = 0
+    choices = [("sweeper", "basic", []), ("sweeper", "optuna_pruning", ["hparams_search=steplr_optuna"])]
+    choices += [("launcher", name, []) for name in ("basic", "batched", "joblib", "slurm", "submitit_local")]
+    with initialize_config_dir(config_dir=str(REPO / "conf")):
+        for group, option, extra in choices:
+            overrides = [*extra, f"hydra/{group}={option}"]
+            settings = compose("train", overrides=overrides, return_hydra_config=True).hydra[group]
+            for name in settings:
+                value = settings._get_node(name)._value()
+                if name in ("_target_", "params") or isinstance(value, DictConfig | dict):
+                    continue
+                check_command_line([*overrides, f"hydra.{group}.{name}={typed(value)}"])
+                checked += 1
+    assert checked > 30
 
 
 def test_a_sweep_over_a_setting_that_does_not_exist_stops_before_its_directory_is_made(tiny_mnist, tmp_path):
