@@ -326,11 +326,13 @@ def every_param_table(runs: Sequence[Run], groups: dict[tuple, str]) -> tuple[li
     ]
 
 
+def describe_comparability(key: tuple) -> str:
+    """What a Run.comparability() is made of, in words: `data_source=mnist, n_train=55000, ...`."""
+    return ", ".join(f"{k}={v}" for k, v in zip(COMPARABILITY_KEYS, key, strict=True))
+
+
 def describe_groups(groups: dict[tuple, str]) -> list[str]:
-    return [
-        f"set {letter}: " + ", ".join(f"{k}={v}" for k, v in zip(COMPARABILITY_KEYS, key, strict=True))
-        for key, letter in groups.items()
-    ]
+    return [f"set {letter}: {describe_comparability(key)}" for key, letter in groups.items()]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

