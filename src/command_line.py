@@ -115,6 +115,15 @@ def chosen_options(arguments: Sequence[str]) -> dict[str, tuple[str, ...]]:
     return chosen
 
 
+def option_bodies(group: str, option: str) -> list[dict[str, Any]]:
+    """An option's YAML, after those of the same group's options its defaults list names (a preset that
+    extends another: `defaults: [steplr_optuna]`)."""
+    path = CONF / group / f"{option.strip()}.yaml"
+    body = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    extended = [e for e in body.get("defaults", []) if isinstance(e, str) and e != "_self_"]
+    return [*(b for name in extended for b in option_bodies(group, name)), body]
+
+
 @functools.cache
 def config_keys(chosen: tuple[tuple[str, tuple[str, ...]], ...]) -> dict[str, Any]:
     """Every key a composed config of these group options can have, as a tree: conf/train.yaml's own, and
@@ -123,9 +132,11 @@ def config_keys(chosen: tuple[tuple[str, tuple[str, ...]], ...]) -> dict[str, An
     for group, options in chosen:
         for option in options:
             path = CONF / group / f"{option.strip()}.yaml"
-            text = path.read_text() if path.is_file() else ""
-            body = without_composition(yaml.safe_load(text) or {})
-            merge_keys(tree, body if text.startswith("# @package _global_") else {group: body})
+            is_global = path.is_file() and path.read_text().startswith("# @package _global_")
+            for body in option_bodies(group, option):
+                merge_keys(
+                    tree, without_composition(body) if is_global else {group: without_composition(body)}
+                )
     return tree
 
 
@@ -231,11 +242,10 @@ def chosen_plugin(arguments: Sequence[str], chosen: dict[str, tuple[str, ...]], 
         if key == f"hydra/{group}":
             return value.strip().strip("'\"")
     for preset in chosen.get("hparams_search", ()):
-        path = CONF / "hparams_search" / f"{preset}.yaml"
-        defaults = (yaml.safe_load(path.read_text()) or {}).get("defaults", []) if path.is_file() else []
-        for entry in defaults:
-            if isinstance(entry, dict) and f"override /hydra/{group}" in entry:
-                return str(entry[f"override /hydra/{group}"])
+        for body in reversed(option_bodies("hparams_search", preset)):  # the preset's own choice first
+            for entry in body.get("defaults", []):
+                if isinstance(entry, dict) and f"override /hydra/{group}" in entry:
+                    return str(entry[f"override /hydra/{group}"])
     return "basic"
 
 

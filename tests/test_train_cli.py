@@ -232,11 +232,15 @@ def test_every_setting_of_every_sweeper_and_launcher_option_passes_as_hydra_comp
         return f"'{value}'" if isinstance(value, str) else str(value)
 
     checked = 0
-    choices = [("sweeper", "basic", []), ("sweeper", "optuna_pruning", ["hparams_search=steplr_optuna"])]
+    presets = sorted(path.stem for path in (REPO / "conf" / "hparams_search").glob("*.yaml"))
+    choices = [("sweeper", "basic", [])]
+    choices += [("sweeper", "optuna_pruning", [f"hparams_search={preset}"]) for preset in presets]
+    # The preset alone chooses the sweeper (steplr_lr_optuna through the preset it extends).
+    choices += [("sweeper", None, [f"hparams_search={preset}"]) for preset in presets]
     choices += [("launcher", name, []) for name in ("basic", "batched", "joblib", "slurm", "submitit_local")]
     with initialize_config_dir(config_dir=str(REPO / "conf")):
         for group, option, extra in choices:
-            overrides = [*extra, f"hydra/{group}={option}"]
+            overrides = [*extra, *([f"hydra/{group}={option}"] if option else [])]
             settings = compose("train", overrides=overrides, return_hydra_config=True).hydra[group]
             for name in settings:
                 value = settings._get_node(name)._value()
