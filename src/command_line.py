@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import yaml
 
+from src import conf_files
 from src.errors import ConfigError, UserInputError
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 # Where an override may name a class (`..._target_=...`), and the classes it may name there.
 TARGET_PLACES = {
     "hydra.callbacks.NAME": ("src.callbacks.",),
@@ -39,16 +38,12 @@ def target_place(node: str) -> str | None:
     return node if node in TARGET_PLACES and node != "hydra.callbacks.NAME" else None
 
 
-def group_options(group: str) -> list[str]:
-    return sorted(path.stem for path in (CONF / group).glob("*.yaml"))
-
-
 def check_group_option(key: str, value: str) -> None:
     """`group=option` for one of this app's config groups (conf/<group>/) names an existing option; so does
     each option of a sweep over the group (`scheduler=step_lr,onecycle`). Sweep functions such as
     `choice(...)` are left to Hydra."""
-    if key.isidentifier() and (CONF / key).is_dir() and key != "hydra":
-        check_option(key, value, group_options(key), f" (conf/{key}/)")
+    if conf_files.is_group(key):
+        check_option(key, value, conf_files.group_options(key), f" (conf/{key}/)")
 
 
 def check_option(key: str, value: str, options: list[str], where: str = "") -> None:
@@ -74,7 +69,7 @@ def hydra_group_options(group: str) -> list[str]:
         node = node.get(part, {}) if isinstance(node, dict) else {}
     registered = {name.removesuffix(".yaml") for name, entry in node.items() if not isinstance(entry, dict)}
     shipped = Path(hydra.__file__).parent / "conf" / group
-    files = {path.stem for directory in (shipped, CONF / group) for path in directory.glob("*.yaml")}
+    files = {path.stem for path in shipped.glob("*.yaml")} | set(conf_files.group_options(group))
     return sorted(registered | files)
 
 
@@ -94,54 +89,35 @@ CLASS_GROUPS = ("model", "optimizer", "scheduler")
 def chosen_options(arguments: Sequence[str]) -> dict[str, tuple[str, ...]]:
     """The options of each of conf/'s groups a run or sweep of this command line may compose: the default of
     conf/train.yaml, or what the command line chooses (every option for a sweep function)."""
-    primary = yaml.safe_load((CONF / "train.yaml").read_text())
     chosen = {
-        group: () if option is None else (option,)
-        for entry in primary["defaults"]
-        if isinstance(entry, dict)
-        for group, option in entry.items()
+        group: () if option is None else (option,) for group, option in conf_files.primary_choices().items()
     }
     for argument in arguments:
         key, _, value = argument.lstrip("+~").partition("=")
-        if not key.isidentifier() or key == "hydra" or not (CONF / key).is_dir():
+        if not conf_files.is_group(key):
             continue
         value = value.strip().strip("'\"")
         if argument.startswith("~"):
             chosen[key] = ()
         elif "(" in value:  # a sweep function: any of the options
-            chosen[key] = tuple(group_options(key))
+            chosen[key] = tuple(conf_files.group_options(key))
         else:
             chosen[key] = tuple(value.split(","))
     return chosen
-
-
-def option_bodies(group: str, option: str) -> list[dict[str, Any]]:
-    """An option's YAML, after those of the same group's options its defaults list names (a preset that
-    extends another: `defaults: [steplr_optuna]`)."""
-    path = CONF / group / f"{option.strip()}.yaml"
-    body = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
-    extended = [e for e in body.get("defaults", []) if isinstance(e, str) and e != "_self_"]
-    return [*(b for name in extended for b in option_bodies(group, name)), body]
 
 
 @functools.cache
 def config_keys(chosen: tuple[tuple[str, tuple[str, ...]], ...]) -> dict[str, Any]:
     """Every key a composed config of these group options can have, as a tree: conf/train.yaml's own, and
     those of each option (under the group's name, or at the top for a `# @package _global_` preset)."""
-    tree = without_composition(yaml.safe_load((CONF / "train.yaml").read_text()))
+    tree = conf_files.without_composition(conf_files.primary())
     for group, options in chosen:
         for option in options:
-            path = CONF / group / f"{option.strip()}.yaml"
-            is_global = path.is_file() and path.read_text().startswith("# @package _global_")
-            for body in option_bodies(group, option):
-                merge_keys(
-                    tree, without_composition(body) if is_global else {group: without_composition(body)}
-                )
+            is_global = conf_files.is_global(group, option)
+            for body in conf_files.option_bodies(group, option):
+                keys = conf_files.without_composition(body)
+                merge_keys(tree, keys if is_global else {group: keys})
     return tree
-
-
-def without_composition(body: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in body.items() if key not in ("defaults", "hydra")}
 
 
 def merge_keys(tree: dict[str, Any], more: dict[str, Any]) -> None:
@@ -242,7 +218,8 @@ def chosen_plugin(arguments: Sequence[str], chosen: dict[str, tuple[str, ...]], 
         if key == f"hydra/{group}":
             return value.strip().strip("'\"")
     for preset in chosen.get("hparams_search", ()):
-        for body in reversed(option_bodies("hparams_search", preset)):  # the preset's own choice first
+        # The preset's own choice first, then that of the preset it extends.
+        for body in reversed(conf_files.option_bodies("hparams_search", preset)):
             for entry in body.get("defaults", []):
                 if isinstance(entry, dict) and f"override /hydra/{group}" in entry:
                     return str(entry[f"override /hydra/{group}"])
@@ -256,10 +233,10 @@ def plugin_settings(group: str, option: str) -> Any:
     from hydra.core.plugins import Plugins
 
     Plugins.instance()
-    path = CONF / "hydra" / group / f"{option}.yaml"
+    path = conf_files.option_path(f"hydra/{group}", option)
     if path.is_file():
-        extended = [e for e in (yaml.safe_load(path.read_text()) or {}).get("defaults", []) if e != "_self_"]
-        option = extended[0] if len(extended) == 1 and isinstance(extended[0], str) else ""
+        extended = conf_files.extended_options(conf_files.read(path))
+        option = extended[0] if len(extended) == 1 else ""
     try:
         return ConfigStore.instance().load(f"hydra/{group}/{option}.yaml").node
     except Exception:

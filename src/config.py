@@ -7,11 +7,10 @@ were typed; every value the run depends on is checked here, at the boundary.
 import functools
 import math
 from numbers import Real
-from pathlib import Path
 
-import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from src import conf_files
 from src.errors import ConfigError, UserInputError
 from src.pruning import PRUNE_FROM
 from src.run_record import OPTIMIZED_METRICS, class_name
@@ -36,7 +35,6 @@ TARGETS = {
     "logger.epoch_callback": ("src.epoch_callbacks.", "an epoch callback class under src.epoch_callbacks"),
 }
 DEVICES = ("auto", "cpu", "cuda")
-CONF = Path(__file__).resolve().parents[1] / "conf"
 # Groups that hold the app's own settings (not a class's arguments): a key they don't define is a typo.
 GROUPS_OF_SETTINGS = ("trainer", "data", "logger")
 STACKING = ("auto", "always", "never")  # trainer.stacking (src/batched_runs.py)
@@ -118,9 +116,7 @@ def _check_scheduler(cfg: DictConfig) -> None:
 @functools.cache
 def group_keys(group: str) -> frozenset[str]:
     """The keys a group's options define (conf/<group>/*.yaml): the settings it has."""
-    return frozenset(
-        key for path in (CONF / group).glob("*.yaml") for key in (yaml.safe_load(path.read_text()) or {})
-    )
+    return frozenset(key for body in conf_files.group_bodies(group) for key in body)
 
 
 @functools.cache
@@ -128,12 +124,10 @@ def required_keys() -> tuple[str, ...]:
     """What every run reads, which `~model` or `~trainer.epochs` would remove: the groups conf/train.yaml's
     defaults choose an option of, its own keys (`steps.total`) and the settings every option of a group of
     settings defines (`trainer.epochs`, `logger.name`). A class's arguments (`~optimizer.fused`) may go."""
-    primary = yaml.safe_load((CONF / "train.yaml").read_text())
-    chosen = [entry for entry in primary["defaults"] if isinstance(entry, dict)]
-    keys = [group for entry in chosen for group, option in entry.items() if option is not None]
-    keys += nested_keys({key: value for key, value in primary.items() if key not in ("defaults", "hydra")})
+    keys = [group for group, option in conf_files.primary_choices().items() if option is not None]
+    keys += nested_keys(conf_files.without_composition(conf_files.primary()))
     for group in GROUPS_OF_SETTINGS:
-        options = [yaml.safe_load(path.read_text()) or {} for path in sorted((CONF / group).glob("*.yaml"))]
+        options = conf_files.group_bodies(group)
         keys += [f"{group}.{key}" for key in options[0] if all(key in option for option in options)]
     return tuple(keys)
 
@@ -152,7 +146,7 @@ def check_nothing_required_removed(cfg: DictConfig) -> None:
         parent, _, name = key.rpartition(".")
         node = OmegaConf.select(cfg, parent) if parent else cfg
         if isinstance(node, DictConfig) and name not in node:
-            options = sorted(path.stem for path in (CONF / key).glob("*.yaml"))
+            options = conf_files.group_options(key)
             choose = f": one of {', '.join(options)} (conf/{key}/)" if options else ""
             raise UserInputError(f"~{key} is not allowed: every run needs {key}{choose}")
 

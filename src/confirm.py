@@ -69,10 +69,15 @@ class ConfirmError(Exception):
     """A confirmation that cannot be done as asked; the message says why and what to do."""
 
 
+def trained_by_sweep(setting: Setting) -> tuple:
+    """What the sweep's runs of a setting trained (data, model, epochs: Run.comparability()), which each of
+    its reruns must have trained too: another data.root, or data that is not there (the offline fallback's
+    digits), would be confirmed under the setting's name."""
+    return setting.runs[0].comparability()
+
+
 def check_same_data(setting: Setting, reruns: Setting) -> None:
-    """The reruns trained what the sweep's runs did (data, model, epochs): another data.root, or data that
-    is not there (the offline fallback's digits), would be confirmed under the setting's name."""
-    expected = setting.runs[0].comparability()
+    expected = trained_by_sweep(setting)
     for run in reruns.runs:
         if (trained := run.comparability()) != expected:
             raise ConfirmError(
@@ -216,7 +221,7 @@ def completed_seeds(setting_dir: Path, setting: Setting) -> set:
     interrupted confirmation), or that trained something else than the sweep's runs (other data), are
     removed, so that their seed is trained again from scratch."""
     runs, _ = load_runs([setting_dir]) if setting_dir.is_dir() else ([], [])
-    expected = setting.runs[0].comparability()
+    expected = trained_by_sweep(setting)
     done = set()
     for run in runs:
         if run.status == STATUS_COMPLETED and run.comparability() == expected:

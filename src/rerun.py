@@ -13,9 +13,9 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from src.conf_files import CONF, PRIMARY
 from src.run_record import HYDRA_DIR
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
 SWEEP_PRESET_GROUP = "hparams_search"
 
 
@@ -31,8 +31,8 @@ def rerun_overrides(run_dir: Path, leave_out: Iterable[str] = ()) -> list[str]:
         for group, choice in choices.items()
         if not group.startswith("hydra/") and group != SWEEP_PRESET_GROUP and choice is not None
     ]
-    with initialize_config_dir(config_dir=str(CONFIG_DIR)):
-        base = OmegaConf.to_container(compose("train", overrides=group_overrides), resolve=False)
+    with initialize_config_dir(config_dir=str(CONF)):
+        base = OmegaConf.to_container(compose(PRIMARY, overrides=group_overrides), resolve=False)
     left_out = set(leave_out)
     saved_values, base_values = leaves(saved), leaves(base)
     return group_overrides + [
