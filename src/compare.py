@@ -60,8 +60,13 @@ class UsageError(Exception):
     pass
 
 
-def parse_filter(text: str) -> Callable[[Run], bool]:
-    """'KEY OP VALUE' (OP one of < <= > >= = == !=): numbers compare as numbers, the rest as text."""
+# Operators that order: a value that is not a number would order text ("0.1" < "abc"), matching by accident.
+ORDERING = ("<", "<=", ">", ">=")
+
+
+def parse_filter(text: str) -> tuple[str, Callable[[Run], bool]]:
+    """'KEY OP VALUE' (OP one of < <= > >= = == !=) as its key and a test of a run: numbers compare as
+    numbers, the rest as text (= and != only)."""
     match = FILTER_PATTERN.match(text)
     if not match:
         raise UsageError(
@@ -69,17 +74,28 @@ def parse_filter(text: str) -> Callable[[Run], bool]:
         )
     key, symbol, wanted = match.groups()
     compare = OPERATORS[symbol]
+    try:
+        number = float(wanted)
+    except ValueError:
+        number = None
+    if symbol in ORDERING and (number is None or math.isnan(number)):
+        raise UsageError(f"--filter {text!r}: {symbol} needs a number, not {wanted} (= and != compare text)")
+    if number is not None and math.isnan(number):
+        raise UsageError(f"--filter {text!r}: nan equals nothing; give a number or text")
 
     def keep(run: Run) -> bool:
         value = run.value(key)
         if value is None:
             return False
-        try:
-            return compare(float(value), float(wanted))
-        except (TypeError, ValueError):
-            return compare(str(value), wanted.strip("'\""))
+        if number is not None:
+            try:
+                return compare(float(value), number)
+            except (TypeError, ValueError):  # a value that is not a number: in no numeric range
+                if symbol in ORDERING:
+                    return False
+        return compare(str(value), wanted.strip("'\""))
 
-    return keep
+    return key, keep
 
 
 def best_per(runs: Sequence[Run], key: str, rank_key: Callable[[Run], tuple]) -> list[Run]:
@@ -413,7 +429,7 @@ def rank(items: list, args: argparse.Namespace) -> tuple[list, dict[tuple, str]]
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        keep = [parse_filter(text) for text in args.filter]
+        filters = [parse_filter(text) for text in args.filter]
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -439,12 +455,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_key("--sort", args.sort, runs)
         if args.best_per:
             check_key("--best-per", args.best_per, runs)
+        for key, _ in filters:
+            check_key("--filter", key, runs)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    found = len(runs)
     if args.status:
         runs = [run for run in runs if run.status == args.status]
-    runs = [run for run in runs if all(k(run) for k in keep)]
+    runs = [run for run in runs if all(keep(run) for _, keep in filters)]
+    if not runs:
+        print(f"warning: none of the {found} runs found passes --status and --filter", file=sys.stderr)
     if args.best_per:
         runs = best_per(runs, args.best_per, sort_key(args.sort, args.ascending))
     verdicts, sentences = {}, []

@@ -563,3 +563,23 @@ def test_a_run_whose_metric_is_nan_is_warned_about_and_ranks_after_every_number_
         assert numbers == sorted(numbers, reverse=not order)
     result = compare(root, str(root))
     assert f"warning: {nan_run}: metrics.json has val_acc=nan, not a number: left out" in result.stderr
+
+
+def test_a_filter_that_could_only_match_by_accident_is_a_clear_error(runs_root):
+    """An ordering against text would compare text ('0.1' < 'abc'), and a key no run has would silently
+    show nothing: both are refused in one line before anything is printed; numbers order only numbers."""
+    refused = {
+        "scheduler.gamma<abc": "error: --filter 'scheduler.gamma<abc': < needs a number, not abc",
+        "val_acc>=nan": "error: --filter 'val_acc>=nan': >= needs a number, not nan",
+        "val_acc=nan": "error: --filter 'val_acc=nan': nan equals nothing",
+        "scheduler.gama<0.5": "error: --filter scheduler.gama: no run has it",
+    }
+    for text, start in refused.items():
+        result = compare(runs_root, "--filter", text)
+        assert result.returncode == 2 and not result.stdout, (text, result.stdout)
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith(start), line
+    assert json_records(runs_root, "--filter", "scheduler>0") == []  # a class name is in no numeric range
+    nothing = compare(runs_root, "--filter", "scheduler.gamma>1", "--json")
+    assert nothing.returncode == 0 and json.loads(nothing.stdout) == []
+    assert "warning: none of the" in nothing.stderr and "passes --status and --filter" in nothing.stderr
