@@ -156,8 +156,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def source_runs(args: argparse.Namespace) -> tuple[list[Run], Path]:
-    """The sweep's runs, and the default place of the confirmation."""
+def source_runs(args: argparse.Namespace) -> tuple[list[Run], list[Path], Path]:
+    """The sweep's runs, the directories they were read from, and the default place of the confirmation."""
     if args.study:
         directories, warnings = study_run_dirs(args.study, args.storage, Path.cwd())
         out = Path("multirun") / f"{args.study}-confirmation"
@@ -170,7 +170,31 @@ def source_runs(args: argparse.Namespace) -> tuple[list[Run], Path]:
     runs, run_warnings = load_runs(directories)
     for warning in warnings + run_warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    return runs, out
+    return runs, directories, out
+
+
+def sweep_runs(runs: Sequence[Run], directories: Sequence[Path], out: Path, default_out: Path) -> list[Run]:
+    """The sweep's runs without the reruns already in `out` (a glob of the sweep's directories may name
+    it). The reruns go beside the sweep: inside one of its directories they would be read back as its
+    runs (and the verdict written into a run's directory); around all of them, no run would be left."""
+    if out.exists() and not out.is_dir():
+        raise ConfirmError(f"--out {out}: a file, not a directory")
+    beside = f"the reruns go beside the sweep (by default in {relative(default_out)})"
+    target = out.resolve()
+    for directory in [*directories, *(run.directory for run in runs)]:
+        if directory.resolve() in target.parents:
+            raise ConfirmError(
+                f"--out {out}: inside {relative(directory)}, a directory of the sweep; {beside}"
+            )
+    if not runs:
+        where = ", ".join(map(relative, directories)) or "the study"
+        raise ConfirmError(
+            f"no runs in {where}: nothing to confirm (a run directory holds metrics.json and .hydra/)"
+        )
+    kept = [run for run in runs if target not in run.directory.resolve().parents]
+    if not kept:
+        raise ConfirmError(f"--out {out}: holds every run of the sweep; {beside}")
+    return kept
 
 
 def optimized_metric(runs: Sequence[Run]) -> str:
@@ -327,9 +351,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     started, trained_now = time.perf_counter(), 0
     try:
         check_rerun_overrides(args.overrides)
-        runs, default_out = source_runs(args)
+        runs, directories, default_out = source_runs(args)
         out = args.out or default_out
-        runs = [run for run in runs if out.resolve() not in run.directory.resolve().parents]
+        runs = sweep_runs(runs, directories, out, default_out)
         metric = optimized_metric(runs)
         if args.best_per:
             check_key("--best-per", args.best_per, runs)  # a typo would rerun the overall best instead

@@ -28,8 +28,15 @@ class StudyError(Exception):
 
 def open_study_storage(storage: str):
     """An Optuna storage from a URL, or from the path of a journal file (which no URL can name; also as the
-    sweeper describes it: `journal file PATH`)."""
+    sweeper describes it: `journal file PATH`). Reading never creates one: Optuna would create an empty
+    SQLite database at a mistyped path."""
     if "://" in storage:
+        if storage.startswith("sqlite:"):
+            from sqlalchemy.engine import make_url
+
+            database = make_url(storage).database
+            if database and database != ":memory:" and not Path(database).is_file():
+                raise StudyError(f"--storage {storage}: no such database file ({database})")
         return storage
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
@@ -54,7 +61,10 @@ def study_run_dirs(study_name: str, storage: str, project_dir: Path) -> tuple[li
     except StudyError:
         raise
     except Exception as error:
-        raise StudyError(f"--storage {storage}: cannot be read ({type(error).__name__}: {error})") from None
+        from hydra_plugins.optuna_pruning_sweeper.storage import one_line
+
+        cause = type(getattr(error, "orig", None) or error).__name__
+        raise StudyError(f"--storage {storage}: cannot be read ({cause}: {one_line(error)})") from None
     if study_name not in names:
         raise StudyError(f"no study {study_name!r} in {storage}; it holds: {', '.join(names) or 'no study'}")
     directories, warnings = [], []

@@ -379,6 +379,26 @@ def test_a_study_lists_the_run_directories_of_its_trials(runs_root):
     assert unknown.stderr.strip().splitlines() == [f"error: no study 'nope' in {storage}; it holds: steplr"]
 
 
+def test_a_storage_that_is_not_there_is_one_line_and_reading_creates_no_database(runs_root, tmp_path):
+    """Optuna would create an empty SQLite database at a mistyped path; a server that does not answer gets
+    its first line, not psycopg's and SQLAlchemy's four."""
+    missing = tmp_path / "typo" / "optuna.db"
+    (tmp_path / "typo").mkdir()
+    storages = {
+        f"sqlite:///{missing}": f"no such database file ({missing})",
+        "postgresql://nobody@127.0.0.1:1/nothing": "cannot be read (OperationalError: connection failed",
+    }
+    for storage, message in storages.items():
+        result = compare(runs_root, "--study", "steplr", "--storage", storage)
+        assert result.returncode == 2 and not result.stdout
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith(f"error: --storage {storage}: {message}"), line
+    assert not missing.exists()
+    default = compare(tmp_path, "--study", "steplr")  # no multirun/optuna.db here: none is made
+    assert default.returncode == 2 and "no such database file (multirun/optuna.db)" in default.stderr
+    assert not (tmp_path / "multirun").exists()
+
+
 def test_a_quoted_glob_reads_every_matching_sweep_directory(runs_root):
     records = json.loads(compare(runs_root, "multirun/*", "--json").stdout)
     assert len(records) == 3 + len(GAMMAS)

@@ -250,6 +250,30 @@ def test_confirm_takes_only_arguments_that_say_where_and_how_the_reruns_run(two_
     assert not list(two_runs.glob("*-confirmation"))
 
 
+def test_the_reruns_go_beside_the_sweep_never_into_or_around_it(two_runs):
+    """Inside a sweep's directory the reruns would be read back as its runs (the verdict written into a
+    run's directory); around it no run of the sweep is left. Each is one line, and nothing is written."""
+    (two_runs / "notes.txt").write_text("mine\n")
+    (two_runs / "empty").mkdir()
+    refused = {
+        ("runs", "--out", "runs/0.001"): "error: --out runs/0.001: inside runs, a directory of the sweep; ",
+        ("runs", "--out", "runs/new"): "error: --out runs/new: inside runs, a directory of the sweep; ",
+        ("runs", "--out", "runs"): "error: --out runs: holds every run of the sweep; ",
+        ("runs", "--out", "."): "error: --out .: holds every run of the sweep; ",
+        ("runs", "--out", "notes.txt"): "error: --out notes.txt: a file, not a directory",
+        ("empty",): "error: no runs in empty: nothing to confirm",
+    }
+    for arguments, start in refused.items():
+        result = run_cli("src.confirm", *arguments, "--seeds", "2", cwd=two_runs)
+        assert result.returncode == 2, (arguments, result.stderr[-2000:])
+        assert result.stderr.strip().splitlines()[-1].startswith(start), result.stderr[-2000:]
+        assert "Traceback" not in result.stderr
+    around = run_cli("src.confirm", "runs", "--out", "runs", cwd=two_runs)
+    assert "the reruns go beside the sweep (by default in runs-confirmation)" in around.stderr
+    assert not list(two_runs.glob("*-confirmation")) and not list(two_runs.rglob("setting-*"))
+    assert not list(two_runs.rglob("confirmation.*")) and (two_runs / "notes.txt").read_text() == "mine\n"
+
+
 def test_reruns_that_trained_other_data_than_the_sweep_give_no_verdict(two_runs):
     empty = two_runs / "empty"
     empty.mkdir()
