@@ -8,7 +8,7 @@ checked here, on the words as typed, so they fail in one line like every other b
 
 import difflib
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,18 +67,49 @@ def hydra_group_options(group: str) -> list[str]:
     node: Any = ConfigStore.instance().repo
     for part in group.split("/"):
         node = node.get(part, {}) if isinstance(node, dict) else {}
-    registered = {name.removesuffix(".yaml") for name, entry in node.items() if not isinstance(entry, dict)}
+    registered = {
+        name.removesuffix(".yaml")
+        for name, entry in node.items()
+        if not isinstance(entry, dict) and removed_reason(entry.node) is None
+    }
     shipped = Path(hydra.__file__).parent / "conf" / group
     files = {path.stem for path in shipped.glob("*.yaml")} | set(conf_files.group_options(group))
     return sorted(registered | files)
 
 
+def removed_reason(node: Any) -> str | None:
+    """Why a registered option is gone, for one a plugin keeps only to say so: hydra-optuna-sweeper's
+    hydra/sweeper/sampler=motpe builds `raise_motpe_removed`, which raises (after the sweep has started,
+    with a traceback) that Optuna 4 removed the sampler."""
+    from hydra.utils import get_object
+
+    target = node.get("_target_") if hasattr(node, "get") else None
+    if not isinstance(target, str) or not target.startswith("hydra_plugins."):
+        return None
+    if not target.rpartition(".")[2].startswith("raise_"):
+        return None
+    try:
+        get_object(target)()
+    except Exception as error:
+        return str(error)
+    return None
+
+
 def check_hydra_group_option(group: str, value: str) -> None:
     """`hydra/<group>=option` names an option the group has (Hydra's own answer lists them over a dozen
-    lines, with its config search path); sweeps and groups unknown here are left to Hydra."""
+    lines, with its config search path), and not one kept only to say it was removed; sweeps and groups
+    unknown here are left to Hydra."""
+    from hydra.core.config_store import ConfigStore
+
     if "," in value:  # a sweep over Hydra's own config, which Hydra refuses in its own words
         return
     if options := hydra_group_options(group):
+        try:
+            node = ConfigStore.instance().load(f"{group}/{value.strip()}.yaml").node
+        except Exception:  # not registered: a file, or no such option
+            node = None
+        if node is not None and (reason := removed_reason(node)):
+            raise UserInputError(f"{group}={value} is not allowed: {reason}")
         check_option(group, value, options)
 
 
@@ -128,7 +159,7 @@ def merge_keys(tree: dict[str, Any], more: dict[str, Any]) -> None:
             tree[key] = value
 
 
-def check_setting_exists(key: str, value: str, chosen: dict[str, tuple[str, ...]]) -> None:
+def check_setting_exists(key: str, chosen: dict[str, tuple[str, ...]], argument: str) -> None:
     """`trainer.epoch=3` names a key the composed config will have. Hydra answers a typo in five lines, and
     suggests adding the key with `+`, which for trainer's settings we refuse and for a class's arguments
     moves the failure to the class. Paths into a list or a value are left to Hydra."""
@@ -147,7 +178,7 @@ def check_setting_exists(key: str, value: str, chosen: dict[str, tuple[str, ...]
                 hint = f"it has {', '.join(keys)}"
                 if parts[0] in CLASS_GROUPS:
                     hint += f"; +{key}=... passes a new argument"
-            raise UserInputError(f"{key}={value} is not allowed: {owner} has no key {part} ({hint})")
+            raise UserInputError(f"{argument} is not allowed: {owner} has no key {part} ({hint})")
         node = node[part]
 
 
@@ -206,13 +237,90 @@ def check_sweeps_have_multirun(arguments: Sequence[str]) -> None:
             )
 
 
+def check_overrides_parse(arguments: Sequence[str]) -> None:
+    """Each override reads in Hydra's grammar (`scheduler.gamma=intervl(0.1,0.5)`, `interval(0.1`): Hydra
+    answers in five lines, one of which says what is wrong."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    from hydra_plugins.optuna_pruning_sweeper.grammar import override_error_reason
+
+    parser = OverridesParser.create()
+    for argument in arguments:
+        if argument.startswith("-") or "=" not in argument:
+            continue
+        try:
+            parser.parse_overrides([argument])
+        except OverrideParseException as error:
+            raise UserInputError(f"{argument} is not allowed: {override_error_reason(error)}") from None
+
+
+SEARCH_SPACE = "hydra.sweeper.params."
+
+
+def search_space_keys(chosen: dict[str, tuple[str, ...]]) -> dict[str, Any] | None:
+    """hydra.sweeper.params as conf/train.yaml and the chosen sweep presets set it (nested, or upstream's
+    flat dotted keys); None where none sets it (no key can then be added to it on the command line)."""
+    bodies = [conf_files.primary()]
+    for preset in chosen.get("hparams_search", ()):
+        bodies += conf_files.option_bodies("hparams_search", preset)
+    tree = None
+    for body in bodies:
+        params = ((body.get("hydra") or {}).get("sweeper") or {}).get("params")
+        if isinstance(params, dict):
+            tree = tree or {}
+            merge_keys(tree, params)
+    return tree
+
+
+def has_path(tree: dict[str, Any], key: str) -> bool:
+    parts = key.split(".")
+    for depth in range(len(parts)):
+        if ".".join(parts[depth:]) in tree:
+            return True
+        if not isinstance(tree.get(parts[depth]), dict):
+            return False
+        tree = tree[parts[depth]]
+    return False
+
+
+def check_search_space_setting(argument: str, chosen: dict[str, tuple[str, ...]]) -> None:
+    """`hydra.sweeper.params.KEY=RANGE` searches a setting the runs have (a typo would fail every trial),
+    one the preset's search space has unless added with `+` (Hydra refuses the others in five lines), and
+    its range is quoted (Hydra refuses a sweep over its own config with a line that does not say so)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    key, _, value = argument.lstrip("+").partition("=")
+    searched = key.removeprefix(SEARCH_SPACE)
+    check_setting_exists(searched, chosen, argument)
+    if OverridesParser.create().parse_overrides([argument])[0].is_sweep_override():
+        raise UserInputError(
+            f"{argument} is not allowed: quote the range for Hydra ({key}='{value}'), or give it directly "
+            f"({searched}={value})"
+        )
+    space = search_space_keys(chosen)
+    presets = ",".join(chosen.get("hparams_search", ())) or "none"
+    if space is None:
+        raise UserInputError(
+            f"{argument} is not allowed: hparams_search={presets} has no search space (hydra.sweeper.params) "
+            f"to change; give {searched}=RANGE directly"
+        )
+    if not argument.startswith("+") and not has_path(space, searched):
+        raise UserInputError(
+            f"{argument} is not allowed: the search space of hparams_search={presets} has no {searched} "
+            f"(search it with +{argument}, or give {searched}=RANGE directly)"
+        )
+
+
 # Hydra's plugin groups whose settings (hydra.sweeper.n_trials) are checked by name and type.
 PLUGIN_GROUPS = ("sweeper", "launcher")
 
 
-def chosen_plugin(arguments: Sequence[str], chosen: dict[str, tuple[str, ...]], group: str) -> str:
+def chosen_plugin(
+    arguments: Sequence[str], chosen: dict[str, tuple[str, ...]], group: str, parent: Any = None
+) -> str:
     """The hydra/<group> option the command line chooses, else the one the hparams_search preset chooses,
-    else Hydra's default (basic)."""
+    else the default: the parent option's for a nested group (hydra/sweeper/pruner), else Hydra's (basic)."""
     for argument in reversed(arguments):
         key, _, value = argument.lstrip("+").partition("=")
         if key == f"hydra/{group}":
@@ -223,7 +331,11 @@ def chosen_plugin(arguments: Sequence[str], chosen: dict[str, tuple[str, ...]], 
             for entry in body.get("defaults", []):
                 if isinstance(entry, dict) and f"override /hydra/{group}" in entry:
                     return str(entry[f"override /hydra/{group}"])
-    return "basic"
+    if parent is None:
+        return "basic"
+    name = group.rpartition("/")[2]
+    defaults = [entry for entry in parent.get("defaults") or [] if isinstance(entry, Mapping)]
+    return next((str(entry[name]) for entry in defaults if name in entry), "")
 
 
 def plugin_settings(group: str, option: str) -> Any:
@@ -243,15 +355,23 @@ def plugin_settings(group: str, option: str) -> Any:
         return None
 
 
-def check_plugin_setting(argument: str, group: str, option: str) -> None:
-    """`hydra.sweeper.n_trials=abc` or `hydra.sweeper.n_trial=5`: the option's settings have that name
-    and take that type (OmegaConf's check, as Hydra's, in one line instead of five)."""
+def check_plugin_setting(
+    argument: str,
+    arguments: Sequence[str],
+    chosen: dict[str, tuple[str, ...]],
+    group: str,
+    parent: Any = None,
+) -> None:
+    """`hydra.sweeper.n_trials=abc`, `hydra.sweeper.n_trial=5` or `hydra.sweeper.pruner.n_startup=2`: the
+    chosen option's settings (for a nested group such as hydra/sweeper/pruner, its chosen option's) have
+    that name and take that type (OmegaConf's check, as Hydra's, in one line instead of five)."""
     import copy
 
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
+    option = chosen_plugin(arguments, chosen, group, parent)
     settings = plugin_settings(group, option)
     if settings is None:
         return
@@ -259,16 +379,23 @@ def check_plugin_setting(argument: str, group: str, option: str) -> None:
         override = OverridesParser.create().parse_overrides([argument])[0]
     except Exception:  # Hydra says why
         return
-    name = override.key_or_group.split(".")[2]
+    parts = override.key_or_group.split(".")
+    depth = group.count("/") + 2  # hydra.sweeper.NAME, hydra.sweeper.pruner.NAME
+    name = parts[depth]
     keys = sorted(str(key) for key in settings if key not in ("_target_", "defaults"))  # with ??? ones
     if name not in keys:
         close = difflib.get_close_matches(name, keys, n=1)
-        hint = f"did you mean hydra.{group}.{close[0]}?" if close else f"it has {', '.join(keys) or 'none'}"
+        where = ".".join(parts[:depth])
+        hint = f"did you mean {where}.{close[0]}?" if close else f"it has {', '.join(keys) or 'none'}"
         raise UserInputError(
             f"{argument} is not allowed: hydra/{group}={option} has no setting {name} ({hint})"
         )
-    if override.is_sweep_override() or override.key_or_group.count(".") > 2:
-        return  # Hydra refuses a sweep over its own config; nested settings are the nested configs' own
+    if len(parts) > depth + 1:  # a nested group's setting is its chosen option's; other nested ones are left
+        if hydra_group_options(f"hydra/{group}/{name}"):
+            check_plugin_setting(argument, arguments, chosen, f"{group}/{name}", settings)
+        return
+    if override.is_sweep_override():
+        return  # Hydra refuses a sweep over its own config in its own words
     try:
         OmegaConf.update(copy.deepcopy(settings), name, override.value(), merge=True)
     except OmegaConfBaseException as error:
@@ -283,6 +410,7 @@ def check_command_line(arguments: Sequence[str]) -> None:
     """Raise UserInputError for the first thing on the command line that Hydra would report in many
     lines, or too late."""
     check_one_command(arguments)
+    check_overrides_parse(arguments)
     check_sweeps_have_multirun(arguments)
     if any(a.startswith(CONFIG_FLAGS) for a in arguments):
         return  # another primary config or config directory: its keys are not conf/train.yaml's
@@ -301,6 +429,8 @@ def check_command_line(arguments: Sequence[str]) -> None:
         plain = not argument.startswith(("+", "~")) and "/" not in key
         parts = key.split(".")
         if plain and parts[0] != "hydra" and key not in chosen:
-            check_setting_exists(key, value, chosen)
+            check_setting_exists(key, chosen, argument)
+        elif key.startswith(SEARCH_SPACE) and not argument.startswith("~"):
+            check_search_space_setting(argument, chosen)
         elif plain and len(parts) > 2 and parts[0] == "hydra" and parts[1] in PLUGIN_GROUPS:
-            check_plugin_setting(argument, parts[1], chosen_plugin(arguments, chosen, parts[1]))
+            check_plugin_setting(argument, arguments, chosen, parts[1])

@@ -432,6 +432,60 @@ BAD_SWEEPER_SETTINGS = [
         "hydra.sweeper.params.scheduler.gamma=tag(log,interval(0,0.5)) is not allowed: `low > 0` must hold "
         "for `log=True`, but got (low=0.0, high=0.5).",
     ),
+    # The nested groups' settings: those of the pruner and sampler the preset (or the command line) chose.
+    (
+        "hydra.sweeper.pruner.n_startup_trials=3",
+        "hydra.sweeper.pruner.n_startup_trials=3 is not allowed: hydra/sweeper/pruner=none has no setting "
+        "n_startup_trials (it has none)",
+    ),
+    (
+        "hydra.sweeper.sampler.seedx=3",
+        "hydra.sweeper.sampler.seedx=3 is not allowed: hydra/sweeper/sampler=tpe has no setting seedx "
+        "(did you mean hydra.sweeper.sampler.seed?)",
+    ),
+    (
+        "hydra.sweeper.sampler.seed=abc",
+        "hydra.sweeper.sampler.seed=abc is not allowed: Value 'abc' of type 'str' could not be converted to "
+        "Integer",
+    ),
+    # The search space: a key the runs have, in the preset's space unless added with +, a quoted range.
+    (
+        "hydra.sweeper.params.scheduler.gama='interval(0.1,0.5)'",
+        "hydra.sweeper.params.scheduler.gama='interval(0.1,0.5)' is not allowed: scheduler=step_lr has no "
+        "key gama (did you mean scheduler.gamma?)",
+    ),
+    (
+        "hydra.sweeper.params.trainer.epochs='range(1,3)'",
+        "hydra.sweeper.params.trainer.epochs='range(1,3)' is not allowed: the search space of "
+        "hparams_search=steplr_optuna has no trainer.epochs (search it with "
+        "+hydra.sweeper.params.trainer.epochs='range(1,3)', or give trainer.epochs=RANGE directly)",
+    ),
+    (
+        "hydra.sweeper.params.scheduler.gamma=interval(0.1,0.5)",
+        "hydra.sweeper.params.scheduler.gamma=interval(0.1,0.5) is not allowed: quote the range for Hydra "
+        "(hydra.sweeper.params.scheduler.gamma='interval(0.1,0.5)'), or give it directly "
+        "(scheduler.gamma=interval(0.1,0.5))",
+    ),
+    (
+        "hydra.sweeper.params.scheduler.gamma='intervl(0.1,0.5)'",
+        "hydra.sweeper.params.scheduler.gamma=intervl(0.1,0.5) is not allowed: Unknown function 'intervl' "
+        "(available: bool,choice,extend_list,float,glob,int,interval,json_str,range,shuffle,sort,str,tag)",
+    ),
+    (
+        "scheduler.gamma=intervl(0.1,0.5)",
+        "scheduler.gamma=intervl(0.1,0.5) is not allowed: Unknown function 'intervl' "
+        "(available: bool,choice,extend_list,float,glob,int,interval,json_str,range,shuffle,sort,str,tag)",
+    ),
+    (
+        "hydra/sweeper/sampler=grid",
+        "hydra/sweeper/sampler=grid is not allowed with a continuous range (scheduler.gamma): give each "
+        "searched key choice(...) or range(...)",
+    ),
+    (
+        "hydra/sweeper/sampler=motpe",
+        "hydra/sweeper/sampler=motpe is not allowed: The 'motpe' sampler was removed in Optuna 4.0. Use "
+        "'hydra/sweeper/sampler=tpe' instead. TPESampler now handles multi-objective optimization.",
+    ),
 ]
 
 

@@ -188,19 +188,22 @@ def test_every_key_hydra_composes_for_every_option_is_taken_as_a_setting():
     """The command line's check of setting names (src/command_line.py) refuses nothing Hydra would compose:
     every key of every option's composed config passes it, with that option chosen."""
     from hydra import compose, initialize_config_dir
-    from omegaconf import DictConfig
+    from omegaconf import DictConfig, ListConfig, OmegaConf
 
     from src.command_line import check_command_line
+    from src.rerun import override_value
 
     def settings(node: DictConfig, prefix: str = "") -> list[str]:
-        """Each leaf as an override that sets it to its own value."""
+        """Each leaf as an override that sets it to its own value, written in Hydra's grammar."""
         found = []
         for key in node:
             child = node._get_node(key)
             if isinstance(child, DictConfig):
                 found += settings(child, f"{prefix}{key}.")
+            elif isinstance(child, ListConfig):
+                found.append(f"{prefix}{key}={override_value(OmegaConf.to_container(child))}")
             else:
-                found.append(f"{prefix}{key}={child._value()}")
+                found.append(f"{prefix}{key}={override_value(child._value())}")
         return found
 
     checked = 0
@@ -220,7 +223,7 @@ def test_every_setting_of_every_sweeper_and_launcher_option_passes_as_hydra_comp
     from hydra import compose, initialize_config_dir
     from omegaconf import DictConfig, ListConfig
 
-    from src.command_line import check_command_line
+    from src.command_line import check_command_line, hydra_group_options
 
     def typed(value: object) -> str:
         if value is None:
@@ -238,17 +241,35 @@ def test_every_setting_of_every_sweeper_and_launcher_option_passes_as_hydra_comp
     # The preset alone chooses the sweeper (steplr_lr_optuna through the preset it extends).
     choices += [("sweeper", None, [f"hparams_search={preset}"]) for preset in presets]
     choices += [("launcher", name, []) for name in ("basic", "batched", "joblib", "slurm", "submitit_local")]
+    # Each sampler and pruner option, for the nested settings (hydra.sweeper.sampler.seed).
+    nested = [
+        f"hydra/sweeper/{group}={option}"
+        for group in ("sampler", "pruner")
+        for option in hydra_group_options(f"hydra/sweeper/{group}")
+    ]
+    assert len(nested) > 8
+    choices += [("sweeper", None, ["hparams_search=steplr_optuna", choice]) for choice in nested]
+
+    def leaves(node: DictConfig, prefix: str) -> list[str]:
+        found = []
+        for name in node:
+            value = node._get_node(name)._value()
+            if name in ("_target_", "defaults") or value == "???":
+                continue
+            if isinstance(value, DictConfig | dict):
+                found += leaves(node[name], f"{prefix}{name}.")
+            else:
+                found.append(f"{prefix}{name}={typed(value)}")
+        return found
+
     with initialize_config_dir(config_dir=str(REPO / "conf")):
         for group, option, extra in choices:
             overrides = [*extra, *([f"hydra/{group}={option}"] if option else [])]
             settings = compose("train", overrides=overrides, return_hydra_config=True).hydra[group]
-            for name in settings:
-                value = settings._get_node(name)._value()
-                if name in ("_target_", "params") or isinstance(value, DictConfig | dict):
-                    continue
-                check_command_line([*overrides, f"hydra.{group}.{name}={typed(value)}"])
+            for setting in leaves(settings, f"hydra.{group}."):
+                check_command_line(["--multirun", *overrides, setting])
                 checked += 1
-    assert checked > 30
+    assert checked > 200
 
 
 def test_a_sweep_over_a_setting_that_does_not_exist_stops_before_its_directory_is_made(tiny_mnist, tmp_path):

@@ -30,7 +30,7 @@ from typing import Any
 import optuna
 import yaml
 from hydra.core.utils import JobReturn, JobStatus
-from hydra.errors import CompactHydraException
+from hydra.errors import CompactHydraException, OverrideParseException
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
 from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
@@ -45,6 +45,8 @@ from optuna.distributions import (
 )
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
+
+from hydra_plugins.optuna_pruning_sweeper.grammar import override_error_reason
 
 from . import config as registered_configs  # noqa: F401  (registers the configs)
 from .disk import unwritable_reason
@@ -95,21 +97,22 @@ def search_space(
     params: list[str], arguments: list[str]
 ) -> tuple[dict[str, BaseDistribution], dict[str, Any], list[str]]:
     """Upstream's create_params_from_overrides over hydra.sweeper.params then the command line's sweep
-    arguments, with a range Optuna refuses (`interval(0.9, 0.1)`, a log range from 0) as one line naming
-    it instead of a traceback."""
+    arguments, with a range Optuna refuses (`interval(0.9, 0.1)`, a log range from 0) or Hydra's grammar
+    cannot read (`intervl(0.1, 0.9)` in a preset) as one line naming it instead of a traceback."""
     try:
         return create_params_from_overrides([*params, *arguments])
-    except ValueError as error:
+    except (ValueError, OverrideParseException) as error:
         culprit = next((a for a in [*params, *arguments] if not _makes_distribution(a)), None)
         where = "hydra.sweeper.params." if culprit in params else ""
-        raise SweepError(f"{where}{culprit or 'the search space'} is not allowed: {error}") from None
+        reason = override_error_reason(error) if isinstance(error, OverrideParseException) else error
+        raise SweepError(f"{where}{culprit or 'the search space'} is not allowed: {reason}") from None
 
 
 def _makes_distribution(argument: str) -> bool:
     try:
         create_params_from_overrides([argument])
         return True
-    except ValueError:
+    except (ValueError, OverrideParseException):
         return False
 
 
@@ -344,6 +347,14 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
                 "(a list of them for several objectives)"
             )
 
+    def _is_grid_range(self, distribution: BaseDistribution) -> bool:
+        """A distribution the GridSampler can walk (upstream's _to_grid_sampler_choices raises otherwise)."""
+        try:
+            self._to_grid_sampler_choices(distribution)
+        except ValueError:
+            return False
+        return True
+
     @property
     def sampler_name(self) -> str:
         return str(self.sampler_config._target_).rsplit(".", 1)[-1]
@@ -357,6 +368,11 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
         seed = self.sampler_config.get("seed")
         grid = None
         if target == GRID_SAMPLER:
+            if continuous := [name for name, d in distributions.items() if not self._is_grid_range(d)]:
+                raise SweepError(
+                    f"hydra/sweeper/sampler=grid is not allowed with a continuous range "
+                    f"({', '.join(continuous)}): give each searched key choice(...) or range(...)"
+                )
             grid = {name: self._to_grid_sampler_choices(d) for name, d in distributions.items()}
             self.n_trials = min(self.n_trials, math.prod(len(choices) for choices in grid.values()))
             log.info(f"GridSampler: {self.n_trials} trials")
