@@ -40,9 +40,30 @@ def check_writable(key: str, directory: Path) -> None:
         raise DirectoryInUse(f"{key}={directory} cannot be written: {reason}")
 
 
+def check_not_empty(key: str, value: object) -> None:
+    """An empty directory setting (an unset shell variable: `hydra.run.dir=$OUT`) would write into the
+    current directory, among the project's files; `.` says so on purpose."""
+    if not str(value).strip():
+        raise ConfigError(key, value, "a directory (. for the current one)")
+
+
+def check_sweep_subdir(config: DictConfig) -> None:
+    """Each job of a sweep writes into hydra.sweep.subdir: without an interpolation (`same`, or empty) every
+    job would write into one directory and each would overwrite the one before it."""
+    subdir = config.hydra.sweep._get_node("subdir")._value()  # as written, before Hydra resolves it per job
+    if "${" not in str(subdir):
+        raise ConfigError(
+            "hydra.sweep.subdir",
+            subdir,
+            "a directory name that differs between the sweep's runs, through an interpolation (the default "
+            "${hydra.job.num}, or e.g. seed_${trainer.seed})",
+        )
+
+
 def check_run_dir(config: DictConfig) -> None:
     """A run never writes into a directory that holds another run's results (unless overwrite=true), nor
     into one it cannot write."""
+    check_not_empty("hydra.run.dir", config.hydra.run.dir)
     run_dir = Path(config.hydra.run.dir)
     check_writable("hydra.run.dir", run_dir)
     if (run_dir / METRICS_JSON).exists() and not config.get("overwrite"):
@@ -54,6 +75,8 @@ def check_run_dir(config: DictConfig) -> None:
 
 def check_sweep_dir(config: DictConfig) -> None:
     """Sweepers that number their jobs from 0 would overwrite the runs of a reused sweep directory."""
+    check_not_empty("hydra.sweep.dir", config.hydra.sweep.dir)
+    check_sweep_subdir(config)
     sweep_dir = Path(config.hydra.sweep.dir)
     check_writable("hydra.sweep.dir", sweep_dir)
     if config.hydra.sweeper.get("_target_") == RESUMING_SWEEPER or config.get("overwrite"):

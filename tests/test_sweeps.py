@@ -499,6 +499,34 @@ def test_bad_sweeper_settings_stop_with_one_line_before_anything_is_written(
     assert not (tmp_path / "sweep").exists() and not (tmp_path / "optuna.db").exists()
 
 
+def test_an_empty_directory_setting_or_a_subdir_every_job_shares_is_refused(tiny_mnist, tmp_path):
+    """An empty directory (an unset shell variable) would write among the project's files; a subdir without
+    an interpolation, every job of the sweep into one directory, each overwriting the one before."""
+    settings = [*tiny_data_overrides(tiny_mnist), "trainer.epochs=1", "logger=none"]
+    sweep = ["--multirun", "scheduler.gamma=0.1,0.2", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    directory = "is not allowed: a directory (. for the current one)"
+    shared = "is not allowed: a directory name that differs between the sweep's runs, through an "
+    shared += "interpolation"
+    refused = {
+        ("hydra.run.dir=",): f"hydra.run.dir='' {directory}",
+        (*sweep, "hydra.sweep.dir="): f"hydra.sweep.dir='' {directory}",
+        (*sweep, "hydra.sweep.subdir=same"): f"hydra.sweep.subdir='same' {shared} (the default "
+        "${hydra.job.num}, or e.g. seed_${trainer.seed})",
+        (*sweep, "hydra.sweep.subdir="): f"hydra.sweep.subdir='' {shared}",
+    }
+    for arguments, message in refused.items():
+        result = run_cli("src.train", *arguments, *settings, cwd=tmp_path)
+        assert result.returncode == 2, result.stderr[-2000:]
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith(f"error: {message}"), line
+    assert list(tmp_path.iterdir()) == []
+    by_gamma = "hydra.sweep.subdir=gamma_${scheduler.gamma}"
+    named = run_cli("src.train", *sweep, by_gamma, *settings, cwd=tmp_path)
+    assert named.returncode == 0, named.stderr[-2000:]
+    runs = sorted(path.parent.name for path in (tmp_path / "sweep").glob("*/metrics.json"))
+    assert runs == ["gamma_0.1", "gamma_0.2"]
+
+
 def test_a_plain_sweep_into_a_directory_with_runs_is_refused_unless_overwrite(tiny_mnist, tmp_path):
     grid = ["--multirun", f"hydra.sweep.dir={tmp_path / 'grid'}", *tiny_data_overrides(tiny_mnist)]
     grid += ["trainer.epochs=1", "logger=none"]
