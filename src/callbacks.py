@@ -111,6 +111,7 @@ def check_machine_and_data(config: DictConfig) -> None:
     """What the composed config asks of this machine and its files, when it can be told without loading
     anything: a data.root that is a file, a CUDA device that isn't there, a data.val_size the training file
     cannot hold. Deeper problems (a corrupt file) are found when the run reads the data."""
+    check_not_empty("data.root", config.data.root)
     root = Path(to_absolute_path(config.data.root))
     if root.exists() and not root.is_dir():
         raise ConfigError("data.root", str(config.data.root), f"a directory ({root} is a file)")

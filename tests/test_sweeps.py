@@ -500,8 +500,9 @@ def test_bad_sweeper_settings_stop_with_one_line_before_anything_is_written(
 
 
 def test_an_empty_directory_setting_or_a_subdir_every_job_shares_is_refused(tiny_mnist, tmp_path):
-    """An empty directory (an unset shell variable) would write among the project's files; a subdir without
-    an interpolation, every job of the sweep into one directory, each overwriting the one before."""
+    """An empty directory (an unset shell variable) would write among the project's files, or look for the
+    data there; a subdir without an interpolation, every job of the sweep into one directory, each
+    overwriting the one before."""
     settings = [*tiny_data_overrides(tiny_mnist), "trainer.epochs=1", "logger=none"]
     sweep = ["--multirun", "scheduler.gamma=0.1,0.2", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
     directory = "is not allowed: a directory (. for the current one)"
@@ -509,13 +510,14 @@ def test_an_empty_directory_setting_or_a_subdir_every_job_shares_is_refused(tiny
     shared += "interpolation"
     refused = {
         ("hydra.run.dir=",): f"hydra.run.dir='' {directory}",
+        ("data.root=",): f"data.root='' {directory}",
         (*sweep, "hydra.sweep.dir="): f"hydra.sweep.dir='' {directory}",
         (*sweep, "hydra.sweep.subdir=same"): f"hydra.sweep.subdir='same' {shared} (the default "
         "${hydra.job.num}, or e.g. seed_${trainer.seed})",
         (*sweep, "hydra.sweep.subdir="): f"hydra.sweep.subdir='' {shared}",
     }
     for arguments, message in refused.items():
-        result = run_cli("src.train", *arguments, *settings, cwd=tmp_path)
+        result = run_cli("src.train", *settings, *arguments, cwd=tmp_path)  # the last value of a key wins
         assert result.returncode == 2, result.stderr[-2000:]
         (line,) = result.stderr.strip().splitlines()
         assert line.startswith(f"error: {message}"), line
