@@ -33,11 +33,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate, to_absolute_path
+from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.batched_launcher.deferral import BatchSettings
-from src.config import EXECUTION_WHITELIST
+from src.components import build_model, build_optimizer
 from src.cpu_share import CpuShare, job_cpus
 from src.data import MnistSplits, Split, raw_files_identity
 from src.deferred_job import DeferredJob, LogFile
@@ -179,6 +179,13 @@ class LoadedData:
 SWEEP_DATA = LoadedData()
 
 
+def check_class_arguments(cfg: DictConfig) -> None:
+    """The classes' own checks of a trial's arguments, before its batch trains: its model, and its optimizer
+    and scheduler on a probe parameter."""
+    build_model(cfg.model)
+    build_scheduler(cfg.scheduler, build_optimizer(cfg.optimizer, [torch.zeros(1, requires_grad=True)]))
+
+
 def train_group(
     runs: list[BatchedRun], indices: list[int], settings: BatchSettings, loaded: LoadedData
 ) -> dict[int, Any]:
@@ -194,8 +201,9 @@ def train_group(
     for index, run in zip(indices, runs, strict=True):
         try:
             fill_in_steps(run.cfg, len(data.train))
+            check_class_arguments(run.cfg)
             ready.append((index, run))
-        except Exception as error:  # a warmup longer than this trial's run: this trial fails alone
+        except Exception as error:  # a warmup longer than this trial's run, SGD's momentum=-1: it fails alone
             outcomes[index] = error
     if len(ready) == 1:
         log.info("1 trial trains alone: no other trial of the batch has its model, data, batch size and seed")
@@ -205,7 +213,7 @@ def train_group(
         outcomes.update({index: run_alone(run) for index, run in ready})
         return outcomes
     torch.manual_seed(cfg.trainer.seed)
-    model = instantiate(cfg.model, _execution_whitelist_=EXECUTION_WHITELIST).to(device)
+    model = build_model(cfg.model).to(device)
     rng_after_init = torch.get_rng_state()  # a run alone draws its dropout masks from here on
     sample, _ = data.train.batch(slice(0, cfg.trainer.batch_size))
     stacked, how = stack_model(model, 2, sample)
@@ -410,9 +418,7 @@ class StackedGroup:
         self.running = set(self.in_stack)
         for k, run in enumerate(runs):
             cfg, context = run.cfg, run.context
-            optimizer = instantiate(cfg.optimizer, _execution_whitelist_=EXECUTION_WHITELIST)(
-                self.stacked.trial_views(k)
-            )
+            optimizer = build_optimizer(cfg.optimizer, self.stacked.trial_views(k))
             stepping = Stepping(build_scheduler(cfg.scheduler, optimizer), cfg.scheduler, optimizer)
             callbacks = epoch_callbacks(cfg, context, prunable_from(cfg, context, constant_epochs(cfg)))
             finishing = finishing_run(cfg, context, data, device, callbacks, run.started)

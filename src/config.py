@@ -38,6 +38,8 @@ DEVICES = ("auto", "cpu", "cuda")
 # Groups that hold the app's own settings (not a class's arguments): a key they don't define is a typo.
 GROUPS_OF_SETTINGS = ("trainer", "data", "logger")
 STACKING = ("auto", "always", "never")  # trainer.stacking (src/batched_runs.py)
+# torch starts an OS thread per thread asked for: trainer.num_threads=100000 ended in a MemoryError traceback.
+MAX_THREADS = 1024
 
 
 def _is_int(value: object) -> bool:
@@ -189,8 +191,11 @@ def validate(cfg: DictConfig) -> None:
     require_int("trainer.seed", trainer.seed, 0)
     if trainer.device not in DEVICES:
         raise ConfigError("trainer.device", trainer.device, f"one of {', '.join(DEVICES)}")
-    if trainer.num_threads is not None:
-        require_int("trainer.num_threads", trainer.num_threads, 1)
+    if trainer.num_threads is not None and (
+        not _is_int(trainer.num_threads) or not 1 <= trainer.num_threads <= MAX_THREADS
+    ):
+        allowed = f"null or an integer in [1, {MAX_THREADS}]"
+        raise ConfigError("trainer.num_threads", trainer.num_threads, allowed)
     if trainer.prefix_cache is not None and (
         not isinstance(trainer.prefix_cache, str) or not trainer.prefix_cache
     ):

@@ -1,5 +1,8 @@
 """Errors caused by what the user asked for: reported as one line, never as a traceback."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class UserInputError(Exception):
     """A bad config value or bad input files; the message names what is wrong and what is allowed."""
@@ -17,3 +20,19 @@ class DataError(UserInputError):
 
 class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite: the run stops at once."""
+
+
+@contextmanager
+def class_arguments(group: str, target: str) -> Iterator[None]:
+    """torch's own check of a class's arguments (SGD's momentum=-1, OneCycleLR's pct_start=2, an argument the
+    class does not take) as one line naming the group and the class, instead of a traceback from inside the
+    run: a single run then stops before training, a sweep's trial fails with this as its reason."""
+    from hydra.errors import InstantiationException
+
+    try:
+        yield
+    except (InstantiationException, TypeError, ValueError) as error:
+        cause = error.__cause__ if isinstance(error, InstantiationException) else error
+        if not isinstance(cause, TypeError | ValueError):
+            raise
+        raise UserInputError(f"{group}: {target} refused its arguments: {cause}") from error

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.optuna_pruning_sweeper.storage import release_interrupted_reads, set_trial_attrs
 from hydra_plugins.optuna_pruning_sweeper.trial_bridge import current_trial
+from src.components import build_model, build_optimizer
 from src.config import EXECUTION_WHITELIST
 from src.cpu_share import CpuShare, job_cpus
 from src.data import MnistSplits, load_mnist
@@ -50,8 +51,8 @@ log = logging.getLogger(__name__)
 
 def build(cfg: DictConfig, device: torch.device) -> tuple[Any, Any, Any]:
     """The model, optimizer and scheduler, instantiated from their config groups (torch's own classes)."""
-    model = instantiate(cfg.model, _execution_whitelist_=EXECUTION_WHITELIST).to(device)
-    optimizer = instantiate(cfg.optimizer, _execution_whitelist_=EXECUTION_WHITELIST)(model.parameters())
+    model = build_model(cfg.model).to(device)
+    optimizer = build_optimizer(cfg.optimizer, model.parameters())
     return model, optimizer, build_scheduler(cfg.scheduler, optimizer)
 
 

@@ -24,8 +24,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from src.components import build_optimizer
 from src.config import EXECUTION_WHITELIST
-from src.errors import ConfigError
+from src.errors import ConfigError, class_arguments
 from src.schedule_config import COMPOSITE_KEY, SCHEDULE_KEYS, interval, monitor, uses_warmup
 
 
@@ -53,14 +54,15 @@ def build_scheduler(scheduler_cfg: DictConfig, optimizer: torch.optim.Optimizer)
     (SequentialLR's) built first on the same optimizer."""
     resolved = OmegaConf.to_container(scheduler_cfg, resolve=True)  # steps.* are the run's root config's
     class_args = {k: v for k, v in resolved.items() if k not in (*SCHEDULE_KEYS, COMPOSITE_KEY)}
-    scheduler = instantiate(class_args, _execution_whitelist_=EXECUTION_WHITELIST)
-    if COMPOSITE_KEY not in resolved:
-        return scheduler(optimizer)
-    parts = [
-        instantiate(part, optimizer, _execution_whitelist_=EXECUTION_WHITELIST)
-        for part in resolved[COMPOSITE_KEY]
-    ]
-    return scheduler(optimizer=optimizer, schedulers=parts)
+    with class_arguments("scheduler", str(resolved.get("_target_"))):
+        scheduler = instantiate(class_args, _execution_whitelist_=EXECUTION_WHITELIST)
+        if COMPOSITE_KEY not in resolved:
+            return scheduler(optimizer)
+        parts = [
+            instantiate(part, optimizer, _execution_whitelist_=EXECUTION_WHITELIST)
+            for part in resolved[COMPOSITE_KEY]
+        ]
+        return scheduler(optimizer=optimizer, schedulers=parts)
 
 
 def optimizer_settings(optimizer: torch.optim.Optimizer, keys: list[set[str]] | None = None) -> list[dict]:
@@ -80,7 +82,7 @@ def constant_epochs(cfg: DictConfig) -> int:
     if monitor(cfg.scheduler) is not None:
         return 0
     probe_parameter = torch.zeros(1, requires_grad=True)
-    probe = instantiate(cfg.optimizer, _execution_whitelist_=EXECUTION_WHITELIST)([probe_parameter])
+    probe = build_optimizer(cfg.optimizer, [probe_parameter])
     configured = optimizer_settings(probe)  # before the scheduler sets its own start (OneCycleLR does)
     keys = [set(group) for group in configured]
     with warnings.catch_warnings():  # stepping a scheduler without optimizer steps warns

@@ -42,7 +42,7 @@ from hydra_plugins.batched_launcher.launch_process import LaunchProcess
 from hydra_plugins.optuna_pruning_sweeper.workers import Heartbeats
 from src.batched_runs import BatchedRun
 from src.epoch_callbacks import RunContext
-from src.errors import TrainingDiverged
+from src.errors import TrainingDiverged, UserInputError
 from src.models import CNN, MLP, SimpleNet
 from src.stacked_model import stack_model
 from src.trial_optimizers import TrialOptimizer, step_trials
@@ -319,6 +319,28 @@ def test_a_pruned_trial_and_a_diverging_one_leave_the_group_and_the_others_train
     assert (tmp_path / "run3" / "lr_steps.csv").read_text() == (
         alone[1].context.run_dir / "lr_steps.csv"
     ).read_text()
+
+
+def test_a_trial_whose_class_refuses_its_arguments_fails_alone_and_the_others_train_stacked(
+    tiny_mnist, tmp_path
+):
+    settings = [
+        ["optimizer.momentum=-1"],  # torch.optim.SGD refuses it
+        ["optimizer.lr=0.05"],
+        ["optimizer.lr=0.01"],
+    ]
+    runs = in_process_runs(
+        tiny_mnist,
+        tmp_path,
+        [["optimizer=sgd", *s, "trainer.epochs=1", "trainer.stacking=always"] for s in settings],
+    )
+    outcomes = BatchedRun.run_together(runs, BatchSettings())
+    assert isinstance(outcomes[0], UserInputError)
+    assert str(outcomes[0]) == "optimizer: torch.optim.SGD refused its arguments: Invalid momentum value: -1"
+    assert not (tmp_path / "run0" / "metrics.json").exists()
+    for index in (1, 2):
+        assert isinstance(outcomes[index], float)
+        assert read_json(tmp_path / f"run{index}" / "metrics.json")["status"] == "completed"
 
 
 # --- through the CLI ----------------------------------------------------------------------------------

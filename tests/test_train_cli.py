@@ -54,6 +54,16 @@ def test_help_and_cfg_job_show_groups_and_overrides():
 
 BAD_INPUTS = [
     ("scheduler.gamma=0", "scheduler.gamma=0", "(0, 1]"),
+    # The classes' own checks of their arguments: the run directory Hydra made is removed again.
+    (("optimizer=sgd", "optimizer.momentum=-1"), "optimizer: torch.optim.SGD", "Invalid momentum value: -1"),
+    ("+optimizer.foo=1", "optimizer: torch.optim.Adam refused", "unexpected keyword argument 'foo'"),
+    ("+model.foo=2", "model: src.models.SimpleNet refused", "unexpected keyword argument 'foo'"),
+    (
+        ("scheduler=onecycle", "scheduler.pct_start=2"),
+        "scheduler: torch.optim.lr_scheduler.OneCycleLR refused its arguments",
+        "Expected float between 0 and 1 pct_start, but got 2",
+    ),
+    ("trainer.num_threads=100000", "trainer.num_threads=100000", "null or an integer in [1, 1024]"),
     ("scheduler.gamma=1.5", "scheduler.gamma=1.5", "(0, 1]"),
     ("scheduler.gamma=abc", "scheduler.gamma='abc'", "(0, 1]"),
     ("scheduler.step_size=0", "scheduler.step_size=0", "integer >= 1"),
