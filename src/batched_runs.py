@@ -42,7 +42,7 @@ from src.cpu_share import CpuShare, job_cpus
 from src.data import MnistSplits, Split, raw_files_identity
 from src.deferred_job import DeferredJob, LogFile
 from src.epoch_callbacks import RunContext, report_epoch_together
-from src.errors import TrainingDiverged
+from src.errors import TrainingDiverged, UserInputError
 from src.hardware import resolve_device, threads_for_this_job
 from src.run import (
     RunEnd,
@@ -55,6 +55,7 @@ from src.run import (
     train,
 )
 from src.run_record import Column, EpochRecord
+from src.schedule_config import monitor
 from src.schedules import Stepping, build_scheduler, constant_epochs, fill_in_steps
 from src.shared_prefix import resolved_except
 from src.stacked_model import StackedModel, parameter_bytes, stack_model, trial_losses
@@ -89,6 +90,7 @@ class BatchedRun:
     cfg: DictConfig
     context: RunContext
     started: float = field(default_factory=time.perf_counter)
+    constant_epochs: int | None = None  # found before its batch trains (checked_constant_epochs)
 
     @classmethod
     def for_job(cls, job: DeferredJob) -> "BatchedRun":
@@ -179,11 +181,13 @@ class LoadedData:
 SWEEP_DATA = LoadedData()
 
 
-def check_class_arguments(cfg: DictConfig) -> None:
-    """The classes' own checks of a trial's arguments, before its batch trains: its model, and its optimizer
-    and scheduler on a probe parameter."""
-    build_model(cfg.model)
-    build_scheduler(cfg.scheduler, build_optimizer(cfg.optimizer, [torch.zeros(1, requires_grad=True)]))
+def checked_constant_epochs(cfg: DictConfig) -> int:
+    """constant_epochs(), which builds the trial's optimizer and scheduler on a probe: the classes' own
+    checks of its arguments (SGD's momentum=-1) then fail this trial alone, before its batch trains. A
+    metric-driven scheduler, which constant_epochs() does not build, is built here."""
+    if monitor(cfg.scheduler) is not None:
+        build_scheduler(cfg.scheduler, build_optimizer(cfg.optimizer, [torch.zeros(1, requires_grad=True)]))
+    return constant_epochs(cfg)
 
 
 def train_group(
@@ -201,7 +205,7 @@ def train_group(
     for index, run in zip(indices, runs, strict=True):
         try:
             fill_in_steps(run.cfg, len(data.train))
-            check_class_arguments(run.cfg)
+            run.constant_epochs = checked_constant_epochs(run.cfg)
             ready.append((index, run))
         except Exception as error:  # a warmup longer than this trial's run, SGD's momentum=-1: it fails alone
             outcomes[index] = error
@@ -213,7 +217,11 @@ def train_group(
         outcomes.update({index: run_alone(run) for index, run in ready})
         return outcomes
     torch.manual_seed(cfg.trainer.seed)
-    model = build_model(cfg.model).to(device)
+    try:
+        model = build_model(cfg.model).to(device)
+    except UserInputError as error:  # the group's model (+model.foo=2): each of its trials fails with it
+        outcomes.update({index: error for index, _ in ready})
+        return outcomes
     rng_after_init = torch.get_rng_state()  # a run alone draws its dropout masks from here on
     sample, _ = data.train.batch(slice(0, cfg.trainer.batch_size))
     stacked, how = stack_model(model, 2, sample)
@@ -420,7 +428,8 @@ class StackedGroup:
             cfg, context = run.cfg, run.context
             optimizer = build_optimizer(cfg.optimizer, self.stacked.trial_views(k))
             stepping = Stepping(build_scheduler(cfg.scheduler, optimizer), cfg.scheduler, optimizer)
-            callbacks = epoch_callbacks(cfg, context, prunable_from(cfg, context, constant_epochs(cfg)))
+            constant = constant_epochs(cfg) if run.constant_epochs is None else run.constant_epochs
+            callbacks = epoch_callbacks(cfg, context, prunable_from(cfg, context, constant))
             finishing = finishing_run(cfg, context, data, device, callbacks, run.started)
             end = finishing.__enter__()
             context.log.info(

@@ -341,6 +341,17 @@ def test_a_trial_whose_class_refuses_its_arguments_fails_alone_and_the_others_tr
     for index in (1, 2):
         assert isinstance(outcomes[index], float)
         assert read_json(tmp_path / f"run{index}" / "metrics.json")["status"] == "completed"
+    # A model that refuses its arguments is the whole group's: each of its trials fails with it.
+    refused = in_process_runs(
+        tiny_mnist,
+        tmp_path / "model",
+        [
+            ["+model.foo=2", f"optimizer.lr={lr}", "trainer.epochs=1", "trainer.stacking=always"]
+            for lr in (1, 2)
+        ],
+    )
+    for outcome in BatchedRun.run_together(refused, BatchSettings()):
+        assert isinstance(outcome, UserInputError) and str(outcome).startswith("model: src.models.SimpleNet")
 
 
 # --- through the CLI ----------------------------------------------------------------------------------
