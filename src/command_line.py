@@ -214,22 +214,12 @@ def check_one_command(arguments: Sequence[str]) -> None:
         raise UserInputError(f"{' and '.join(commands)} cannot be combined: give one of {allowed}")
 
 
-def check_sweeps_have_multirun(arguments: Sequence[str]) -> None:
+def check_sweeps_have_multirun(arguments: Sequence[str], overrides: dict[str, Any]) -> None:
     """Without --multirun, an override with several values (`scheduler.gamma=0.1,0.5`, `choice(...)`) gets
     Hydra's four lines on what it could mean: one line here, parsed as Hydra parses it."""
     if given(arguments, "--multirun"):
         return
-    candidates = [a for a in arguments if not a.startswith("-") and "=" in a and ("," in a or "(" in a)]
-    if not candidates:
-        return
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parser = OverridesParser.create()
-    for argument in candidates:
-        try:
-            override = parser.parse_overrides([argument])[0]
-        except Exception:  # not an override Hydra can parse: Hydra says why
-            continue
+    for argument, override in overrides.items():
         if override.is_sweep_override():
             raise UserInputError(
                 f"{argument} is not allowed without --multirun: several values are a sweep (add --multirun; "
@@ -237,22 +227,25 @@ def check_sweeps_have_multirun(arguments: Sequence[str]) -> None:
             )
 
 
-def check_overrides_parse(arguments: Sequence[str]) -> None:
-    """Each override reads in Hydra's grammar (`scheduler.gamma=intervl(0.1,0.5)`, `interval(0.1`): Hydra
-    answers in five lines, one of which says what is wrong."""
+def parsed_overrides(arguments: Sequence[str]) -> dict[str, Any]:
+    """Each override as Hydra's parser reads it, once for every check; one that does not read in Hydra's
+    grammar (`scheduler.gamma=intervl(0.1,0.5)`, `interval(0.1`) is refused with the one line of Hydra's
+    five that says what is wrong."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
     from hydra_plugins.optuna_pruning_sweeper.grammar import override_error_reason
 
     parser = OverridesParser.create()
+    overrides = {}
     for argument in arguments:
         if argument.startswith("-") or "=" not in argument:
             continue
         try:
-            parser.parse_overrides([argument])
+            overrides[argument] = parser.parse_overrides([argument])[0]
         except OverrideParseException as error:
             raise UserInputError(f"{argument} is not allowed: {override_error_reason(error)}") from None
+    return overrides
 
 
 SEARCH_SPACE = "hydra.sweeper.params."
@@ -284,16 +277,14 @@ def has_path(tree: dict[str, Any], key: str) -> bool:
     return False
 
 
-def check_search_space_setting(argument: str, chosen: dict[str, tuple[str, ...]]) -> None:
+def check_search_space_setting(argument: str, override: Any, chosen: dict[str, tuple[str, ...]]) -> None:
     """`hydra.sweeper.params.KEY=RANGE` searches a setting the runs have (a typo would fail every trial),
     one the preset's search space has unless added with `+` (Hydra refuses the others in five lines), and
     its range is quoted (Hydra refuses a sweep over its own config with a line that does not say so)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     key, _, value = argument.lstrip("+").partition("=")
     searched = key.removeprefix(SEARCH_SPACE)
     check_setting_exists(searched, chosen, argument)
-    if OverridesParser.create().parse_overrides([argument])[0].is_sweep_override():
+    if override.is_sweep_override():
         raise UserInputError(
             f"{argument} is not allowed: quote the range for Hydra ({key}='{value}'), or give it directly "
             f"({searched}={value})"
@@ -357,6 +348,7 @@ def plugin_settings(group: str, option: str) -> Any:
 
 def check_plugin_setting(
     argument: str,
+    override: Any,
     arguments: Sequence[str],
     chosen: dict[str, tuple[str, ...]],
     group: str,
@@ -367,17 +359,12 @@ def check_plugin_setting(
     that name and take that type (OmegaConf's check, as Hydra's, in one line instead of five)."""
     import copy
 
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     option = chosen_plugin(arguments, chosen, group, parent)
     settings = plugin_settings(group, option)
     if settings is None:
-        return
-    try:
-        override = OverridesParser.create().parse_overrides([argument])[0]
-    except Exception:  # Hydra says why
         return
     parts = override.key_or_group.split(".")
     depth = group.count("/") + 2  # hydra.sweeper.NAME, hydra.sweeper.pruner.NAME
@@ -392,7 +379,7 @@ def check_plugin_setting(
         )
     if len(parts) > depth + 1:  # a nested group's setting is its chosen option's; other nested ones are left
         if hydra_group_options(f"hydra/{group}/{name}"):
-            check_plugin_setting(argument, arguments, chosen, f"{group}/{name}", settings)
+            check_plugin_setting(argument, override, arguments, chosen, f"{group}/{name}", settings)
         return
     if override.is_sweep_override():
         return  # Hydra refuses a sweep over its own config in its own words
@@ -410,8 +397,8 @@ def check_command_line(arguments: Sequence[str]) -> None:
     """Raise UserInputError for the first thing on the command line that Hydra would report in many
     lines, or too late."""
     check_one_command(arguments)
-    check_overrides_parse(arguments)
-    check_sweeps_have_multirun(arguments)
+    overrides = parsed_overrides(arguments)
+    check_sweeps_have_multirun(arguments, overrides)
     if any(a.startswith(CONFIG_FLAGS) for a in arguments):
         return  # another primary config or config directory: its keys are not conf/train.yaml's
     chosen = chosen_options(arguments)
@@ -431,6 +418,6 @@ def check_command_line(arguments: Sequence[str]) -> None:
         if plain and parts[0] != "hydra" and key not in chosen:
             check_setting_exists(key, chosen, argument)
         elif key.startswith(SEARCH_SPACE) and not argument.startswith("~"):
-            check_search_space_setting(argument, chosen)
+            check_search_space_setting(argument, overrides[argument], chosen)
         elif plain and len(parts) > 2 and parts[0] == "hydra" and parts[1] in PLUGIN_GROUPS:
-            check_plugin_setting(argument, arguments, chosen, parts[1])
+            check_plugin_setting(argument, overrides[argument], arguments, chosen, parts[1])

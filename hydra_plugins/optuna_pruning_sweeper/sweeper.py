@@ -347,14 +347,6 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
                 "(a list of them for several objectives)"
             )
 
-    def _is_grid_range(self, distribution: BaseDistribution) -> bool:
-        """A distribution the GridSampler can walk (upstream's _to_grid_sampler_choices raises otherwise)."""
-        try:
-            self._to_grid_sampler_choices(distribution)
-        except ValueError:
-            return False
-        return True
-
     @property
     def sampler_name(self) -> str:
         return str(self.sampler_config._target_).rsplit(".", 1)[-1]
@@ -368,12 +360,17 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
         seed = self.sampler_config.get("seed")
         grid = None
         if target == GRID_SAMPLER:
-            if continuous := [name for name, d in distributions.items() if not self._is_grid_range(d)]:
+            grid, continuous = {}, []
+            for name, distribution in distributions.items():
+                try:  # upstream raises a ValueError for a distribution the GridSampler cannot walk
+                    grid[name] = self._to_grid_sampler_choices(distribution)
+                except ValueError:
+                    continuous.append(name)
+            if continuous:
                 raise SweepError(
                     f"hydra/sweeper/sampler=grid is not allowed with a continuous range "
                     f"({', '.join(continuous)}): give each searched key choice(...) or range(...)"
                 )
-            grid = {name: self._to_grid_sampler_choices(d) for name, d in distributions.items()}
             self.n_trials = min(self.n_trials, math.prod(len(choices) for choices in grid.values()))
             log.info(f"GridSampler: {self.n_trials} trials")
 
