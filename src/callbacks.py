@@ -8,6 +8,7 @@ a process that will train into the machine's CPU share (src/cpu_share.py) before
 """
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from hydra_plugins.optuna_pruning_sweeper.disk import unwritable_reason
 from src.config import validate
 from src.cpu_share import CpuShare, job_cpus
 from src.errors import ConfigError, UserInputError
+from src.grid_jobs import grid_job_configs, numbered_as_job
 from src.mnist_files import training_images
 from src.run_record import METRICS_JSON
 from src.sweep_process import name_sweep_process
@@ -134,8 +136,9 @@ class CheckConfigFirst(Callback):
 
     A bad value stops a run, or a whole sweep (any sweeper, any launcher), with one line on stderr and
     exit code 2. In a sweep this is the sweep's own config (fixed values applied, swept keys at their
-    defaults); what the sweeper chooses for each job is checked by the job (src.train.main). Hydra
-    turns a callback's exceptions into warnings, so the stop is a SystemExit.
+    defaults), and for a plain grid each job's (src/grid_jobs.py); what another sweeper chooses for each job
+    is checked by the job (src.train.main). Hydra turns a callback's exceptions into warnings, so the stop is
+    a SystemExit.
     """
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -143,17 +146,22 @@ class CheckConfigFirst(Callback):
         CpuShare(job_cpus()).register()
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._check(config, check_sweep_dir_and_launcher)
+        with numbered_as_job(0):  # the sweep's config, with the values a job's resolves to
+            self._check(config, check_sweep_dir_and_launcher)
+        for number, job in grid_job_configs(config):  # a plain grid's values, each job's as it will run
+            with numbered_as_job(number):
+                self._check(job)
         name_sweep_process()
         if config.hydra.launcher.get("_target_") in IN_PROCESS_LAUNCHERS:
             # This process will train the jobs: other workers starting now count it from their first job.
             CpuShare(job_cpus()).register()
 
     @staticmethod
-    def _check(config: DictConfig, check_directory: Any) -> None:
+    def _check(config: DictConfig, check_directory: Callable[[DictConfig], None] | None = None) -> None:
         try:
             validate(config)
-            check_directory(config)
+            if check_directory is not None:
+                check_directory(config)
             check_machine_and_data(config)
         except UserInputError as error:
             print(f"error: {error}", file=sys.stderr)

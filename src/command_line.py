@@ -52,8 +52,8 @@ def check_option(key: str, value: str, options: list[str], where: str = "") -> N
     if "(" in value:
         return
     for option in value.split(","):
-        if option.strip() not in options:
-            raise ConfigError(key, value, f"one of {', '.join(options)}{where}")
+        if option.strip() not in options:  # in a sweep, the option that is not one
+            raise ConfigError(key, option.strip(), f"one of {', '.join(options)}{where}")
 
 
 def hydra_group_options(group: str) -> list[str]:

@@ -8,7 +8,7 @@ import functools
 import math
 from numbers import Real
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from src import conf_files
 from src.errors import ConfigError, UserInputError
@@ -163,6 +163,25 @@ def check_known_keys(cfg: DictConfig) -> None:
                 raise ConfigError(f"{group}.{key}", cfg[group]._get_node(key)._value(), allowed)
 
 
+def check_no_hydra_node_interpolation(node: DictConfig | ListConfig, path: str = "") -> None:
+    """`trainer.seed=${hydra.job.num}`: Hydra removes the hydra node from the config a run gets, so such an
+    interpolation fails there with a traceback; Hydra's resolver reads it instead (`${hydra:job.num}`)."""
+    for key in node if isinstance(node, DictConfig) else range(len(node)):
+        child = node._get_node(key)
+        where = f"{path}{key}"
+        if where == "hydra":
+            continue
+        if isinstance(child, DictConfig | ListConfig):
+            check_no_hydra_node_interpolation(child, f"{where}.")
+        elif isinstance(raw := child._value(), str) and "${hydra." in raw:
+            resolver = raw.replace("${hydra.", "${hydra:")
+            raise ConfigError(
+                where,
+                raw,
+                f"write {resolver} (a run's config has no hydra node to interpolate; the resolver reads it)",
+            )
+
+
 def check_targets(node: DictConfig, path: str = "") -> None:
     """Only the model, optimizer and scheduler groups name a class: a `_target_` anywhere else in the
     task config (`+model.x={_target_: os.system}`) would be built by nothing, or by something it shouldn't."""
@@ -182,6 +201,7 @@ def check_targets(node: DictConfig, path: str = "") -> None:
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError for the first value that would make the run fail or mean nothing."""
     check_nothing_required_removed(cfg)
+    check_no_hydra_node_interpolation(cfg)
     check_known_keys(cfg)
     check_targets(cfg)
     trainer = cfg.trainer

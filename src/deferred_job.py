@@ -8,6 +8,7 @@ There, `run_together` makes each job a BatchedRun in the job's own Hydra config 
 set them, and trains the batch (src/batched_runs.py).
 """
 
+import copy
 import logging
 import time
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import env_override
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 
 from hydra_plugins.batched_launcher.deferral import BatchSettings, Deferred, defer
 
@@ -28,6 +29,32 @@ class LogFile:
 
     path: str
     formatter: logging.Formatter | None
+
+
+def with_hydra_values_resolved(cfg: DictConfig) -> DictConfig:
+    """The job's config with each value that reads Hydra's config (`trainer.seed=${hydra:job.num}`) resolved
+    now, while run_job has set Hydra's config to this job's. Where the batch trains, Hydra's config is the
+    last job's that was set: two jobs of that seed would both train with the last one's. A copy, when any."""
+    places = hydra_resolver_places(cfg)
+    if not places:
+        return cfg
+    resolved = copy.deepcopy(cfg)
+    with read_write(resolved), open_dict(resolved):
+        for place in places:
+            OmegaConf.update(resolved, place, OmegaConf.select(cfg, place), merge=False)
+    return resolved
+
+
+def hydra_resolver_places(node: DictConfig | ListConfig, path: str = "") -> list[str]:
+    """The keys (dotted) whose values, as written, use the hydra: resolver."""
+    places = []
+    for key in node if isinstance(node, DictConfig) else range(len(node)):
+        child = node._get_node(key)
+        if isinstance(child, DictConfig | ListConfig):
+            places += hydra_resolver_places(child, f"{path}{key}.")
+        elif isinstance(raw := child._value(), str) and "${hydra:" in raw:
+            places.append(f"{path}{key}")
+    return places
 
 
 @dataclass
@@ -44,7 +71,8 @@ class DeferredJob:
             for handler in logging.getLogger().handlers
             if isinstance(handler, logging.FileHandler)
         ]
-        return defer(cls(cfg, HydraConfig.instance().cfg, log_files))  # run_job gave the job its own config
+        # run_job gave the job its own config, and Hydra's config is this job's only until the next job's
+        return defer(cls(with_hydra_values_resolved(cfg), HydraConfig.instance().cfg, log_files))
 
     @contextmanager
     def as_running(self) -> Iterator[None]:

@@ -411,6 +411,22 @@ def test_a_grid_trained_stacked_matches_the_same_grid_trained_one_run_at_a_time(
     assert len(json.loads(compare.stdout)) == 4
 
 
+def test_a_seed_per_job_through_hydras_resolver_trains_each_trial_with_its_own_seed(tiny_mnist, tmp_path):
+    """`trainer.seed=${hydra:job.num}` reads Hydra's config, which is each job's only while run_job runs it:
+    the batch would train every trial with the last job's seed (all stacked together, all recorded as 1)."""
+    sweep = [*tiny_data_overrides(tiny_mnist), "trainer.epochs=1", "logger=none", "optimizer.lr=0.001,0.003"]
+    sweep += ["--multirun", "trainer.seed=${hydra:job.num}"]
+    batched = run_cli("src.train", *sweep, f"hydra.sweep.dir={tmp_path / 'b'}", "hydra/launcher=batched")
+    assert batched.returncode == 0, batched.stderr[-3000:]
+    assert (batched.stdout + batched.stderr).count("1 trial trains alone") == 2  # seeds differ: no stack
+    basic = run_cli("src.train", *sweep, f"hydra.sweep.dir={tmp_path / 'a'}")
+    assert basic.returncode == 0, basic.stderr[-3000:]
+    for number, (b, a) in enumerate(zip(trial_dirs(tmp_path / "b"), trial_dirs(tmp_path / "a"), strict=True)):
+        assert read_json(b / "metrics.json")["seed"] == read_json(a / "metrics.json")["seed"] == number
+        assert_equivalent(b, a)
+        assert "seed: ${hydra:job.num}" in (b / ".hydra" / "config.yaml").read_text()  # as Hydra saved it
+
+
 def files_but_events(run_dir: Path) -> set[str]:
     return {p.name for p in run_dir.iterdir() if not p.name.startswith("events.out.tfevents")}
 

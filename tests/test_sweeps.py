@@ -321,6 +321,89 @@ def test_a_bad_fixed_value_stops_a_plain_grid_before_any_job(tiny_mnist, tmp_pat
     assert not (tmp_path / "grid").exists()
 
 
+GRID_VALUES_REFUSED = [
+    (["scheduler.gamma=0.5,-1"], "scheduler.gamma=-1 is not allowed: a number in (0, 1]"),
+    (["trainer.batch_size=range(-1,2)"], "trainer.batch_size=-1 is not allowed: an integer >= 1"),
+    (["+trainer.foo=1,2"], "trainer.foo=1 is not allowed: not a trainer setting"),
+    (["data.val_size=100,5000"], "data.val_size=5000 is not allowed: between 1 and 1199"),
+    (["scheduler=step_lr,plateu"], "scheduler='plateu' is not allowed: one of constant, cosine"),
+    # job 0 would train 0 epochs: a job's number is what `${hydra:job.num}` reads in each job's check
+    (["optimizer.lr=0.1,0.2", "trainer.epochs=${hydra:job.num}"], "trainer.epochs=0 is not allowed"),
+    (["optimizer.lr=0.1,0.2", "trainer.seed=${hydra.job.num}"], "trainer.seed='${hydra.job.num}' is not"),
+]
+
+
+@pytest.mark.parametrize(("sweep", "message"), GRID_VALUES_REFUSED)
+@pytest.mark.parametrize("launcher", ["basic", "batched"])
+def test_a_bad_value_of_a_plain_grid_stops_it_before_any_job(tiny_mnist, tmp_path, sweep, message, launcher):
+    """Hydra's basic sweeper would run the other jobs, then end with the bad job's traceback (exit 1) and
+    leave its directory without results; each job's values are checked first (src/grid_jobs.py)."""
+    grid = ["--multirun", f"hydra.sweep.dir={tmp_path / 'grid'}", *tiny_data_overrides(tiny_mnist)]
+    result = run_cli("src.train", *grid, "trainer.epochs=1", f"hydra/launcher={launcher}", *sweep)
+    assert result.returncode == 2, result.stderr[-2000:]
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {message}"), line
+    assert not (tmp_path / "grid").exists()
+
+
+def test_grid_jobs_are_checked_as_they_will_run_and_only_for_a_plain_grid_of_values(tiny_mnist):
+    """Every job up to MAX_CHECKED_JOBS; beyond, each value of each key beside the first of the others.
+    Values valid only together with another key's (a warmup shorter than every epochs value swept) are
+    checked as the jobs pair them. A sweep over a config group, or another sweeper, is left to its jobs."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict, read_write
+
+    from src.callbacks import check_machine_and_data
+    from src.config import validate
+    from src.errors import ConfigError
+    from src.grid_jobs import MAX_CHECKED_JOBS, grid_job_configs
+
+    def jobs(*task: str, sweeper: str = "basic", scheduler: str = "step_lr", params=None) -> list[dict]:
+        with initialize_config_dir(config_dir=str(REPO / "conf")):
+            config = compose(
+                "train",
+                [*tiny_data_overrides(tiny_mnist), f"hydra/sweeper={sweeper}", f"scheduler={scheduler}"],
+                return_hydra_config=True,
+            )
+        with read_write(config), open_dict(config):
+            config.hydra.overrides.task = list(task)
+            if params:  # the basic sweeper's own params (a config file sets them)
+                config.hydra.sweeper.params = params
+        seen = []
+        for number, job in grid_job_configs(config):
+            validate(job)
+            check_machine_and_data(job)
+            seen.append(
+                {
+                    "number": number,
+                    "epochs": job.trainer.epochs,
+                    "seed": job.trainer.seed,
+                    "lr": job.optimizer.lr,
+                }
+            )
+        return seen
+
+    small = jobs("trainer.epochs=1,2", "optimizer.lr=0.1,0.2,0.3")
+    assert len(small) == 6 and len({tuple(j.values()) for j in small}) == 6
+    # trainer.epochs is 5 in the sweep's config: a warmup of 6 epochs is valid with the 8 and 9 it runs with
+    assert len(jobs("trainer.epochs=8,9", "steps.warmup_epochs=6,7", scheduler="warmup_cosine")) == 4
+    with pytest.raises(ConfigError, match="steps.warmup_epochs=4 is not allowed"):
+        jobs("trainer.epochs=3,6", "steps.warmup_epochs=2,4", scheduler="warmup_cosine")
+    seeds = MAX_CHECKED_JOBS  # with 2 epochs values, more jobs than are checked one by one
+    big = jobs("trainer.epochs=1,2", f"trainer.seed=range(0,{seeds})")
+    assert len(big) == 1 + 1 + (seeds - 1)
+    assert {j["seed"] for j in big} == set(range(seeds)) and {j["epochs"] for j in big} == {1, 2}
+    # numbered as the basic sweeper numbers them: the last key varies fastest
+    assert all(j["number"] == (j["epochs"] - 1) * seeds + j["seed"] for j in big)
+    assert [j["number"] for j in small] == list(range(6))
+    assert jobs("scheduler=step_lr,exponential_lr", "scheduler.gamma=0.1,0.2") == []
+    assert jobs("scheduler.gamma=0.1,0.2", sweeper="optuna_pruning") == []
+    assert jobs("trainer.epochs=3") == []  # no sweep
+    assert len(jobs("trainer.epochs=1,2", params={"optimizer.lr": "0.1,0.2"})) == 4
+    with pytest.raises(ConfigError, match=r"optimizer.lr=-1 is not allowed: a number > 0"):
+        jobs(params={"optimizer.lr": "0.1,-1"})
+
+
 def test_a_bad_fixed_value_stops_an_optuna_sweep_before_any_trial(tiny_mnist, tmp_path):
     """Every trial would fail the same way: one error line up front, and the study is left untouched,
     so the corrected command starts it cleanly."""

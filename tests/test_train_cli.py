@@ -65,6 +65,8 @@ BAD_INPUTS = [
     ),
     ("trainer.num_threads=100000", "trainer.num_threads=100000", "null or an integer in [1, 1024]"),
     ("scheduler.gamma=1.5", "scheduler.gamma=1.5", "(0, 1]"),
+    # Hydra removes the hydra node from a run's config: the interpolation would fail there with a traceback.
+    ("trainer.seed=${hydra.job.num}", "trainer.seed='${hydra.job.num}'", "write ${hydra:job.num}"),
     ("scheduler.gamma=abc", "scheduler.gamma='abc'", "(0, 1]"),
     ("scheduler.step_size=0", "scheduler.step_size=0", "integer >= 1"),
     ("scheduler.step_size=2.5", "scheduler.step_size=2.5", "integer >= 1"),

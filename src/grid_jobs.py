@@ -1,0 +1,99 @@
+"""The jobs of a plain grid (Hydra's basic sweeper), as configs, before the first one runs.
+
+Hydra's basic sweeper runs every job of `--multirun scheduler.gamma=0.5,-1`, then ends the sweep with the
+traceback of the job whose value was bad. Each job's config is the sweep's config with that job's values
+applied as Hydra applies a value override; the callback that checks the sweep's config first
+(src/callbacks.py) checks each of these too, so a bad value stops the grid in one line before anything runs.
+"""
+
+import itertools
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from src import conf_files
+
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+# Up to this many jobs, every job of a grid is checked up front; beyond, the jobs that differ from the first
+# in one key (each value of each key is checked, as are cross-key rules between those values and the first
+# values of the other keys). Every job still checks its own config as it starts.
+MAX_CHECKED_JOBS = 200
+
+
+def swept_values(config: DictConfig) -> list[list[tuple[Override, object]]] | None:
+    """Per swept key, (its override, each value), as the basic sweeper reads hydra.sweeper.params and the
+    command line; None when a sweep changes what is composed (a config group, a package, a deletion) or
+    sweeps over dicts or lists."""
+    params = config.hydra.sweeper.get("params") or {}
+    lines = [f"{key}={value}" for key, value in params.items()] + list(config.hydra.overrides.task)
+    by_key: dict[str, Override] = {}  # in the sweeper's order: a key's place is its first, its value its last
+    for override in OverridesParser.create().parse_overrides(lines):
+        by_key[override.get_key_element()] = override
+    sweeps = [o for o in by_key.values() if o.is_sweep_override()]
+    if any(
+        not o.is_discrete_sweep()
+        or o.package is not None
+        or o.is_delete()
+        or o.is_list_extend()
+        or "/" in o.key_or_group
+        or conf_files.is_group(o.key_or_group)
+        for o in sweeps
+    ):
+        return None
+    values = [[(o, value) for value in o.sweep_iterator()] for o in sweeps]
+    if any(isinstance(value, dict | list) for key_values in values for _, value in key_values):
+        return None  # Hydra merges such a value into the config: left to each job
+    return values
+
+
+def checked_combinations(values: list[list[tuple[Override, object]]]) -> Iterator[tuple[int, tuple]]:
+    """(job number, combination): every combination of the swept values, numbered as the basic sweeper
+    numbers its jobs, when there are at most MAX_CHECKED_JOBS, else those that differ from the first in one
+    key."""
+    sizes = [len(v) for v in values]
+    if math.prod(sizes) <= MAX_CHECKED_JOBS:
+        yield from enumerate(itertools.product(*values))
+        return
+    yield 0, tuple(v[0] for v in values)
+    for position, key_values in enumerate(values):
+        stride = math.prod(sizes[position + 1 :])  # the product's order: the last key varies fastest
+        for index in range(1, len(key_values)):
+            combination = tuple(v[index if k == position else 0] for k, v in enumerate(values))
+            yield index * stride, combination
+
+
+def grid_job_configs(config: DictConfig) -> Iterator[tuple[int, DictConfig]]:
+    """(job number, job config) of a basic-sweeper grid over plain values (checked_combinations); none for
+    another sweeper or a sweep over a config group. One copy of the task config is updated for each job in
+    turn (every swept key is set each time): read it before taking the next."""
+    if config.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
+        return
+    values = swept_values(config)
+    if not values:
+        return
+    job = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])  # a task config
+    for number, combination in checked_combinations(values):
+        for override, value in combination:  # as Hydra applies a value override
+            force_add = override.is_add() or override.is_force_add()
+            OmegaConf.update(job, override.key_or_group, value, merge=True, force_add=force_add)
+        yield number, job
+
+
+@contextmanager
+def numbered_as_job(number: int) -> Iterator[None]:
+    """Hydra's config with hydra.job.num and .id a job's, as `${hydra:job.num}` reads them (a seed per job:
+    `trainer.seed=${hydra:job.num}`); in the sweep's own config they are not set yet. Restored after."""
+    job = HydraConfig.get().job
+    before = (job._get_node("num")._value(), job._get_node("id")._value())  # "???" while not set
+    with read_write(job), open_dict(job):
+        job.num, job.id = number, str(number)
+    try:
+        yield
+    finally:
+        with read_write(job), open_dict(job):
+            job.num, job.id = before
