@@ -21,7 +21,7 @@ from hydra_plugins.optuna_pruning_sweeper.disk import unwritable_reason
 from src.config import validate
 from src.cpu_share import CpuShare, job_cpus
 from src.errors import ConfigError, UserInputError
-from src.grid_jobs import grid_job_configs, numbered_as_job
+from src.grid_jobs import JobSubdirs, grid_jobs, numbered_as_job
 from src.mnist_files import training_images
 from src.run_record import METRICS_JSON
 from src.sweep_process import name_sweep_process
@@ -51,7 +51,8 @@ def check_not_empty(key: str, value: object) -> None:
 
 def check_sweep_subdir(config: DictConfig) -> None:
     """Each job of a sweep writes into hydra.sweep.subdir: without an interpolation (`same`, or empty) every
-    job would write into one directory and each would overwrite the one before it."""
+    job would write into one directory and each would overwrite the one before it (with one, a plain grid's
+    jobs are checked apart: src/grid_jobs.py)."""
     subdir = config.hydra.sweep._get_node("subdir")._value()  # as written, before Hydra resolves it per job
     if "${" not in str(subdir):
         raise ConfigError(
@@ -148,9 +149,10 @@ class CheckConfigFirst(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         with numbered_as_job(0):  # the sweep's config, with the values a job's resolves to
             self._check(config, check_sweep_dir_and_launcher)
-        for number, job in grid_job_configs(config):  # a plain grid's values, each job's as it will run
-            with numbered_as_job(number):
-                self._check(job)
+        subdirs = JobSubdirs(config)
+        for job in grid_jobs(config):  # a plain grid's values, each job's as it will run
+            with numbered_as_job(job.number):
+                self._check(job.config, lambda _config, job=job: subdirs.claim(job))
         name_sweep_process()
         if config.hydra.launcher.get("_target_") in IN_PROCESS_LAUNCHERS:
             # This process will train the jobs: other workers starting now count it from their first job.

@@ -330,6 +330,13 @@ GRID_VALUES_REFUSED = [
     # job 0 would train 0 epochs: a job's number is what `${hydra:job.num}` reads in each job's check
     (["optimizer.lr=0.1,0.2", "trainer.epochs=${hydra:job.num}"], "trainer.epochs=0 is not allowed"),
     (["optimizer.lr=0.1,0.2", "trainer.seed=${hydra.job.num}"], "trainer.seed='${hydra.job.num}' is not"),
+    # two jobs into one directory: the second would replace the first's results, and the sweep end well
+    (
+        ["optimizer.lr=0.1,0.2", "scheduler.gamma=0.1,0.5", "hydra.sweep.subdir=gamma_${scheduler.gamma}"],
+        "hydra.sweep.subdir='gamma_${scheduler.gamma}' is not allowed: a name that differs between the "
+        "grid's jobs: jobs 0 (optimizer.lr=0.1 scheduler.gamma=0.1) and 2 (optimizer.lr=0.2 "
+        "scheduler.gamma=0.1) would both write into",
+    ),
 ]
 
 
@@ -351,36 +358,33 @@ def test_grid_jobs_are_checked_as_they_will_run_and_only_for_a_plain_grid_of_val
     Values valid only together with another key's (a warmup shorter than every epochs value swept) are
     checked as the jobs pair them. A sweep over a config group, or another sweeper, is left to its jobs."""
     from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict, read_write
 
     from src.callbacks import check_machine_and_data
     from src.config import validate
     from src.errors import ConfigError
-    from src.grid_jobs import MAX_CHECKED_JOBS, grid_job_configs
+    from src.grid_jobs import MAX_CHECKED_JOBS, JobSubdirs, grid_jobs
 
-    def jobs(*task: str, sweeper: str = "basic", scheduler: str = "step_lr", params=None) -> list[dict]:
+    def jobs(*task: str, sweeper="basic", scheduler="step_lr", params=None, subdir=None) -> list[dict]:
+        overrides = [*tiny_data_overrides(tiny_mnist), f"hydra/sweeper={sweeper}", f"scheduler={scheduler}"]
         with initialize_config_dir(config_dir=str(REPO / "conf")):
-            config = compose(
-                "train",
-                [*tiny_data_overrides(tiny_mnist), f"hydra/sweeper={sweeper}", f"scheduler={scheduler}"],
-                return_hydra_config=True,
-            )
+            config = compose("train", overrides, return_hydra_config=True)
         with read_write(config), open_dict(config):
             config.hydra.overrides.task = list(task)
             if params:  # the basic sweeper's own params (a config file sets them)
                 config.hydra.sweeper.params = params
-        seen = []
-        for number, job in grid_job_configs(config):
-            validate(job)
-            check_machine_and_data(job)
-            seen.append(
-                {
-                    "number": number,
-                    "epochs": job.trainer.epochs,
-                    "seed": job.trainer.seed,
-                    "lr": job.optimizer.lr,
-                }
-            )
+            if subdir:
+                config.hydra.sweep.subdir = subdir
+        HydraConfig.instance().set_config(config)  # as Hydra sets it for the sweep
+        seen, subdirs = [], JobSubdirs(config)
+        for job in grid_jobs(config):
+            validate(job.config)
+            check_machine_and_data(job.config)
+            subdirs.claim(job)
+            trainer = job.config.trainer
+            seen.append({"number": job.number, "epochs": trainer.epochs, "seed": trainer.seed})
+            seen[-1] |= {"lr": job.config.optimizer.lr, "subdir": job.subdir}
         return seen
 
     small = jobs("trainer.epochs=1,2", "optimizer.lr=0.1,0.2,0.3")
@@ -399,6 +403,13 @@ def test_grid_jobs_are_checked_as_they_will_run_and_only_for_a_plain_grid_of_val
     assert jobs("scheduler=step_lr,exponential_lr", "scheduler.gamma=0.1,0.2") == []
     assert jobs("scheduler.gamma=0.1,0.2", sweeper="optuna_pruning") == []
     assert jobs("trainer.epochs=3") == []  # no sweep
+    assert {j["subdir"] for j in small} == {None}  # the default, ${hydra.job.num}, differs by construction
+    by_both = jobs(
+        "trainer.epochs=1,2", "optimizer.lr=0.1,0.2", subdir="e${trainer.epochs}_lr${optimizer.lr}"
+    )
+    assert sorted(j["subdir"] for j in by_both) == ["e1_lr0.1", "e1_lr0.2", "e2_lr0.1", "e2_lr0.2"]
+    with pytest.raises(ConfigError, match=r"jobs 0 \(trainer.epochs=1 optimizer.lr=0.1\) and 1 \(trainer"):
+        jobs("trainer.epochs=1,2", "optimizer.lr=0.1,0.2", subdir="e${trainer.epochs}")
     assert len(jobs("trainer.epochs=1,2", params={"optimizer.lr": "0.1,0.2"})) == 4
     with pytest.raises(ConfigError, match=r"optimizer.lr=-1 is not allowed: a number > 0"):
         jobs(params={"optimizer.lr": "0.1,-1"})
