@@ -623,6 +623,38 @@ def test_an_empty_directory_setting_or_a_subdir_every_job_shares_is_refused(tiny
     assert runs == ["gamma_0.1", "gamma_0.2"]
 
 
+@pytest.mark.parametrize(("launcher", "n_jobs"), [("basic", 1), ("basic", 3), ("batched", 3)])
+def test_an_optuna_sweep_stops_before_a_trial_would_write_into_another_ones_directory(
+    tiny_mnist, tmp_path, launcher, n_jobs
+):
+    """With one epoch, step_size is always 1: every trial's subdir would be step_1, each replacing the
+    one before while the study kept them all. One trial at a time, the second is stopped before it writes;
+    in a batch, before any trial of the batch runs. The stopped trials are queued to run again."""
+    subdir = "step_${scheduler.step_size}"
+    args = optuna_sweep_args(tiny_mnist, tmp_path, "sweep", "trainer.epochs=1", "logger=none")
+    args += [f"hydra.sweep.subdir={subdir}", f"hydra/launcher={launcher}", f"hydra.sweeper.n_jobs={n_jobs}"]
+    result = run_cli("src.train", *args, "hydra.sweeper.n_trials=3")
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    step_1 = tmp_path / "sweep" / "step_1"
+    allowed = "a name that differs between the trials (the default is ${hydra.job.num})"
+    gives = f"error: hydra.sweep.subdir='{subdir}' gives job 1"
+    trials = load_study(tmp_path).trials
+    ended = [t.state for t in trials if t.state != TrialState.WAITING]
+    if n_jobs == 1:
+        assert line == f"{gives} {step_1}, which holds another run: {allowed}"
+        assert ended == [TrialState.COMPLETE, TrialState.FAIL]
+        assert read_json(step_1 / "metrics.json")["status"] == "completed"  # trial 0's, as it wrote it
+    else:
+        assert line == f"{gives} the directory of job 0, {step_1}: {allowed}"
+        assert ended == [TrialState.FAIL] * 3
+        assert not step_1.exists()  # no trial of the batch ran
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert {t.user_attrs["fail_reason"] for t in failed} == {line[len("error: ") :]}
+    assert len(trials) - len(ended) == len(failed)  # each queued to run again
+
+
 def test_a_plain_sweep_into_a_directory_with_runs_is_refused_unless_overwrite(tiny_mnist, tmp_path):
     grid = ["--multirun", f"hydra.sweep.dir={tmp_path / 'grid'}", *tiny_data_overrides(tiny_mnist)]
     grid += ["trainer.epochs=1", "logger=none"]

@@ -50,6 +50,7 @@ from hydra_plugins.optuna_pruning_sweeper.grammar import override_error_reason
 
 from . import config as registered_configs  # noqa: F401  (registers the configs)
 from .disk import unwritable_reason
+from .job_dirs import shared_directory
 from .seeding import SeedPerTrialSampler
 from .storage import StorageError, describe, open_storage, release_interrupted_reads, set_trial_attrs
 from .trial_bridge import RUN_DIR, instantiate_pruner, job_environment, run_dir_attr
@@ -182,6 +183,7 @@ class SweepError(CompactHydraException):
 
     def __init__(self, message: str) -> None:
         super().__init__(f"error: {message}")
+        self.reason = message
 
 
 def check_same_sweep(study: optuna.Study, settings: SweepSettings, where: str) -> None:
@@ -311,6 +313,10 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
                 self._check_failure_rate(study)
         self._report(study)
 
+    def _is_group(self, key: str) -> bool:
+        """`key` names a config group (`hparams_search`, `hydra/launcher`), not a value."""
+        return "/" in key or self.hydra_context.config_loader.repository.group_exists(key)
+
     def _check_settings(self) -> None:
         """The sweeper's own settings, each with a one-line error (n_jobs=0 used to loop forever)."""
         checks = {
@@ -429,15 +435,16 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
                     strict=True,
                 )
             ]
+            if reason := shared_directory(self.config, self.job_idx, overrides, self._is_group):
+                raise SweepError(reason)
             returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
         except BaseException as stop:  # Ctrl-C or a launcher crash: never leave these trials RUNNING
             release_interrupted_reads(stop)
+            why = (
+                stop.reason if isinstance(stop, SweepError) else "interrupted: the sweep stopped while it ran"
+            )
             for trial in trials:
-                give_up(
-                    study,
-                    study._storage.get_trial(trial._trial_id),
-                    "interrupted: the sweep stopped while it ran",
-                )
+                give_up(study, study._storage.get_trial(trial._trial_id), why)
             raise
         self.job_idx += len(returns)
         for trial, job in zip(trials, returns, strict=True):
