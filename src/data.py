@@ -194,17 +194,40 @@ def _download(root: Path) -> bool:
     from torchvision.datasets import MNIST
 
     directory = raw_dir(root)
+    made = missing_directories(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    with FileLock(directory / ".download.lock"):
+    lock = directory / ".download.lock"
+    with FileLock(lock):
         if _has_all_files(directory):
             return True
         try:
             for train in (True, False):
                 MNIST(root=str(root), train=train, download=True)
+            return True
         except (OSError, RuntimeError) as error:  # URLError is an OSError; torchvision raises RuntimeError
             log.warning("MNIST download failed: %s", str(error).splitlines()[0] if str(error) else error)
-            return False
-    return True
+    if made:  # a mistyped data.root is left as it was: no empty MNIST/raw/ made for nothing
+        lock.unlink(missing_ok=True)
+        remove_empty(made)
+    return False
+
+
+def missing_directories(directory: Path) -> list[Path]:
+    """`directory` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while not directory.exists() and directory != directory.parent:
+        missing.append(directory)
+        directory = directory.parent
+    return missing
+
+
+def remove_empty(directories: list[Path]) -> None:
+    """Remove the directories, deepest first, as long as they are empty (a partial download stays)."""
+    for directory in directories:
+        try:
+            directory.rmdir()
+        except OSError:
+            return
 
 
 def _offline_sample(split_seed: int) -> tuple[Split, Split, Split]:

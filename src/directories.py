@@ -13,6 +13,7 @@ from datetime import datetime
 from omegaconf import OmegaConf
 
 RESOLVER = "unique_timestamp"
+TIMESTAMP = "${" + RESOLVER + ":}"  # as a directory setting writes it (a date directory, then the time)
 HOST_CHARS = 16
 
 

@@ -22,6 +22,7 @@ from hydra_plugins.batched_launcher.deferral import deferring
 from src.command_line import check_command_line
 from src.config import EXECUTION_WHITELIST, validate
 from src.deferred_job import DeferredJob
+from src.directories import TIMESTAMP
 from src.errors import TrainingDiverged, UserInputError
 from src.fast_exit import run_then_exit
 from src.interrupts import report_interrupts_in_one_line
@@ -44,19 +45,27 @@ def main(cfg: DictConfig) -> float:
             # A single run: one clear line and a non-zero exit instead of a traceback.
             print(f"error: {error}", file=sys.stderr)
             if isinstance(error, UserInputError):
-                discard_if_never_started(Path(HydraConfig.get().runtime.output_dir))
+                hydra_config = HydraConfig.get()
+                run_dir_as_written = str(hydra_config.run._get_node("dir")._value())
+                discard_if_never_started(
+                    Path(hydra_config.runtime.output_dir),
+                    in_date_directory=run_dir_as_written.endswith(TIMESTAMP),
+                )
             sys.exit(2 if isinstance(error, UserInputError) else 1)
         raise  # in a sweep, the sweeper records the job as failed and goes on
 
 
-def discard_if_never_started(run_dir: Path) -> None:
+def discard_if_never_started(run_dir: Path, in_date_directory: bool) -> None:
     """Remove a run directory that holds nothing but what Hydra wrote before the run (.hydra/, the log):
-    input found bad only once the run read it (a corrupt data file) leaves no empty run behind."""
+    input found bad only once the run read it (a corrupt data file) leaves no empty run behind. Its parent
+    goes too when it is the date directory `${unique_timestamp:}` made for it and nothing else is there;
+    a parent the user named (`hydra.run.dir=mine/run1`) stays."""
     if run_dir.is_dir() and all(p.name == HYDRA_DIR or p.suffix == ".log" for p in run_dir.iterdir()):
         logging.shutdown()  # the log file is closed before it is removed
         shutil.rmtree(run_dir, ignore_errors=True)
-        with contextlib.suppress(OSError):  # the date directory Hydra made for it, if nothing else is there
-            run_dir.parent.rmdir()
+        if in_date_directory:
+            with contextlib.suppress(OSError):  # not empty: other runs of that day
+                run_dir.parent.rmdir()
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import torch
 import torchvision.datasets
 
 from src.data import load_mnist
+from src.errors import DataError
 from src.mnist_files import RAW_FILES, raw_dir
 
 
@@ -75,3 +76,28 @@ def test_splits_converted_to_model_inputs_once_give_the_same_batches_bit_for_bit
         shuffled = converted.shuffled(generator.clone_state()).batch(slice(0, 64))
         assert torch.equal(shuffled[0], split.shuffled(generator.clone_state()).batch(slice(0, 64))[0])
     assert inputs.as_inputs().train.images is inputs.train.images  # converted already: kept
+
+
+class UnreachableMnist:
+    """Stands in for torchvision's MNIST(download=True) without a network: makes its folders, as
+    torchvision does, then fails."""
+
+    def __init__(self, root: str, train: bool, download: bool) -> None:
+        raw_dir(Path(root)).mkdir(parents=True, exist_ok=True)
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+
+
+def test_a_failed_download_leaves_no_folders_where_there_were_none(tmp_path, monkeypatch):
+    """A mistyped data.root (`data.root=../shared/dta`) used to keep an empty MNIST/raw/ and its lock
+    file; a directory that was there stays, with what it held."""
+    monkeypatch.setattr(torchvision.datasets, "MNIST", UnreachableMnist)
+    mistyped = tmp_path / "dta" / "deeper"
+    with pytest.raises(DataError, match="MNIST not found in"):
+        load_mnist(mistyped, download=True, offline_fallback=False, val_size=200, split_seed=0)
+    assert list(tmp_path.iterdir()) == []
+    existing = tmp_path / "mine"
+    (existing / "notes.txt").parent.mkdir()
+    (existing / "notes.txt").write_text("kept")
+    with pytest.raises(DataError):
+        load_mnist(existing, download=True, offline_fallback=False, val_size=200, split_seed=0)
+    assert [p.name for p in existing.iterdir()] == ["notes.txt"]

@@ -194,6 +194,19 @@ def test_bad_input_is_one_clear_line_and_no_training(tiny_mnist, tmp_path, overr
     assert names in error_lines[0] and allowed in error_lines[0]
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()  # checked before Hydra creates the run directory
+    assert tmp_path.is_dir()  # hydra.run.dir's parent, which the user named, stays (empty)
+
+
+def test_a_run_refused_in_the_default_directory_leaves_no_empty_date_directory(tiny_mnist, tmp_path):
+    """outputs/${unique_timestamp:} made outputs/<date>/<time>/ for the run; a run refused once it has
+    started (a class's own check) removes both, unless that date holds other runs."""
+    refused = ["src.train", *tiny_data_overrides(tiny_mnist), "optimizer=sgd", "optimizer.momentum=-1"]
+    assert run_cli(*refused, cwd=tmp_path).returncode == 2
+    assert list((tmp_path / "outputs").iterdir()) == []
+    other_run = tmp_path / "outputs" / time.strftime("%Y-%m-%d") / "earlier"
+    other_run.mkdir(parents=True)
+    assert run_cli(*refused, cwd=tmp_path).returncode == 2
+    assert [p.name for p in other_run.parent.iterdir()] == ["earlier"]
 
 
 def test_every_key_hydra_composes_for_every_option_is_taken_as_a_setting():
