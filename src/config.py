@@ -6,7 +6,9 @@ were typed; every value the run depends on is checked here, at the boundary.
 
 import functools
 import math
+from collections.abc import Iterator
 from numbers import Real
+from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -163,23 +165,28 @@ def check_known_keys(cfg: DictConfig) -> None:
                 raise ConfigError(f"{group}.{key}", cfg[group]._get_node(key)._value(), allowed)
 
 
-def check_no_hydra_node_interpolation(node: DictConfig | ListConfig, path: str = "") -> None:
-    """`trainer.seed=${hydra.job.num}`: Hydra removes the hydra node from the config a run gets, so such an
-    interpolation fails there with a traceback; Hydra's resolver reads it instead (`${hydra:job.num}`)."""
+def values_as_written(node: DictConfig | ListConfig, path: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, value as written: an interpolation not resolved) of each value, the hydra node aside."""
     for key in node if isinstance(node, DictConfig) else range(len(node)):
         child = node._get_node(key)
         where = f"{path}{key}"
-        if where == "hydra":
-            continue
         if isinstance(child, DictConfig | ListConfig):
-            check_no_hydra_node_interpolation(child, f"{where}.")
-        elif isinstance(raw := child._value(), str) and "${hydra." in raw:
+            if where != "hydra":
+                yield from values_as_written(child, f"{where}.")
+        else:
+            yield where, child._value()
+
+
+def check_no_hydra_node_interpolation(cfg: DictConfig) -> None:
+    """`trainer.seed=${hydra.job.num}`: Hydra removes the hydra node from the config a run gets, so such an
+    interpolation fails there with a traceback; Hydra's resolver reads it instead (`${hydra:job.num}`)."""
+    for key, raw in values_as_written(cfg):
+        if isinstance(raw, str) and "${hydra." in raw:
             resolver = raw.replace("${hydra.", "${hydra:")
-            raise ConfigError(
-                where,
-                raw,
-                f"write {resolver} (a run's config has no hydra node to interpolate; the resolver reads it)",
+            allowed = (
+                f"write {resolver} (a run's config has no hydra node to interpolate; the resolver reads it)"
             )
+            raise ConfigError(key, raw, allowed)
 
 
 def check_targets(node: DictConfig, path: str = "") -> None:

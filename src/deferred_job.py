@@ -18,9 +18,10 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import env_override
-from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from hydra_plugins.batched_launcher.deferral import BatchSettings, Deferred, defer
+from src.config import values_as_written
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ def with_hydra_values_resolved(cfg: DictConfig) -> DictConfig:
     """The job's config with each value that reads Hydra's config (`trainer.seed=${hydra:job.num}`) resolved
     now, while run_job has set Hydra's config to this job's. Where the batch trains, Hydra's config is the
     last job's that was set: two jobs of that seed would both train with the last one's. A copy, when any."""
-    places = hydra_resolver_places(cfg)
+    places = [key for key, raw in values_as_written(cfg) if isinstance(raw, str) and "${hydra:" in raw]
     if not places:
         return cfg
     resolved = copy.deepcopy(cfg)
@@ -43,18 +44,6 @@ def with_hydra_values_resolved(cfg: DictConfig) -> DictConfig:
         for place in places:
             OmegaConf.update(resolved, place, OmegaConf.select(cfg, place), merge=False)
     return resolved
-
-
-def hydra_resolver_places(node: DictConfig | ListConfig, path: str = "") -> list[str]:
-    """The keys (dotted) whose values, as written, use the hydra: resolver."""
-    places = []
-    for key in node if isinstance(node, DictConfig) else range(len(node)):
-        child = node._get_node(key)
-        if isinstance(child, DictConfig | ListConfig):
-            places += hydra_resolver_places(child, f"{path}{key}.")
-        elif isinstance(raw := child._value(), str) and "${hydra:" in raw:
-            places.append(f"{path}{key}")
-    return places
 
 
 @dataclass
