@@ -8,7 +8,6 @@ There, `run_together` makes each job a BatchedRun in the job's own Hydra config 
 set them, and trains the batch (src/batched_runs.py).
 """
 
-import copy
 import logging
 import time
 from collections.abc import Iterator
@@ -32,18 +31,15 @@ class LogFile:
     formatter: logging.Formatter | None
 
 
-def with_hydra_values_resolved(cfg: DictConfig) -> DictConfig:
-    """The job's config with each value that reads Hydra's config (`trainer.seed=${hydra:job.num}`) resolved
-    now, while run_job has set Hydra's config to this job's. Where the batch trains, Hydra's config is the
-    last job's that was set: two jobs of that seed would both train with the last one's. A copy, when any."""
+def resolve_hydra_values(cfg: DictConfig) -> None:
+    """Resolve, in the job's config, each value that reads Hydra's config (`trainer.seed=${hydra:job.num}`,
+    the preset's `${hydra:sweep.dir}/.prefix_cache`) now, while run_job has set Hydra's config to this
+    job's. Where the batch trains, Hydra's config is the last job's that was set: two jobs of that seed
+    would both train with the last one's. The config is the job's own (run_job copied it for the task)."""
     places = [key for key, raw in values_as_written(cfg) if isinstance(raw, str) and "${hydra:" in raw]
-    if not places:
-        return cfg
-    resolved = copy.deepcopy(cfg)
-    with read_write(resolved), open_dict(resolved):
+    with read_write(cfg), open_dict(cfg):
         for place in places:
-            OmegaConf.update(resolved, place, OmegaConf.select(cfg, place), merge=False)
-    return resolved
+            OmegaConf.update(cfg, place, OmegaConf.select(cfg, place), merge=False)
 
 
 @dataclass
@@ -60,8 +56,8 @@ class DeferredJob:
             for handler in logging.getLogger().handlers
             if isinstance(handler, logging.FileHandler)
         ]
-        # run_job gave the job its own config, and Hydra's config is this job's only until the next job's
-        return defer(cls(with_hydra_values_resolved(cfg), HydraConfig.instance().cfg, log_files))
+        resolve_hydra_values(cfg)  # Hydra's config is this job's only until the next job's
+        return defer(cls(cfg, HydraConfig.instance().cfg, log_files))  # run_job gave the job its own config
 
     @contextmanager
     def as_running(self) -> Iterator[None]:
