@@ -10,7 +10,7 @@ a process that will train into the machine's CPU share (src/cpu_share.py) before
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from hydra.experimental.callback import Callback
 from hydra.utils import to_absolute_path
@@ -18,10 +18,12 @@ from omegaconf import DictConfig
 
 from hydra_plugins.batched_launcher.launcher import is_count, is_module_list
 from hydra_plugins.optuna_pruning_sweeper.disk import unwritable_reason
+from hydra_plugins.optuna_pruning_sweeper.job_dirs import shared_directory
+from src import conf_files
 from src.config import validate
 from src.cpu_share import CpuShare, job_cpus
 from src.errors import ConfigError, UserInputError
-from src.grid_jobs import JobSubdirs, grid_jobs, numbered_as_job
+from src.grid_jobs import grid_jobs, numbered_as_job
 from src.mnist_files import training_images
 from src.run_record import METRICS_JSON
 from src.sweep_process import name_sweep_process
@@ -132,6 +134,12 @@ def check_machine_and_data(config: DictConfig) -> None:
         )
 
 
+def stop_with(error: UserInputError) -> NoReturn:
+    """One line on stderr, exit code 2 (Hydra turns a callback's exceptions into warnings)."""
+    print(f"error: {error}", file=sys.stderr)
+    raise SystemExit(2) from None
+
+
 class CheckConfigFirst(Callback):
     """Check the composed config, and where it will write, before Hydra writes anything.
 
@@ -149,10 +157,14 @@ class CheckConfigFirst(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         with numbered_as_job(0):  # the sweep's config, with the values a job's resolves to
             self._check(config, check_sweep_dir_and_launcher)
-        subdirs = JobSubdirs(config)
+        jobs = []
         for job in grid_jobs(config):  # a plain grid's values, each job's as it will run
             with numbered_as_job(job.number):
-                self._check(job.config, lambda _config, job=job: subdirs.claim(job))
+                self._check(job.config)
+            jobs.append((job.number, job.overrides))
+        # the grid's directory was checked to hold no runs, unless overwrite=true replaces them
+        if reason := shared_directory(config, jobs, conf_files.is_group, runs_there_count=False):
+            stop_with(UserInputError(reason))
         name_sweep_process()
         if config.hydra.launcher.get("_target_") in IN_PROCESS_LAUNCHERS:
             # This process will train the jobs: other workers starting now count it from their first job.
@@ -166,8 +178,7 @@ class CheckConfigFirst(Callback):
                 check_directory(config)
             check_machine_and_data(config)
         except UserInputError as error:
-            print(f"error: {error}", file=sys.stderr)
-            raise SystemExit(2) from None
+            stop_with(error)
 
 
 class SummarizeSweep(Callback):

@@ -4,16 +4,15 @@ Hydra's basic sweeper runs every job of `--multirun scheduler.gamma=0.5,-1`, the
 traceback of the job whose value was bad. Each job's config is the sweep's config with that job's values
 applied as Hydra applies a value override; the callback that checks the sweep's config first
 (src/callbacks.py) checks each of these too, so a bad value stops the grid in one line before anything runs,
-and so does a hydra.sweep.subdir that two jobs resolve alike (each would replace the other's results).
+and so does a hydra.sweep.subdir that two jobs resolve alike (each would replace the other's results:
+hydra_plugins/optuna_pruning_sweeper/job_dirs.py).
 """
 
-import copy
 import itertools
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -21,21 +20,18 @@ from hydra.core.override_parser.types import Override
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from src import conf_files
-from src.errors import ConfigError
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 # Up to this many jobs, every job of a grid is checked up front; beyond, the jobs that differ from the first
 # in one key (each value of each key is checked, as are cross-key rules between those values and the first
 # values of the other keys). Every job still checks its own config as it starts.
 MAX_CHECKED_JOBS = 200
-# A hydra.sweep.subdir naming one of these differs between any two jobs of a grid (their overrides differ).
-DISTINCT_PER_JOB = ("job.num", "job.id", "override_dirname")
 
 
-def swept_values(config: DictConfig) -> list[list[tuple[Override, object]]] | None:
-    """Per swept key, (its override, each value), as the basic sweeper reads hydra.sweeper.params and the
-    command line; None when a sweep changes what is composed (a config group, a package, a deletion) or
-    sweeps over dicts or lists."""
+def swept_values(config: DictConfig) -> list[list[tuple[Override, object, str]]] | None:
+    """Per swept key, (its override, each value, the job's override line for it), as the basic sweeper reads
+    hydra.sweeper.params and the command line; None when a sweep changes what is composed (a config group,
+    a package, a deletion) or sweeps over dicts or lists."""
     params = config.hydra.sweeper.get("params") or {}
     lines = [f"{key}={value}" for key, value in params.items()] + list(config.hydra.overrides.task)
     by_key: dict[str, Override] = {}  # in the sweeper's order: a key's place is its first, its value its last
@@ -52,13 +48,19 @@ def swept_values(config: DictConfig) -> list[list[tuple[Override, object]]] | No
         for o in sweeps
     ):
         return None
-    values = [[(o, value) for value in o.sweep_iterator()] for o in sweeps]
-    if any(isinstance(value, dict | list) for key_values in values for _, value in key_values):
+    values = [
+        [
+            (o, value, f"{o.get_key_element()}={text}")
+            for value, text in zip(o.sweep_iterator(), o.sweep_string_iterator(), strict=True)
+        ]
+        for o in sweeps
+    ]
+    if any(isinstance(value, dict | list) for key_values in values for _, value, _ in key_values):
         return None  # Hydra merges such a value into the config: left to each job
     return values
 
 
-def checked_combinations(values: list[list[tuple[Override, object]]]) -> Iterator[tuple[int, tuple]]:
+def checked_combinations(values: list[list[tuple[Override, object, str]]]) -> Iterator[tuple[int, tuple]]:
     """(job number, combination): every combination of the swept values, numbered as the basic sweeper
     numbers its jobs, when there are at most MAX_CHECKED_JOBS, else those that differ from the first in one
     key."""
@@ -77,9 +79,8 @@ def checked_combinations(values: list[list[tuple[Override, object]]]) -> Iterato
 @dataclass
 class GridJob:
     number: int  # as the basic sweeper numbers it
-    values: tuple[str, ...]  # its swept values, as `key=value`
+    overrides: tuple[str, ...]  # its swept values, as the basic sweeper writes its overrides
     config: DictConfig  # its task config (shared between the jobs: read it before taking the next job)
-    subdir: str | None  # its hydra.sweep.subdir, unless that differs between jobs by construction
 
 
 def grid_jobs(config: DictConfig) -> Iterator[GridJob]:
@@ -92,42 +93,11 @@ def grid_jobs(config: DictConfig) -> Iterator[GridJob]:
     if not values:
         return
     job = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])  # a task config
-    subdir = str(config.hydra.sweep._get_node("subdir")._value())  # as written
-    whole = None if any(name in subdir for name in DISTINCT_PER_JOB) else copy.deepcopy(config)
     for number, combination in checked_combinations(values):
-        for override, value in combination:  # as Hydra applies a value override
+        for override, value, _ in combination:  # as Hydra applies a value override
             force_add = override.is_add() or override.is_force_add()
-            for target in (job, whole) if whole is not None else (job,):
-                OmegaConf.update(target, override.key_or_group, value, merge=True, force_add=force_add)
-        resolved = None
-        if whole is not None:
-            with numbered_as_job(number):
-                resolved = str(OmegaConf.select(whole, "hydra.sweep.subdir"))
-        yield GridJob(number, tuple(f"{o.key_or_group}={v}" for o, v in combination), job, resolved)
-
-
-class JobSubdirs:
-    """The grid job each resolved hydra.sweep.subdir belongs to: two jobs that write into one directory
-    (`hydra.sweep.subdir=${scheduler.gamma}` while optimizer.lr is swept too) would each replace the
-    other's results, and the sweep would end well."""
-
-    def __init__(self, config: DictConfig) -> None:
-        self.written = config.hydra.sweep._get_node("subdir")._value()
-        self.sweep_dir = Path(str(config.hydra.sweep.dir))
-        self.claimed: dict[str, GridJob] = {}
-
-    def claim(self, job: GridJob) -> None:
-        if job.subdir is None:
-            return
-        other = self.claimed.setdefault(job.subdir, job)
-        if other is not job:
-            raise ConfigError(
-                "hydra.sweep.subdir",
-                self.written,
-                f"a name that differs between the grid's jobs: jobs {other.number} "
-                f"({' '.join(other.values)}) and {job.number} ({' '.join(job.values)}) would both write into "
-                f"{self.sweep_dir / job.subdir}",
-            )
+            OmegaConf.update(job, override.key_or_group, value, merge=True, force_add=force_add)
+        yield GridJob(number, tuple(line for _, _, line in combination), job)
 
 
 @contextmanager

@@ -333,9 +333,8 @@ GRID_VALUES_REFUSED = [
     # two jobs into one directory: the second would replace the first's results, and the sweep end well
     (
         ["optimizer.lr=0.1,0.2", "scheduler.gamma=0.1,0.5", "hydra.sweep.subdir=gamma_${scheduler.gamma}"],
-        "hydra.sweep.subdir='gamma_${scheduler.gamma}' is not allowed: a name that differs between the "
-        "grid's jobs: jobs 0 (optimizer.lr=0.1 scheduler.gamma=0.1) and 2 (optimizer.lr=0.2 "
-        "scheduler.gamma=0.1) would both write into",
+        "hydra.sweep.subdir='gamma_${scheduler.gamma}' gives job 2 (optimizer.lr=0.2) the directory of job 0 "
+        "(optimizer.lr=0.1),",
     ),
 ]
 
@@ -361,10 +360,12 @@ def test_grid_jobs_are_checked_as_they_will_run_and_only_for_a_plain_grid_of_val
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict, read_write
 
+    from hydra_plugins.optuna_pruning_sweeper.job_dirs import shared_directory
+    from src import conf_files
     from src.callbacks import check_machine_and_data
     from src.config import validate
-    from src.errors import ConfigError
-    from src.grid_jobs import MAX_CHECKED_JOBS, JobSubdirs, grid_jobs
+    from src.errors import ConfigError, UserInputError
+    from src.grid_jobs import MAX_CHECKED_JOBS, grid_jobs
 
     def jobs(*task: str, sweeper="basic", scheduler="step_lr", params=None, subdir=None) -> list[dict]:
         overrides = [*tiny_data_overrides(tiny_mnist), f"hydra/sweeper={sweeper}", f"scheduler={scheduler}"]
@@ -377,14 +378,16 @@ def test_grid_jobs_are_checked_as_they_will_run_and_only_for_a_plain_grid_of_val
             if subdir:
                 config.hydra.sweep.subdir = subdir
         HydraConfig.instance().set_config(config)  # as Hydra sets it for the sweep
-        seen, subdirs = [], JobSubdirs(config)
-        for job in grid_jobs(config):
+        seen = []
+        for job in grid_jobs(config):  # as the callback that checks the sweep's config first does
             validate(job.config)
             check_machine_and_data(job.config)
-            subdirs.claim(job)
             trainer = job.config.trainer
             seen.append({"number": job.number, "epochs": trainer.epochs, "seed": trainer.seed})
-            seen[-1] |= {"lr": job.config.optimizer.lr, "subdir": job.subdir}
+            seen[-1] |= {"lr": job.config.optimizer.lr, "overrides": job.overrides}
+        pairs = [(j["number"], j["overrides"]) for j in seen]
+        if reason := shared_directory(config, pairs, conf_files.is_group, runs_there_count=False):
+            raise UserInputError(reason)
         return seen
 
     small = jobs("trainer.epochs=1,2", "optimizer.lr=0.1,0.2,0.3")
@@ -403,12 +406,14 @@ def test_grid_jobs_are_checked_as_they_will_run_and_only_for_a_plain_grid_of_val
     assert jobs("scheduler=step_lr,exponential_lr", "scheduler.gamma=0.1,0.2") == []
     assert jobs("scheduler.gamma=0.1,0.2", sweeper="optuna_pruning") == []
     assert jobs("trainer.epochs=3") == []  # no sweep
-    assert {j["subdir"] for j in small} == {None}  # the default, ${hydra.job.num}, differs by construction
+    assert small[1]["overrides"] == ("trainer.epochs=1", "optimizer.lr=0.2")  # as the basic sweeper writes
     by_both = jobs(
         "trainer.epochs=1,2", "optimizer.lr=0.1,0.2", subdir="e${trainer.epochs}_lr${optimizer.lr}"
     )
-    assert sorted(j["subdir"] for j in by_both) == ["e1_lr0.1", "e1_lr0.2", "e2_lr0.1", "e2_lr0.2"]
-    with pytest.raises(ConfigError, match=r"jobs 0 \(trainer.epochs=1 optimizer.lr=0.1\) and 1 \(trainer"):
+    assert len(by_both) == 4  # four directories
+    with pytest.raises(
+        UserInputError, match=r"job 1 \(optimizer.lr=0.2\) the directory of job 0 \(optimizer"
+    ):
         jobs("trainer.epochs=1,2", "optimizer.lr=0.1,0.2", subdir="e${trainer.epochs}")
     assert len(jobs("trainer.epochs=1,2", params={"optimizer.lr": "0.1,0.2"})) == 4
     with pytest.raises(ConfigError, match=r"optimizer.lr=-1 is not allowed: a number > 0"):
@@ -638,7 +643,7 @@ def test_an_optuna_sweep_stops_before_a_trial_would_write_into_another_ones_dire
     assert "Traceback" not in result.stderr
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     step_1 = tmp_path / "sweep" / "step_1"
-    allowed = "a name that differs between the trials (the default is ${hydra.job.num})"
+    allowed = "a name that differs between the jobs (the default is ${hydra.job.num})"
     gives = f"error: hydra.sweep.subdir='{subdir}' gives job 1"
     trials = load_study(tmp_path).trials
     ended = [t.state for t in trials if t.state != TrialState.WAITING]
@@ -647,7 +652,9 @@ def test_an_optuna_sweep_stops_before_a_trial_would_write_into_another_ones_dire
         assert ended == [TrialState.COMPLETE, TrialState.FAIL]
         assert read_json(step_1 / "metrics.json")["status"] == "completed"  # trial 0's, as it wrote it
     else:
-        assert line == f"{gives} the directory of job 0, {step_1}: {allowed}"
+        # each job's value that differs from the other's: the gamma drawn
+        assert line.startswith(f"{gives} (scheduler.gamma=") and line.endswith(f"), {step_1}: {allowed}")
+        assert ") the directory of job 0 (scheduler.gamma=" in line
         assert ended == [TrialState.FAIL] * 3
         assert not step_1.exists()  # no trial of the batch ran
     failed = [t for t in trials if t.state == TrialState.FAIL]

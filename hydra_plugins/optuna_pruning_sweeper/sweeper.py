@@ -435,7 +435,8 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
                     strict=True,
                 )
             ]
-            if reason := shared_directory(self.config, self.job_idx, overrides, self._is_group):
+            numbered = list(enumerate(overrides, start=self.job_idx))
+            if reason := shared_directory(self.config, numbered, self._is_group):
                 raise SweepError(reason)
             returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
         except BaseException as stop:  # Ctrl-C or a launcher crash: never leave these trials RUNNING
