@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from hydra_plugins.batched_launcher.launcher import is_count, is_module_list
 from hydra_plugins.optuna_pruning_sweeper.disk import unwritable_reason
-from hydra_plugins.optuna_pruning_sweeper.job_dirs import shared_directory
+from hydra_plugins.optuna_pruning_sweeper.job_dirs import shared_directory, subdir_as_written
 from src import conf_files
 from src.config import validate
 from src.cpu_share import CpuShare, job_cpus
@@ -53,10 +53,10 @@ def check_not_empty(key: str, value: object) -> None:
 
 def check_sweep_subdir(config: DictConfig) -> None:
     """Each job of a sweep writes into hydra.sweep.subdir: without an interpolation (`same`, or empty) every
-    job would write into one directory and each would overwrite the one before it (with one, a plain grid's
-    jobs are checked apart: src/grid_jobs.py)."""
-    subdir = config.hydra.sweep._get_node("subdir")._value()  # as written, before Hydra resolves it per job
-    if "${" not in str(subdir):
+    job would write into one directory and each would overwrite the one before it (with one, the jobs'
+    resolved subdirs are compared: hydra_plugins/optuna_pruning_sweeper/job_dirs.py)."""
+    subdir = subdir_as_written(config)
+    if "${" not in subdir:
         raise ConfigError(
             "hydra.sweep.subdir",
             subdir,

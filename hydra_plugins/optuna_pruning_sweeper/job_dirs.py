@@ -20,10 +20,14 @@ from omegaconf import DictConfig, OmegaConf
 DISTINCT_OR_UNKNOWN = ("job.num", "job.id", "override_dirname")
 
 
+def subdir_as_written(config: DictConfig) -> str:
+    """hydra.sweep.subdir before Hydra resolves it for each job."""
+    return str(config.hydra.sweep._get_node("subdir")._value())
+
+
 def resolved_by_job(config: DictConfig) -> bool:
     """Whether jobs' subdirs have to be resolved to be told apart."""
-    written = str(config.hydra.sweep._get_node("subdir")._value())
-    return not any(name in written for name in DISTINCT_OR_UNKNOWN)
+    return not any(name in subdir_as_written(config) for name in DISTINCT_OR_UNKNOWN)
 
 
 def shared_directory(
@@ -42,7 +46,7 @@ def shared_directory(
     parsed = [(number, parser.parse_overrides(list(overrides))) for number, overrides in jobs]
     if len({tuple(o.input_line for o in job if is_group(o.key_or_group)) for _, job in parsed}) > 1:
         return None  # composed from different options: only Hydra's composition can tell
-    written = config.hydra.sweep._get_node("subdir")._value()
+    written = subdir_as_written(config)
     sweep_dir = Path(str(config.hydra.sweep.dir))
     job_config = copy.deepcopy(config)  # the sweep's config holds the options every job chooses
     claimed: dict[str, tuple[int, list[str]]] = {}
