@@ -1,19 +1,21 @@
-"""Each job's config, as Hydra's load_sweep_config composes it, at a fraction of its cost for a batch.
+"""Each job's config, as Hydra's load_sweep_config composes it, at a fraction of its cost for a sweep.
 
-Composing a job's config from the defaults list takes Hydra about 0.3 s; the jobs of a batch of sweep trials
-usually differ only in values (`scheduler.gamma=0.31` against `scheduler.gamma=0.07`). A job whose overrides
-are those of the batch's first composed job but for the values of plain keys (no config group, no deletion,
-no dict or list value) gets that job's config with its own values applied as Hydra applies a command-line
-override, and its own overrides recorded in hydra.overrides; any other job is composed by Hydra.
+Composing a job's config from the defaults list takes Hydra about 0.3 s; the jobs of a sweep's batches of
+trials usually differ only in values (`scheduler.gamma=0.31` against `scheduler.gamma=0.07`). A job whose
+overrides are those of the last job Hydra composed for the sweep but for the values of plain keys (no config
+group, no deletion, no dict or list value) gets that job's config with its own values applied as Hydra
+applies a command-line override, and its own overrides recorded in hydra.overrides; any other job is
+composed by Hydra. So Hydra composes one job of an Optuna sweep, not one per batch.
 tests/test_batched.py checks that both ways give the same config.
 """
 
-import copy
 from collections.abc import Sequence
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from .job_run import copied
 
 
 class JobComposer:
@@ -22,18 +24,26 @@ class JobComposer:
         self.master_config = master_config
         self.parser = OverridesParser.create()
         self.reference: tuple[list[Override], DictConfig] | None = None
+        self.parsed_lines: dict[str, Override] = {}
+        self.groups: dict[str, bool] = {}
         self.derived = 0  # jobs whose config was derived rather than composed (for the log and tests)
 
     def compose(self, overrides: Sequence[str]) -> DictConfig:
-        parsed = self.parser.parse_overrides(list(overrides))
+        parsed = [self._parsed(line) for line in overrides]
         if self.reference is not None:
             changes = self._value_changes(self.reference[0], parsed)
             if changes is not None:
                 self.derived += 1
                 return self._derive(self.reference[1], parsed, changes)
         config = self.config_loader.load_sweep_config(self.master_config, list(overrides))
-        self.reference = (parsed, copy.deepcopy(config))
+        self.reference = (parsed, copied(config))
         return config
+
+    def _parsed(self, line: str) -> Override:
+        """The override, parsed once for the sweep: most lines are the same in every job of it."""
+        if line not in self.parsed_lines:
+            self.parsed_lines[line] = self.parser.parse_overrides([line])[0]
+        return self.parsed_lines[line]
 
     def _value_changes(self, reference: list[Override], parsed: list[Override]) -> list[Override] | None:
         """The overrides whose values differ from the reference job's, when only plain values differ."""
@@ -60,12 +70,14 @@ class JobComposer:
         return changes
 
     def _is_group(self, key: str) -> bool:
-        repository = getattr(self.config_loader, "repository", None)
-        return repository is None or repository.group_exists(key.replace(".", "/"))
+        if key not in self.groups:
+            repository = getattr(self.config_loader, "repository", None)
+            self.groups[key] = repository is None or repository.group_exists(key.replace(".", "/"))
+        return self.groups[key]
 
     @staticmethod
     def _derive(reference: DictConfig, parsed: list[Override], changes: list[Override]) -> DictConfig:
-        config = copy.deepcopy(reference)
+        config = copied(reference)
         for (
             override
         ) in changes:  # as Hydra applies a value override (ConfigLoaderImpl._apply_overrides_to_config)

@@ -9,13 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
 from .composing import JobComposer
 from .deferral import BatchSettings, Deferred, collecting, run_deferred
+from .job_run import run_job
 from .launch_process import LaunchProcess
 
 log = logging.getLogger(__name__)
@@ -82,11 +83,13 @@ class BatchedLauncher(Launcher):
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
+        self.composer: JobComposer | None = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
         self.hydra_context = hydra_context
         self.task_function = task_function
+        self.composer = JobComposer(hydra_context.config_loader, config)  # one for the sweep's batches
         if self.launch_process is None and sys.platform == "linux" and hasattr(os, "fork"):
             self.launch_process = LaunchProcess(run_deferred, self.preload)
 
@@ -101,27 +104,19 @@ class BatchedLauncher(Launcher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         setup_globals()
         assert self.config is not None and self.hydra_context is not None and self.task_function is not None
+        assert self.composer is not None
         self._configure_hydra_logging()
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         log.info(f"Launching {len(job_overrides)} jobs, trained together where they can be")
         runs: list[JobReturn] = []
-        composer = JobComposer(self.hydra_context.config_loader, self.config)
         with collecting() as collected:
             for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
                 log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
-                sweep_config = composer.compose(overrides)
+                sweep_config = self.composer.compose(overrides)
                 with open_dict(sweep_config):
                     sweep_config.hydra.job.id = str(idx)
                     sweep_config.hydra.job.num = idx
-                runs.append(
-                    run_job(
-                        hydra_context=self.hydra_context,
-                        task_function=self.task_function,
-                        config=sweep_config,
-                        job_dir_key="hydra.sweep.dir",
-                        job_subdir_key="hydra.sweep.subdir",
-                    )
-                )
+                runs.append(run_job(self.task_function, sweep_config, self.hydra_context))
                 self._configure_hydra_logging()
         results = self._run_deferred(collected)
         position = {id(deferred): index for index, deferred in enumerate(collected)}
