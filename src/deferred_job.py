@@ -48,6 +48,7 @@ class DeferredJob:
     hydra: DictConfig  # HydraConfig's config while the job ran
     log_files: list[LogFile]
     started: float = field(default_factory=time.perf_counter)
+    opened: Any = field(default=None, init=False, repr=False)  # its BatchedRun or why it failed, once opened
 
     @classmethod
     def for_this_job(cls, cfg: DictConfig) -> Deferred:
@@ -67,6 +68,20 @@ class DeferredJob:
         with env_override(self.hydra.hydra.job.env_set):
             yield
 
+    def prepare(self) -> None:
+        """Open the job's run as soon as it reaches the launch process, while the sweep's process runs the
+        batch's later jobs (deferral.py)."""
+        self.opened = self._open()
+
+    def _open(self) -> Any:
+        """The job's BatchedRun, or the exception that kept its trial from opening (this job fails alone)."""
+        from src.batched_runs import BatchedRun
+
+        try:
+            return BatchedRun.for_job(self)
+        except Exception as error:
+            return error
+
     @classmethod
     def run_together(cls, jobs: list["DeferredJob"], settings: BatchSettings) -> list[Any]:
         """Each job's value for the sweeper, or the exception that ended it."""
@@ -75,10 +90,11 @@ class DeferredJob:
         outcomes: dict[int, Any] = {}
         runs: dict[int, BatchedRun] = {}
         for index, job in enumerate(jobs):
-            try:
-                runs[index] = BatchedRun.for_job(job)
-            except Exception as error:  # its trial could not be opened: this job fails alone
-                outcomes[index] = error
+            opened = job.opened if job.opened is not None else job._open()
+            if isinstance(opened, Exception):
+                outcomes[index] = opened
+            else:
+                runs[index] = opened
         trained = BatchedRun.run_together(list(runs.values()), settings)
         outcomes.update(zip(runs, trained, strict=True))
         return [outcomes[index] for index in range(len(jobs))]

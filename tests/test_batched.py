@@ -880,6 +880,51 @@ def test_the_launch_process_preloads_its_modules_and_hands_back_each_works_outco
         os.kill(pid, 0)
 
 
+class PreparedWork:
+    """A deferred work with a prepare(): where and before what it was prepared, for the test below."""
+
+    def __init__(self, name: str, marks: Path) -> None:
+        self.name, self.marks, self.prepared_in = name, marks, None
+
+    def prepare(self) -> None:
+        if self.name == "cannot prepare":
+            raise OSError("no trial")
+        self.prepared_in = os.getpid()
+        (self.marks / self.name).write_text("")
+
+
+def test_the_launch_process_prepares_each_work_handed_over_while_the_batchs_later_jobs_still_run(tmp_path):
+    def work(collected, settings):
+        return [(d.work.name, d.work.prepared_in == os.getpid()) for d in collected]
+
+    (tmp_path / "slow_module.py").write_text("import time\ntime.sleep(1.5)\n")
+    sys.path.insert(0, str(tmp_path))
+    process = LaunchProcess(work, ["slow_module"])
+    sys.path.remove(str(tmp_path))
+    try:
+        # still loading what it preloads: nothing is sent yet, the work goes with run()
+        collected = [Deferred(PreparedWork("cold", tmp_path))]
+        process.hand_over(collected)
+        assert process.run(collected, BatchSettings()) == [("cold", True)]
+        # ready: each work is prepared there as it is handed over, before the batch runs
+        collected = []
+        for name in ("a", "cannot prepare", "b"):
+            collected.append(Deferred(PreparedWork(name, tmp_path)))
+            process.hand_over(collected)
+            deadline = time.monotonic() + 30
+            while name != "cannot prepare" and not (tmp_path / name).exists():
+                assert time.monotonic() < deadline, f"{name} was not prepared before the batch ran"
+                time.sleep(0.01)
+        collected.append(Deferred(PreparedWork("last", tmp_path)))  # its job was the batch's last
+        outcomes = process.run(collected, BatchSettings())
+        assert outcomes == [("a", True), ("cannot prepare", False), ("b", True), ("last", True)]
+        assert process.run([Deferred(PreparedWork("next batch", tmp_path))], BatchSettings()) == [
+            ("next batch", True)
+        ]
+    finally:
+        process.stop()
+
+
 def test_a_killed_launch_process_fails_its_batch_with_how_it_ended_and_one_gone_between_batches_is_reaped(
     caplog,
 ):

@@ -7,7 +7,9 @@
 batch (in job order) and the launcher's BatchSettings; it returns, per work, the job's return value or the
 exception that ended it. On Linux this happens in the launcher's launch process (launch_process.py): works,
 values and exceptions are pickled there and back (an exception that won't pickle arrives as a RuntimeError
-with its text).
+with its text). There, a work that has a `prepare()` method has it called as soon as the work arrives, while
+the sweep's process still runs the batch's later jobs: what each work can set up alone (opening its trial,
+its log) is done then, on another core; prepare() leaves failures for run_together to report.
 """
 
 from collections.abc import Iterator

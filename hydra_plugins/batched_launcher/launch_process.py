@@ -4,8 +4,10 @@ process.
 What that work imports (this app's: torch, 2-3 s; torch._dynamo, which torch's optimizers import at their
 first use, 2 s more; the study's database libraries) then loads on another core while the sweeper opens its
 study, asks its trials and Hydra runs each job's side in the sweep's process, instead of after them:
-hydra.launcher.preload names it. The launcher sends each batch's deferred works (deferral.py) and the process
-sends back their outcomes; the sweep's process never imports what the work does.
+hydra.launcher.preload names it. Once that is loaded, the launcher hands it each deferred work (deferral.py)
+as soon as the work's job has run, and the work prepares itself there while the sweep's process runs the
+batch's later jobs; then it runs the batch and sends back the outcomes. The sweep's process never imports
+what the work does.
 
 - Ctrl-C reaches it from the terminal and, forwarded, from the sweep's process: it ends the batch once (its
   trials end as interrupted, their files written), sends that back and leaves.
@@ -35,7 +37,8 @@ from .deferral import BatchSettings, Deferred
 log = logging.getLogger(__name__)
 
 Work = Callable[[list[Deferred], BatchSettings], list[Any]]
-REPLY_OUTCOMES, REPLY_RAISED = "outcomes", "raised"
+SEND_WORK, SEND_RUN = "work", "run"
+REPLY_READY, REPLY_OUTCOMES, REPLY_RAISED = "ready", "outcomes", "raised"
 
 
 def transferable(outcome: Any) -> Any:
@@ -82,6 +85,8 @@ class LaunchProcess:
         there.close()
         self.pid: int | None = pid
         self._connection = here
+        self._ready = False  # it has loaded what it preloads and prepares each work it is handed at once
+        self._handed_over = 0  # works of the batch it already has
         atexit.register(self.stop)
 
     @property
@@ -93,6 +98,7 @@ class LaunchProcess:
         pid, status = os.waitpid(self.pid, os.WNOHANG)
         if pid == 0:
             return True
+        self._handed_over = 0
         log.warning(
             "the launch process (pid %d) %s: batches train in this process", self.pid, how_it_ended(status)
         )
@@ -100,22 +106,50 @@ class LaunchProcess:
         self._connection.close()
         return False
 
+    def hand_over(self, collected: list[Deferred]) -> None:
+        """Send the batch's works collected so far that it has not got yet, once it has loaded what it
+        preloads (before, they go with run()): it prepares each (deferral.py) while this process runs the
+        batch's later jobs. Ended meanwhile, nothing is sent: run() or the launcher finds out."""
+        if self.pid is None:
+            return
+        try:
+            if not self._ready and self._connection.poll():
+                self._reply()
+            if self._ready:
+                for deferred in collected[self._handed_over :]:
+                    self._connection.send((SEND_WORK, deferred))
+                    self._handed_over += 1
+        except (EOFError, OSError):
+            return
+
     def run(self, collected: list[Deferred], settings: BatchSettings) -> list[Any]:
         """work(collected, settings) there: each deferred work's outcome (a value or an exception)."""
         assert self.pid is not None
         try:
-            self._connection.send((collected, settings))
-            kind, payload = self._connection.recv()
+            for deferred in collected[self._handed_over :]:
+                self._connection.send((SEND_WORK, deferred))
+            self._connection.send((SEND_RUN, settings))
+            kind, payload = self._reply()
         except (EOFError, OSError):
             raise self._lost() from None
         except KeyboardInterrupt:
             send_signal(self.pid, signal.SIGINT)  # Ctrl-C sent to this process alone reaches the batch too
             with contextlib.suppress(EOFError, OSError):
-                self._connection.recv()  # its trials end as interrupted and write their files first
+                self._reply()  # its trials end as interrupted and write their files first
             raise
+        finally:
+            self._handed_over = 0
         if kind == REPLY_RAISED:
             raise payload
         return payload
+
+    def _reply(self) -> tuple[str, Any]:
+        """The next reply that is not the one saying it has loaded what it preloads."""
+        kind, payload = self._connection.recv()
+        if kind == REPLY_READY:
+            self._ready = True
+            return self._reply()
+        return kind, payload
 
     def _lost(self) -> ChildProcessError:
         """The process ended during a batch: reaped, and the error that fails the batch."""
@@ -141,16 +175,23 @@ def _serve(connection: Connection, work: Work, preload: Sequence[str]) -> NoRetu
     try:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         _import_quietly(preload)
+        connection.send((REPLY_READY, None))
+        collected: list[Deferred] = []
         while True:
             try:
-                collected, settings = connection.recv()
+                kind, payload = connection.recv()
             except EOFError:  # the sweep's process has ended
                 break
+            if kind == SEND_WORK:
+                collected.append(payload)
+                _prepare(payload)
+                continue
+            settings, batch, collected = payload, collected, []
             signal.signal(signal.SIGINT, interrupt_once)
             try:
                 reply: tuple[str, Any] = (
                     REPLY_OUTCOMES,
-                    [transferable(o) for o in work(collected, settings)],
+                    [transferable(o) for o in work(batch, settings)],
                 )
             except BaseException as error:
                 reply = (REPLY_RAISED, transferable(error))
@@ -169,6 +210,16 @@ def _serve(connection: Connection, work: Work, preload: Sequence[str]) -> NoRetu
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+
+
+def _prepare(deferred: Deferred) -> None:
+    """The work's prepare(), if it has one (deferral.py); should it fail, run_together meets the failure."""
+    prepare = getattr(deferred.work, "prepare", None)
+    if prepare is not None:
+        try:
+            prepare()
+        except Exception as error:
+            log.warning("preparing %r failed (%s): it is left to the batch's run", deferred, error)
 
 
 def _import_quietly(preload: Sequence[str]) -> None:

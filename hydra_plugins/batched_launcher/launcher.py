@@ -118,6 +118,8 @@ class BatchedLauncher(Launcher):
                     sweep_config.hydra.job.num = idx
                 runs.append(run_job(self.task_function, sweep_config, self.hydra_context))
                 self._configure_hydra_logging()
+                if self.launch_process is not None:
+                    self.launch_process.hand_over(collected)
         results = self._run_deferred(collected)
         position = {id(deferred): index for index, deferred in enumerate(collected)}
         for run in runs:
