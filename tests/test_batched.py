@@ -901,11 +901,27 @@ def test_the_launch_process_prepares_each_work_handed_over_while_the_batchs_late
     sys.path.insert(0, str(tmp_path))
     process = LaunchProcess(work, ["slow_module"])
     sys.path.remove(str(tmp_path))
+    collected: list[Deferred] = []
+
+    def jobs_running_while_it_loads_and_after() -> None:
+        for index in range(30):
+            collected.append(Deferred(PreparedWork(f"job {index}", tmp_path)))
+            process.hand_over(collected)
+            time.sleep(0.1)
+
     try:
-        # still loading what it preloads: nothing is sent yet, the work goes with run()
-        collected = [Deferred(PreparedWork("cold", tmp_path))]
-        process.hand_over(collected)
-        assert process.run(collected, BatchSettings()) == [("cold", True)]
+        # it becomes ready during the batch's jobs: the works collected by then are handed over at once, the
+        # later ones as their jobs end, and each is prepared before the batch runs
+        jobs = threading.Thread(target=jobs_running_while_it_loads_and_after)
+        jobs.start()
+        jobs.join(timeout=60)
+        assert not jobs.is_alive(), "handing works over hung"
+        deadline = time.monotonic() + 30
+        while not all((tmp_path / f"job {index}").exists() for index in range(30)):
+            assert time.monotonic() < deadline, "the works were not all prepared before the batch ran"
+            time.sleep(0.01)
+        outcomes = process.run(collected, BatchSettings())
+        assert outcomes == [(f"job {index}", True) for index in range(30)]
         # ready: each work is prepared there as it is handed over, before the batch runs
         collected = []
         for name in ("a", "cannot prepare", "b"):

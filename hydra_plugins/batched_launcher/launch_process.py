@@ -113,8 +113,9 @@ class LaunchProcess:
         if self.pid is None:
             return
         try:
-            if not self._ready and self._connection.poll():
-                self._reply()
+            if not self._ready and self._connection.poll():  # nothing but that is sent between batches
+                kind, _ = self._connection.recv()
+                self._ready = kind == REPLY_READY
             if self._ready:
                 for deferred in collected[self._handed_over :]:
                     self._connection.send((SEND_WORK, deferred))
@@ -148,7 +149,7 @@ class LaunchProcess:
         kind, payload = self._connection.recv()
         if kind == REPLY_READY:
             self._ready = True
-            return self._reply()
+            kind, payload = self._connection.recv()
         return kind, payload
 
     def _lost(self) -> ChildProcessError:
