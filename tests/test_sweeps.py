@@ -972,3 +972,22 @@ def test_a_trials_sampler_draws_as_one_instantiated_with_its_seed_and_gets_neste
 
     grid = OmegaConf.structured(GridSamplerConfig(seed=5))  # a partial of its own, given the grid later
     assert isinstance(sampler_builder(grid)(5)({"x": [0.1, 0.2]}), optuna.samplers.GridSampler)
+
+
+def test_a_trial_given_up_before_its_values_were_drawn_is_not_queued_again_and_the_log_says_why(
+    tmp_path, caplog
+):
+    """Ctrl-C while a batch's trials get their values: those without values have nothing to run again (the
+    line used to say the trial already was a retry of itself)."""
+    from hydra_plugins.optuna_pruning_sweeper.workers import give_up
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}")
+    bare = study.ask()
+    valued = study.ask()
+    valued.suggest_float("x", 0, 1)
+    for trial in (bare, valued):
+        assert give_up(study, study._storage.get_trial(trial._trial_id), "interrupted")
+    assert f"Trial {bare.number} is not queued again: it has no searched values to run again" in caplog.text
+    assert "already was a retry" not in caplog.text
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert [t.system_attrs["fixed_params"] for t in waiting] == [valued.params]

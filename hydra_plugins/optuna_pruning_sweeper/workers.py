@@ -213,7 +213,10 @@ def give_up(study: optuna.Study, trial: FrozenTrial, reason: str) -> bool:
 def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
     """Queue the parameters of a trial that did not finish, unless it already was a retry."""
     history = [*trial.system_attrs.get(RETRY_HISTORY, []), trial.number]
-    if not trial.params or len(history) > MAX_RETRY:
+    if not trial.params:
+        log.warning(f"Trial {trial.number} is not queued again: it has no searched values to run again")
+        return
+    if len(history) > MAX_RETRY:
         log.warning(f"Trial {trial.number} is not queued again: it already was a retry of {history[0]}")
         return
     system_attrs = {
