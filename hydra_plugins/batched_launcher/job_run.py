@@ -8,7 +8,7 @@ out, is set once after, and that one copy of the hydra node is also the JobRetur
 after: the next job sets a new one); the task's config is a pickled copy, a third of a deep copy's time,
 with the same content and flags. Everything else follows Hydra's, step by step: the output directory,
 env_set, chdir, the job's logging, .hydra/, the callbacks, and how a failing task or a control-flow
-exception reaches the JobReturn and the callbacks (tests/test_batched.py runs jobs through both).
+exception reaches the JobReturn and the callbacks (tests/test_job_run.py runs jobs through both).
 """
 
 import contextlib
