@@ -19,6 +19,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from hydra_plugins.batched_launcher.composing import apply_value_override
 from src import conf_files
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
@@ -94,9 +95,8 @@ def grid_jobs(config: DictConfig) -> Iterator[GridJob]:
         return
     job = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])  # a task config
     for number, combination in checked_combinations(values):
-        for override, value, _ in combination:  # as Hydra applies a value override
-            force_add = override.is_add() or override.is_force_add()
-            OmegaConf.update(job, override.key_or_group, value, merge=True, force_add=force_add)
+        for override, value, _ in combination:
+            apply_value_override(job, override, value)
         yield GridJob(number, tuple(line for _, _, line in combination), job)
 
 

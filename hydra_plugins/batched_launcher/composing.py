@@ -18,6 +18,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from .job_run import copied
 
 
+def apply_value_override(config: DictConfig, override: Override, value: object) -> None:
+    """Set `value` (the override's, or one of a sweep override's) at its key, as Hydra applies a value
+    override to a composed config (ConfigLoaderImpl._apply_overrides_to_config): merged, and added to a
+    struct config for `+key=` and `++key=`."""
+    force_add = override.is_add() or override.is_force_add()
+    OmegaConf.update(config, override.key_or_group, value, merge=True, force_add=force_add)
+
+
 class JobComposer:
     def __init__(self, config_loader: object, master_config: DictConfig) -> None:
         self.config_loader = config_loader
@@ -78,11 +86,8 @@ class JobComposer:
     @staticmethod
     def _derive(reference: DictConfig, parsed: list[Override], changes: list[Override]) -> DictConfig:
         config = copied(reference)
-        for (
-            override
-        ) in changes:  # as Hydra applies a value override (ConfigLoaderImpl._apply_overrides_to_config)
-            force_add = override.is_add() or override.is_force_add()
-            OmegaConf.update(config, override.key_or_group, override.value(), merge=True, force_add=force_add)
+        for override in changes:
+            apply_value_override(config, override, override.value())
         hydra_lines = [o.input_line for o in parsed if o.is_hydra_override()]
         task_lines = [o.input_line for o in parsed if not o.is_hydra_override()]
         with read_write(config.hydra.overrides), open_dict(config.hydra.overrides):

@@ -15,6 +15,8 @@ from pathlib import Path
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
+from hydra_plugins.batched_launcher.composing import apply_value_override
+
 # A subdir naming one of these differs between any two jobs by construction (override_dirname is resolved
 # from the job's overrides inside Hydra's run_job only, so it cannot be told here).
 DISTINCT_OR_UNKNOWN = ("job.num", "job.id", "override_dirname")
@@ -53,9 +55,8 @@ def shared_directory(
     for number, overrides in parsed:
         values = [o for o in overrides if not o.is_hydra_override() and not is_group(o.key_or_group)]
         try:
-            for override in values:  # as Hydra applies a value override
-                force_add = override.is_add() or override.is_force_add()
-                OmegaConf.update(job_config, override.key_or_group, override.value(), force_add=force_add)
+            for override in values:
+                apply_value_override(job_config, override, override.value())
             subdir = str(OmegaConf.select(job_config, "hydra.sweep.subdir"))
         except Exception:
             return None
