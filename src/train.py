@@ -19,6 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from hydra_plugins.batched_launcher.deferral import deferring
+from hydra_plugins.batched_launcher.launcher import start_before_hydra
 from src.command_line import check_command_line
 from src.config import EXECUTION_WHITELIST, validate
 from src.deferred_job import DeferredJob
@@ -75,4 +76,5 @@ if __name__ == "__main__":
     except UserInputError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    start_before_hydra(sys.argv[1:])  # hydra/launcher=batched on the command line: its launch process
     run_then_exit(main)

@@ -34,11 +34,14 @@ from helpers.cli import (
 )
 from helpers.sweeps import check_pruned_trials, load_study, optuna_sweep_args, run_pruning_sweep, trial_dirs
 from helpers.workers import storage_for
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
 from optuna.trial import TrialState
 from torch import nn
 
+from hydra_plugins.batched_launcher import launcher as batched_launcher
 from hydra_plugins.batched_launcher.deferral import BatchSettings, Deferred
-from hydra_plugins.batched_launcher.launch_process import LaunchProcess
+from hydra_plugins.batched_launcher.launch_process import Inheritance, LaunchProcess
 from hydra_plugins.optuna_pruning_sweeper.workers import Heartbeats
 from src.batched_runs import BatchedRun
 from src.epoch_callbacks import RunContext
@@ -450,9 +453,12 @@ def test_an_optuna_sweep_with_the_batched_launcher_tells_each_trial_its_own_valu
         "hydra.sweeper.n_trials=8",
         "trainer.epochs=2",
         "logger=none",
+        "hydra.verbose=hydra_plugins.batched_launcher.launcher",
     ]
     result = run_cli("src.train", *args)
     assert result.returncode == 0, result.stderr[-3000:]
+    # started by src/train.py before Hydra composed the config
+    assert "adopted the launch process started before Hydra" in result.stderr + result.stdout
     if processes == 2:
         assert (result.stderr + result.stdout).count("4 trials train in 2 processes (2 + 2 trials") == 2
     study = load()
@@ -878,6 +884,133 @@ def test_the_launch_process_preloads_its_modules_and_hands_back_each_works_outco
     assert (tmp_path / "preload.log").read_text() == "a real warning\n"
     with pytest.raises(ProcessLookupError):  # ended and reaped
         os.kill(pid, 0)
+
+
+def test_a_launch_process_started_before_hydra_takes_what_it_would_have_inherited_once_adopted(
+    tmp_path, monkeypatch
+):
+    """Started before Hydra (src/train.py), adopted at the launcher's setup: it runs its batches in the
+    sweep's environment, directory, Hydra config and logging, as one forked at setup would."""
+    (tmp_path / "sets_a_variable.py").write_text("import os\nos.environ['SET_BY_AN_IMPORT'] = 'kept'\n")
+    (tmp_path / "adopted_preload.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("CHANGED_AFTER_THE_FORK", "before")
+    monkeypatch.setenv("REMOVED_AFTER_THE_FORK", "there")
+    monkeypatch.delenv("SET_BY_AN_IMPORT", raising=False)
+
+    def work(collected, settings):
+        logging.getLogger("adopted").info("a line of the batch")
+        return [
+            {
+                "pid": os.getpid(),
+                "environ": {
+                    name: os.environ.get(name)
+                    for name in ("CHANGED_AFTER_THE_FORK", "REMOVED_AFTER_THE_FORK", "SET_AFTER_THE_FORK")
+                },
+                "set by its import": os.environ.get("SET_BY_AN_IMPORT"),
+                "cwd": os.getcwd(),
+                "job name": HydraConfig.get().job.name,
+                "resolved": OmegaConf.create({"year": "${now:%Y}"}).year,
+                "preloaded": "adopted_preload" in sys.modules,
+            }
+        ]
+
+    process = LaunchProcess(work, ["sets_a_variable"], to_be_adopted=True)
+    try:
+        # what the sweep's process does between the fork and the launcher's setup
+        monkeypatch.setenv("CHANGED_AFTER_THE_FORK", "after")
+        monkeypatch.delenv("REMOVED_AFTER_THE_FORK")
+        monkeypatch.setenv("SET_AFTER_THE_FORK", "new")
+        workdir = tmp_path / "sweep cwd"
+        workdir.mkdir()
+        log_file = tmp_path / "sweep.log"
+        hydra_logging = OmegaConf.create(
+            {
+                "version": 1,
+                "formatters": {"simple": {"format": "[SWEEP] %(message)s"}},
+                "handlers": {
+                    "file": {"class": "logging.FileHandler", "formatter": "simple", "filename": str(log_file)}
+                },
+                "root": {"level": "INFO", "handlers": ["file"]},
+                "disable_existing_loggers": False,
+            }
+        )
+        hydra_config = OmegaConf.create({"hydra": {"job": {"name": "the_sweeps_job"}}})
+        inheritance = Inheritance(
+            environ=dict(os.environ),
+            cwd=str(workdir),
+            hydra_config=hydra_config,
+            hydra_logging=hydra_logging,
+            verbose=False,
+            execution_whitelist=None,
+            preload=["adopted_preload"],
+        )
+        assert process.adopt(inheritance)
+        [outcome] = process.run([Deferred("a")], BatchSettings())
+    finally:
+        process.stop()
+    assert outcome["pid"] not in (None, os.getpid())
+    assert outcome["environ"] == {
+        "CHANGED_AFTER_THE_FORK": "after",
+        "REMOVED_AFTER_THE_FORK": None,
+        "SET_AFTER_THE_FORK": "new",
+    }
+    assert outcome["set by its import"] == "kept"
+    assert outcome["cwd"] == str(workdir)
+    assert outcome["job name"] == "the_sweeps_job"
+    assert outcome["resolved"] == time.strftime("%Y")  # Hydra's resolvers
+    assert outcome["preloaded"]
+    assert log_file.read_text() == "[SWEEP] a line of the batch\n"
+    assert "SET_BY_AN_IMPORT" not in os.environ and "adopted_preload" not in sys.modules  # there only
+
+
+def test_a_launch_process_started_before_hydra_leaves_quietly_unless_adopted_and_a_gone_one_is_not():
+    def work(collected, settings):
+        return ["ran"]
+
+    never_adopted = LaunchProcess(work, [], to_be_adopted=True)
+    pid = never_adopted.pid
+    never_adopted._connection.close()  # the sweep's process went on without it (or ended)
+    assert os.waitpid(pid, 0)[1] == 0
+    never_adopted.pid = None
+
+    gone = LaunchProcess(work, [], to_be_adopted=True)
+    pid = gone.pid
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while process_state(pid) != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    inheritance = Inheritance(dict(os.environ), os.getcwd(), None, None, False, None, [])
+    assert not gone.adopt(inheritance)  # the launcher forks another
+    assert gone.pid is None
+    with pytest.raises(ChildProcessError):  # reaped
+        os.waitpid(pid, 0)
+
+
+@pytest.mark.parametrize(
+    ("argv", "started"),
+    [
+        (["--multirun", "hydra/launcher=batched", "hparams_search=steplr_optuna"], True),
+        (["hydra/launcher=batched", "-m"], True),
+        (["hydra/launcher=batched"], False),  # a single run
+        (["-m", "hydra/launcher=joblib"], False),
+        (["-m", "hparams_search=steplr_optuna"], False),  # a launcher from a config file: setup forks it
+    ],
+)
+def test_the_launch_process_starts_before_hydra_only_for_a_multirun_that_chooses_this_launcher(
+    monkeypatch, argv, started
+):
+    monkeypatch.setattr(batched_launcher, "DEFAULT_PRELOAD", ())
+    monkeypatch.setattr(batched_launcher, "_started_before_hydra", None)
+    batched_launcher.start_before_hydra(argv)
+    process = batched_launcher._started_before_hydra
+    assert (process is not None) == started
+    if process is not None:
+        first = process.pid
+        batched_launcher.start_before_hydra(argv)  # once
+        assert batched_launcher._started_before_hydra is process and process.pid == first
+        process.stop()
 
 
 class PreparedWork:

@@ -4,10 +4,12 @@ process.
 What that work imports (this app's: torch, 2-3 s; torch._dynamo, which torch's optimizers import at their
 first use, 2 s more; the study's database libraries) then loads on another core while the sweeper opens its
 study, asks its trials and Hydra runs each job's side in the sweep's process, instead of after them:
-hydra.launcher.preload names it. Once that is loaded, the launcher hands it each deferred work (deferral.py)
-as soon as the work's job has run, and the work prepares itself there while the sweep's process runs the
-batch's later jobs; then it runs the batch and sends back the outcomes. The sweep's process never imports
-what the work does.
+hydra.launcher.preload names it. An app's entrypoint can start it sooner, before Hydra composes the config
+(launcher.start_before_hydra): the launcher's setup then adopts it and sends it what it would have inherited
+from the sweep's process at setup (Inheritance). Once that is loaded, the launcher hands it each deferred
+work (deferral.py) as soon as the work's job has run, and the work prepares itself there while the sweep's
+process runs the batch's later jobs; then it runs the batch and sends back the outcomes. The sweep's process
+never imports what the work does.
 
 - Ctrl-C reaches it from the terminal and, forwarded, from the sweep's process: it ends the batch once (its
   trials end as interrupted, their files written), sends that back and leaves.
@@ -28,16 +30,20 @@ import pickle
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection
 from typing import Any, NoReturn
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import configure_log, setup_globals
 
 from .deferral import BatchSettings, Deferred
 
 log = logging.getLogger(__name__)
 
 Work = Callable[[list[Deferred], BatchSettings], list[Any]]
-SEND_WORK, SEND_RUN = "work", "run"
+SEND_INHERITANCE, SEND_WORK, SEND_RUN = "inheritance", "work", "run"
 REPLY_READY, REPLY_OUTCOMES, REPLY_RAISED = "ready", "outcomes", "raised"
 
 
@@ -71,17 +77,46 @@ def send_signal(pid: int, signum: int) -> None:
         os.kill(pid, signum)
 
 
-class LaunchProcess:
-    """The process the launcher's deferred work runs in (forked here, now); run() sends it one batch's."""
+@dataclass(frozen=True)
+class Inheritance:
+    """What a launch process started before Hydra is sent when the launcher adopts it: what one forked at
+    the launcher's setup inherits from the sweep's process. Its environment (the sweep's callbacks name the
+    sweep's process there, src/sweep_process.py), working directory, Hydra's config and resolvers, the
+    logging the launcher configures, and the modules hydra.launcher.preload names."""
 
-    def __init__(self, work: Work, preload: Sequence[str]) -> None:
+    environ: dict[str, str]
+    cwd: str
+    hydra_config: Any
+    hydra_logging: Any
+    verbose: Any
+    execution_whitelist: Any
+    preload: list[str]
+
+    def take(self, environ_at_fork: dict[str, str]) -> None:
+        """Become as if forked now: the environment the sweep's process changed since the fork is changed
+        alike (what this process's imports set stays)."""
+        for name in environ_at_fork.keys() - self.environ.keys():
+            os.environ.pop(name, None)
+        os.environ.update({k: v for k, v in self.environ.items() if environ_at_fork.get(k) != v})
+        os.chdir(self.cwd)
+        HydraConfig.instance().cfg = self.hydra_config
+        setup_globals()
+        configure_log(self.hydra_logging, self.verbose, execution_whitelist=self.execution_whitelist)
+        _import_quietly(self.preload)
+
+
+class LaunchProcess:
+    """The process the launcher's deferred work runs in (forked here, now); run() sends it one batch's.
+    `to_be_adopted`: started before Hydra, it waits for adopt() before it takes any work."""
+
+    def __init__(self, work: Work, preload: Sequence[str], to_be_adopted: bool = False) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         here, there = Pipe()
         pid = os.fork()
         if pid == 0:
             here.close()
-            _serve(there, work, preload)
+            _serve(there, work, preload, to_be_adopted)
         there.close()
         self.pid: int | None = pid
         self._connection = here
@@ -105,6 +140,17 @@ class LaunchProcess:
         self.pid = None
         self._connection.close()
         return False
+
+    def adopt(self, inheritance: Inheritance) -> bool:
+        """Send a process started to be adopted what it inherits; False if it can no longer take it (it has
+        ended, or the inheritance cannot be pickled): it is then stopped, and the launcher forks another."""
+        try:
+            self._connection.send((SEND_INHERITANCE, inheritance))
+            return True
+        except Exception as error:
+            log.debug("the launch process started before Hydra cannot be adopted (%s)", error)
+            self.stop()
+            return False
 
     def hand_over(self, collected: list[Deferred]) -> None:
         """Send the batch's works collected so far that it has not got yet, once it has loaded what it
@@ -170,12 +216,21 @@ class LaunchProcess:
             os.waitpid(pid, 0)
 
 
-def _serve(connection: Connection, work: Work, preload: Sequence[str]) -> NoReturn:
-    """The launch process: import `preload`, then run every batch it is sent, until the sweep ends."""
+def _serve(connection: Connection, work: Work, preload: Sequence[str], to_be_adopted: bool) -> NoReturn:
+    """The launch process: import `preload` (adopted: take what it inherits), then run every batch it is
+    sent, until the sweep ends."""
     code = 0
+    environ_at_fork = dict(os.environ)
     try:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         _import_quietly(preload)
+        if to_be_adopted:
+            try:
+                kind, inheritance = connection.recv()
+            except EOFError:  # the sweep's process ended, or went on without it
+                return
+            assert kind == SEND_INHERITANCE, kind
+            inheritance.take(environ_at_fork)
         connection.send((REPLY_READY, None))
         collected: list[Deferred] = []
         while True:
