@@ -5,7 +5,8 @@ process's peak RSS by about 175 MiB (bench/train_vs_seed.py measures it: `python
 peaks at 880 MiB, the same ending in os._exit at 706 MiB). By the time the task function has
 returned, every file of the run is closed and renamed into place, so only the logs need flushing.
 A process with children (joblib's workers, loky's resource tracker) exits normally instead, so
-that they are shut down in order.
+that they are shut down in order; hydra/launcher=batched's launch process, idle once the sweep has
+returned, is stopped first.
 """
 
 import logging
@@ -14,6 +15,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
+
+from hydra_plugins.batched_launcher.launch_process import stop_launch_processes
 
 
 def has_child_processes() -> bool:
@@ -42,6 +45,7 @@ def run_then_exit(main: Callable[[], object]) -> NoReturn:
         code = 0
     except SystemExit as stop:
         code = exit_code(stop)
+    stop_launch_processes()  # hydra/launcher=batched's, idle once the sweep has returned
     if has_child_processes():
         sys.exit(code)
     logging.shutdown()

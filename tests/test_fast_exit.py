@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from helpers.cli import run_python
@@ -37,3 +38,21 @@ def test_status_and_output_survive_the_fast_exit(tmp_path):
     result = run_python(script, tmp_path)
     assert result.returncode == 3
     assert result.stdout.count("flushed") == 1000
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the launch process is forked")
+def test_the_batched_launchers_launch_process_is_stopped_and_the_exit_stays_fast(tmp_path):
+    torn_down = tmp_path / "torn down"
+    script = (
+        "import atexit\n"
+        "from hydra_plugins.batched_launcher.launch_process import LaunchProcess\n"
+        "from src.fast_exit import run_then_exit\n"
+        "process = LaunchProcess(lambda collected, settings: [], [])\n"
+        "print(process.pid, flush=True)\n"
+        f"atexit.register(lambda: open({str(torn_down)!r}, 'w').close())\n"
+        "run_then_exit(lambda: None)\n"
+    )
+    result = run_python(script, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert not Path(f"/proc/{int(result.stdout.split()[0])}").exists()  # stopped and reaped
+    assert not torn_down.exists()  # left with os._exit, as without the launch process

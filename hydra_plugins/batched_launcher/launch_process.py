@@ -105,6 +105,17 @@ class Inheritance:
         _import_quietly(self.preload)
 
 
+_started: list["LaunchProcess"] = []  # by this process
+
+
+def stop_launch_processes() -> None:
+    """Stop this process's launch processes, as its exit does (nothing runs in them between batches): for an
+    app that leaves with os._exit once its sweep has returned, which a live child would keep it from
+    (src/fast_exit.py; that saves the interpreter's teardown, 0.3 s)."""
+    while _started:
+        _started.pop().stop()
+
+
 class LaunchProcess:
     """The process the launcher's deferred work runs in (forked here, now); run() sends it one batch's.
     `to_be_adopted`: started before Hydra, it waits for adopt() before it takes any work."""
@@ -123,6 +134,7 @@ class LaunchProcess:
         self._ready = False  # it has loaded what it preloads and prepares each work it is handed at once
         self._handed_over = 0  # works of the batch it already has
         atexit.register(self.stop)
+        _started.append(self)
 
     @property
     def alive(self) -> bool:
