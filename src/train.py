@@ -71,10 +71,12 @@ def discard_if_never_started(run_dir: Path, in_date_directory: bool) -> None:
 
 if __name__ == "__main__":
     report_interrupts_in_one_line()
+    # hydra/launcher=batched on the command line: its launch process starts importing torch now, while the
+    # command line is checked (0.5 s: Hydra's plugins are found) and Hydra composes; a bad one stops it
+    start_before_hydra(sys.argv[1:])
     try:
         check_command_line(sys.argv[1:])
     except UserInputError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    start_before_hydra(sys.argv[1:])  # hydra/launcher=batched on the command line: its launch process
     run_then_exit(main)
