@@ -116,6 +116,9 @@ def stop_launch_processes() -> None:
         _started.pop().stop()
 
 
+atexit.register(stop_launch_processes)  # at this process's exit
+
+
 class LaunchProcess:
     """The process the launcher's deferred work runs in (forked here, now); run() sends it one batch's.
     `to_be_adopted`: started before Hydra, it waits for adopt() before it takes any work."""
@@ -133,7 +136,6 @@ class LaunchProcess:
         self._connection = here
         self._ready = False  # it has loaded what it preloads and prepares each work it is handed at once
         self._handed_over = 0  # works of the batch it already has
-        atexit.register(self.stop)
         _started.append(self)
 
     @property

@@ -32,7 +32,8 @@ DEFAULT_PRELOAD = (
     "alembic.migration",
     "alembic.script",
 )
-CHOOSING_THIS_LAUNCHER = "hydra/launcher=batched"
+NAME = "batched"  # hydra/launcher=batched
+CHOOSING_THIS_LAUNCHER = f"hydra/launcher={NAME}"
 MULTIRUN_FLAGS = ("-m", "--multirun")
 _started_before_hydra: LaunchProcess | None = None
 
@@ -51,9 +52,7 @@ class BatchedLauncherConf:
     preload: Any = field(default_factory=lambda: list(DEFAULT_PRELOAD))
 
 
-ConfigStore.instance().store(
-    group="hydra/launcher", name="batched", node=BatchedLauncherConf, provider="batched"
-)
+ConfigStore.instance().store(group="hydra/launcher", name=NAME, node=BatchedLauncherConf, provider=NAME)
 
 
 def can_fork() -> bool:
