@@ -18,6 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from hydra_plugins.batched_launcher.collector import imports_without_collector
 from hydra_plugins.batched_launcher.deferral import deferring
 from hydra_plugins.batched_launcher.launcher import start_before_hydra
 from src.command_line import check_command_line
@@ -37,7 +38,12 @@ def main(cfg: DictConfig) -> float:
         validate(cfg)
         if deferring():  # hydra/launcher=batched: trained with the batch's other jobs, in its launch process
             return DeferredJob.for_this_job(cfg)
-        from src.run import train
+        # The run's libraries (torch, and torch._dynamo, which torch's optimizers import as they are made),
+        # imported without the garbage collector walking their objects over and over: 0.8 s sooner.
+        with imports_without_collector():
+            import torch._dynamo  # noqa: F401
+
+            from src.run import train
 
         with stopped_when_sweep_process_ends():
             return train(cfg)
@@ -75,7 +81,8 @@ if __name__ == "__main__":
     # command line is checked (0.5 s: Hydra's plugins are found) and Hydra composes; a bad one stops it
     start_before_hydra(sys.argv[1:])
     try:
-        check_command_line(sys.argv[1:])
+        with imports_without_collector():  # finding Hydra's plugins imports Optuna and SQLAlchemy: 0.15 s
+            check_command_line(sys.argv[1:])
     except UserInputError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

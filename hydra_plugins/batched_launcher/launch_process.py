@@ -38,6 +38,7 @@ from typing import Any, NoReturn
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import configure_log, setup_globals
 
+from .collector import imports_without_collector
 from .deferral import BatchSettings, Deferred
 
 log = logging.getLogger(__name__)
@@ -298,10 +299,13 @@ def _import_quietly(preload: Sequence[str]) -> None:
     plugin) is noise there. A job importing it itself would run before that logging is set up."""
     logging.disable(logging.INFO)
     try:
-        for module in preload:
-            try:
-                importlib.import_module(module)
-            except ImportError as error:
-                log.warning("hydra.launcher.preload: %s (the jobs import what they need themselves)", error)
+        with imports_without_collector():  # collector.py: torch's imports 0.6 to 1.2 s faster
+            for module in preload:
+                try:
+                    importlib.import_module(module)
+                except ImportError as error:
+                    log.warning(
+                        "hydra.launcher.preload: %s (the jobs import what they need themselves)", error
+                    )
     finally:
         logging.disable(logging.NOTSET)
