@@ -53,9 +53,11 @@ SWEEPS = {
 LAUNCH_IMPORTS = """
 import importlib
 import src.train
+from hydra_plugins.batched_launcher.collector import imports_without_collector
 from hydra_plugins.batched_launcher.launcher import BatchedLauncherConf
-for module in BatchedLauncherConf().preload:
-    importlib.import_module(module)
+with imports_without_collector():  # as the launch process imports them
+    for module in BatchedLauncherConf().preload:
+        importlib.import_module(module)
 """
 
 
