@@ -4,7 +4,7 @@ Importing torch and torch._dynamo makes about 400,000 objects that live as long 
 collector running, the import itself triggers collections that walk them again and again, and each later
 full collection walks them all (0.19 s here). Paused during the import and frozen after it (`gc.freeze()`:
 moved where collections never look), they cost neither: torch, torch._dynamo and this app's batched training
-import in 2.4 to 3.0 s instead of 3.6 s. What the process makes afterwards is collected as before.
+import in 2.4 to 3.5 s instead of 3.6 to 4.1 s here. What the process makes afterwards is collected as before.
 
 Used by the batched launcher's launch process for what it preloads (launch_process.py) and by this app's
 entrypoint for its own imports (src/train.py).

@@ -1,15 +1,15 @@
 """The batched launcher's deferred work runs in a process forked when the sweep starts (Linux): its launch
 process.
 
-What that work imports (this app's: torch, 2-3 s; torch._dynamo, which torch's optimizers import at their
-first use, 2 s more; the study's database libraries) then loads on another core while the sweeper opens its
+What that work imports (this app's: torch and torch._dynamo, which torch's optimizers import at their first
+use, 2.3 to 3 s in all; the study's database libraries) then loads on another core while the sweeper opens its
 study, asks its trials and Hydra runs each job's side in the sweep's process, instead of after them:
-hydra.launcher.preload names it. An app's entrypoint can start it sooner, before Hydra composes the config
-(launcher.start_before_hydra): the launcher's setup then adopts it and sends it what it would have inherited
-from the sweep's process at setup (Inheritance). Once that is loaded, the launcher hands it each deferred
-work (deferral.py) as soon as the work's job has run, and the work prepares itself there while the sweep's
-process runs the batch's later jobs; then it runs the batch and sends back the outcomes. The sweep's process
-never imports what the work does.
+hydra.launcher.preload names it. It is imported with the garbage collector paused, then frozen (collector.py).
+An app's entrypoint can start it sooner, before Hydra composes the config (launcher.start_before_hydra): the
+launcher's setup then adopts it and sends it what it would have inherited from the sweep's process at setup
+(Inheritance). Once that is loaded, the launcher hands it each deferred work (deferral.py) as soon as the
+work's job has run, and the work prepares itself there while the sweep's process runs the batch's later jobs;
+then it runs the batch and sends back the outcomes. The sweep's process never imports what the work does.
 
 - Ctrl-C reaches it from the terminal and, forwarded, from the sweep's process: it ends the batch once (its
   trials end as interrupted, their files written), sends that back and leaves.
@@ -299,7 +299,7 @@ def _import_quietly(preload: Sequence[str]) -> None:
     plugin) is noise there. A job importing it itself would run before that logging is set up."""
     logging.disable(logging.INFO)
     try:
-        with imports_without_collector():  # collector.py: torch's imports 0.6 to 1.2 s faster
+        with imports_without_collector():  # collector.py: 0.5 to 1 s faster
             for module in preload:
                 try:
                     importlib.import_module(module)
