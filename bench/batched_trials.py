@@ -6,7 +6,7 @@
    the sampler seeds given; wall time, in seed-script runs; trial throughput; per-trial overhead
    (wall x workers / trials - training, workers: the processes a batch trains in); best validation accuracy
    per sampler seed; and the floor of that overhead in a cold sweep: the imports a launch process needs before
-   its first trial trains.
+   its first trial trains, and of those what any process training with a torch optimizer imports.
 2. The MLP and the CNN, 4 and 10 trials (a grid over optimizer.lr, --epochs-big epochs), basic vs batched
    (trainer.stacking=auto: the launcher may decide one at a time is faster, and says so).
 3. What a further batch costs besides training: the batched sweep of 20 trials (one batch) against 60 (three
@@ -61,11 +61,26 @@ with imports_without_collector():  # as the launch process imports them
 """
 
 
-def launch_imports_seconds(repeats: int = 3) -> float:
-    """The fastest of `repeats` fresh processes that import what the launch process imports before its first
-    trial can train (the app, hydra.launcher.preload: torch, torch._dynamo, which a torch optimizer imports
-    as it is made, the study's database libraries), with the interpreter's start."""
-    return min(run_process([sys.executable, "-c", LAUNCH_IMPORTS]).wall_s for _ in range(repeats))
+# What any process pays before it can train with one of torch's optimizers: the interpreter, torch, and
+# torch._dynamo, which the optimizer's constructor imports (Optimizer.add_param_group is wrapped by torch's
+# _disable_dynamo); imported as the launch process imports, with the collector paused.
+TORCH_OPTIMIZER_IMPORTS = """
+from hydra_plugins.batched_launcher.collector import imports_without_collector
+with imports_without_collector():
+    import torch
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+"""
+
+
+def fastest_process_seconds(code: str, repeats: int = 3) -> float:
+    """The fastest of `repeats` fresh interpreters running `code`, with the interpreter's start."""
+    return min(run_process([sys.executable, "-c", code]).wall_s for _ in range(repeats))
+
+
+def launch_imports_seconds() -> float:
+    """What the launch process imports before its first trial can train (the app, hydra.launcher.preload:
+    torch, torch._dynamo, the study's database libraries), in a fresh process."""
+    return fastest_process_seconds(LAUNCH_IMPORTS)
 
 
 def default_sweeps(root: Path, scratch: Path, seeds: list[int], trials: int) -> dict:
@@ -162,6 +177,7 @@ def main() -> None:
         sweeps = default_sweeps(root, scratch, args.sampler_seeds, args.trials)
         seed_walls.append(run_process(seed_script(root)).wall_s)
         imports_s = launch_imports_seconds()
+        torch_optimizer_s = fastest_process_seconds(TORCH_OPTIMIZER_IMPORTS)
         further = {} if args.skip_further else further_batches(root, scratch, args.repeats)
         big = {}
         if not args.skip_big:
@@ -199,6 +215,7 @@ def main() -> None:
             {
                 "seed_wall_s": seed_walls,
                 "launch_imports_s": imports_s,
+                "torch_optimizer_imports_s": torch_optimizer_s,
                 "sweeps": sweeps,
                 "big": big,
                 "besides_training_s": further,
@@ -222,7 +239,9 @@ def main() -> None:
     print(
         f"a launch process's imports before its first trial trains: {imports_s:.1f} s (fastest of 3 fresh "
         f"processes) = {imports_s / args.trials:.2f} s per trial against the wall, the floor of a cold "
-        f"{args.trials}-trial sweep's overhead"
+        f"{args.trials}-trial sweep's overhead; of that, torch and the torch._dynamo its optimizers import, "
+        f"what any process training with a torch optimizer pays: {torch_optimizer_s:.1f} s = "
+        f"{torch_optimizer_s / args.trials:.2f} s per trial"
     )
     if further:
         one, three = (statistics.median(further[n]) for n in (20, 60))
