@@ -235,9 +235,8 @@ def train_group(
         if len(chunk) == 1:
             outcomes[chunk[0][0]] = run_alone(chunk[0][1])
             continue
-        if cfg.trainer.stacking == "auto" and not stacking_is_faster(
-            model, how, len(chunk), sample, data.train
-        ):
+        spread = Spread.of(len(chunk), settings.processes, device, threads)
+        if cfg.trainer.stacking == "auto" and not stacking_is_faster(model, how, spread, sample, data.train):
             outcomes.update({index: run_alone(run) for index, run in chunk})
             continue
 
@@ -245,53 +244,72 @@ def train_group(
             torch.set_rng_state(rng_after_init)
             return StackedGroup(model, how, part, data, device).train()
 
-        trained = train_in_parts(
-            [run for _, run in chunk], train_stacked, settings.processes, device, threads
-        )
+        trained = train_in_parts([run for _, run in chunk], train_stacked, spread)
         for (index, _), outcome in zip(chunk, trained, strict=True):
             outcomes[index] = outcome
     return outcomes
 
 
-def train_in_parts(
-    runs: list[BatchedRun],
-    train_stacked: Callable[[list[BatchedRun]], list[Any]],
-    processes: int | None,
-    device: torch.device,
-    threads: int,
-) -> list[Any]:
-    """train_stacked over the runs, spread over up to `processes` processes (src/trial_processes.py) on a
-    CPU; each run's outcome. processes=None: one per thread on Linux (fork is safe with torch there), or
-    one on a GPU, silently."""
-    chosen = processes is not None
-    if processes is None:
-        processes = threads if sys.platform == "linux" and device.type == "cpu" else 1
-    if processes == 1:
-        return train_stacked(runs)
-    why_not = (
-        None if device.type == "cpu" else f"the trials train on {device.type}, which a fork cannot share"
-    )
-    parts = split(runs, processes)
-    if why_not is None and len(parts) == 1:
-        why_not = f"{len(runs)} trials are too few to split (at least 2 per process)"
-    if why_not is not None:
-        if chosen:
-            log.info(
-                "%d trials train in one process (hydra.launcher.processes=%d): %s",
-                len(runs),
-                processes,
-                why_not,
+@dataclass(frozen=True)
+class Spread:
+    """How a stacked chunk of trials trains: split into parts (src/trial_processes.py), each in its own
+    process with `threads_each` threads at once, or in one part with all the threads."""
+
+    trials: int
+    parts: int
+    threads_each: int
+    why_one: str | None = None  # why one process trains them where processes were asked for (logged)
+
+    @classmethod
+    def of(cls, trials: int, processes: int | None, device: torch.device, threads: int) -> "Spread":
+        """processes=None: one per thread on Linux (fork is safe with torch there), or one on a GPU,
+        silently."""
+        chosen = processes is not None
+        if processes is None:
+            processes = threads if sys.platform == "linux" and device.type == "cpu" else 1
+        if processes == 1:
+            return cls(trials, 1, threads)
+        parts = len(split(range(trials), processes))
+        why_one = (
+            None if device.type == "cpu" else f"the trials train on {device.type}, which a fork cannot share"
+        )
+        if why_one is None and parts == 1:
+            why_one = f"{trials} trials are too few to split (at least 2 per process)"
+        if why_one is not None:
+            return cls(
+                trials, 1, threads, f"hydra.launcher.processes={processes}: {why_one}" if chosen else None
             )
+        return cls(trials, parts, max(1, threads // parts))
+
+    @property
+    def largest_part(self) -> int:
+        return -(-self.trials // self.parts)
+
+    def __str__(self) -> str:
+        threads = counted(self.threads_each, "thread")
+        if self.parts == 1:
+            return f"in one process ({threads})"
+        return f"in {self.parts} processes of up to {self.largest_part} ({threads} each)"
+
+
+def train_in_parts(
+    runs: list[BatchedRun], train_stacked: Callable[[list[BatchedRun]], list[Any]], spread: Spread
+) -> list[Any]:
+    """train_stacked over the runs, spread as planned (on a CPU, over processes: src/trial_processes.py);
+    each run's outcome."""
+    if spread.why_one is not None:
+        log.info("%d trials train in one process (%s)", len(runs), spread.why_one)
+    if spread.parts == 1:
         return train_stacked(runs)
-    per_process = max(1, threads // len(parts))
+    parts = split(runs, spread.parts)
     log.info(
         "%d trials train in %d processes (%s trials, %s each)",
         len(runs),
         len(parts),
         " + ".join(str(len(part)) for part in parts),
-        counted(per_process, "thread"),
+        counted(spread.threads_each, "thread"),
     )
-    return [outcome for part in in_processes(parts, train_stacked, per_process) for outcome in part]
+    return [outcome for part in in_processes(parts, train_stacked, spread.threads_each) for outcome in part]
 
 
 def fitting_batch(model: torch.nn.Module, sample: torch.Tensor, max_batch: int | None, trials: int) -> int:
@@ -335,14 +353,19 @@ def available_memory_bytes() -> int:
 
 
 def stacking_is_faster(
-    model: torch.nn.Module, how: str, trials: int, sample: torch.Tensor, train_split: Split
+    model: torch.nn.Module, how: str, spread: Spread, sample: torch.Tensor, train_split: Split
 ) -> bool:
-    """Time a few training steps stacked and one trial's alone (times the trials); False, with a log line,
-    when stacking would be slower. Works on copies and leaves the random generators as they were."""
-    rng = torch.get_rng_state()
+    """Time a few training steps as the trials would train stacked (the largest part of the spread, on its
+    threads: the parts step at once, each in its process) and one trial's alone (times the trials, on all
+    the threads); False, with a log line, when stacking would be slower. Works on copies and leaves the
+    random generators and the thread count as they were."""
+    rng, threads = torch.get_rng_state(), torch.get_num_threads()
     _, labels = train_split.batch(slice(0, len(sample)))
-    stacked = StackedModel(model, trials, how)
-    optimizers = [TrialOptimizer(torch.optim.Adam(stacked.trial_views(k), fused=True)) for k in range(trials)]
+    stacked = StackedModel(model, spread.largest_part, how)
+    optimizers = [
+        TrialOptimizer(torch.optim.Adam(stacked.trial_views(k), fused=True))
+        for k in range(spread.largest_part)
+    ]
     alone = copy.deepcopy(model)
     alone_optimizer = torch.optim.Adam(alone.parameters(), fused=True)
 
@@ -352,10 +375,11 @@ def stacking_is_faster(
         alone_optimizer.step()
 
     timings = {}
-    for name, step in (
-        ("stacked", lambda: stacked_step(stacked, optimizers, sample, labels)),
-        ("alone", alone_step),
+    for name, step, step_threads in (
+        ("stacked", lambda: stacked_step(stacked, optimizers, sample, labels), spread.threads_each),
+        ("alone", alone_step, threads),
     ):
+        torch.set_num_threads(step_threads)
         step()  # warm-up (first-step state)
         best = math.inf
         for _ in range(TIMED_STEPS):
@@ -363,14 +387,16 @@ def stacking_is_faster(
             step()
             best = min(best, time.perf_counter() - started)
         timings[name] = best
+    torch.set_num_threads(threads)
     torch.set_rng_state(rng)
-    faster = timings["stacked"] < trials * timings["alone"]
+    faster = timings["stacked"] < spread.trials * timings["alone"]
     log.info(
-        "%d trials %s: a training step takes %.2f ms stacked, %.2f ms one trial at a time",
-        trials,
+        "%d trials %s: a training step of them all takes %.2f ms stacked %s, %.2f ms one trial at a time",
+        spread.trials,
         "train stacked" if faster else "train one at a time (stacking is not faster here)",
         1e3 * timings["stacked"],
-        1e3 * trials * timings["alone"],
+        spread,
+        1e3 * spread.trials * timings["alone"],
     )
     return faster
 

@@ -43,7 +43,8 @@ from hydra_plugins.batched_launcher import launcher as batched_launcher
 from hydra_plugins.batched_launcher.deferral import BatchSettings, Deferred
 from hydra_plugins.batched_launcher.launch_process import Inheritance, LaunchProcess
 from hydra_plugins.optuna_pruning_sweeper.workers import Heartbeats
-from src.batched_runs import BatchedRun
+from src import batched_runs
+from src.batched_runs import BatchedRun, Spread
 from src.epoch_callbacks import RunContext
 from src.errors import TrainingDiverged, UserInputError
 from src.models import CNN, MLP, SimpleNet
@@ -647,6 +648,68 @@ def test_a_batch_splits_into_parts_of_at_least_two_trials():
     assert [len(p) for p in split(list(range(7)), 3)] == [3, 2, 2]
     assert split([1, 2, 3], 2) == [[1, 2, 3]]  # two parts would leave one with a single trial
     assert split([1, 2, 3, 4], 8) == [[1, 2], [3, 4]]
+
+
+def test_a_spread_plans_the_parts_and_threads_that_train_a_stacked_chunk(monkeypatch):
+    monkeypatch.setattr(sys, "platform", "linux")
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    ten = Spread.of(10, None, cpu, 2)  # the default: one process per thread
+    assert (ten.parts, ten.threads_each, ten.largest_part, ten.why_one) == (2, 1, 5, None)
+    assert (Spread.of(7, 3, cpu, 6).parts, Spread.of(7, 3, cpu, 6).largest_part) == (3, 3)
+    assert (Spread.of(10, 1, cpu, 2).parts, Spread.of(10, 1, cpu, 2).threads_each) == (1, 2)
+    assert Spread.of(3, None, cpu, 2) == Spread(3, 1, 2)  # too few to split, silently
+    asked = Spread.of(3, 2, cpu, 2)
+    assert (asked.parts, asked.threads_each) == (1, 2)
+    assert (
+        asked.why_one == "hydra.launcher.processes=2: 3 trials are too few to split (at least 2 per process)"
+    )
+    assert Spread.of(10, None, gpu, 2) == Spread(10, 1, 2)
+    assert "cuda, which a fork cannot share" in Spread.of(10, 2, gpu, 2).why_one
+    assert str(ten) == "in 2 processes of up to 5 (1 thread each)"
+
+
+def test_auto_stacking_times_the_stack_as_it_would_train_and_compares_it_with_all_the_trials_alone(
+    monkeypatch, caplog
+):
+    """Stacked, a part of the spread steps on its process's threads while the other parts step in theirs:
+    the timed stack is the largest part on those threads, against every trial's step alone on all of them."""
+    torch.manual_seed(0)
+    model, sample = MLP(), torch.randn(64, 1, 28, 28)
+    labels = torch.randint(0, 10, (64,))
+    train = SimpleNamespace(batch=lambda rows: (sample[rows], labels[rows]))
+    stacked_model, how = stack_model(model, 2, sample)
+    assert stacked_model is not None
+    seen, alone_threads = [], []
+    real_step = batched_runs.stacked_step
+
+    def recording_step(stacked, optimizers, inputs, step_labels):
+        seen.append((len(optimizers), torch.get_num_threads()))
+        return real_step(stacked, optimizers, inputs, step_labels)
+
+    real_cross_entropy = batched_runs.F.cross_entropy
+
+    def recording_cross_entropy(*args, **kwargs):
+        alone_threads.append(torch.get_num_threads())
+        return real_cross_entropy(*args, **kwargs)
+
+    monkeypatch.setattr(batched_runs, "stacked_step", recording_step)
+    monkeypatch.setattr(batched_runs.F, "cross_entropy", recording_cross_entropy)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    rng = torch.get_rng_state()
+    try:
+        with caplog.at_level(logging.INFO, logger="src.batched_runs"):
+            batched_runs.stacking_is_faster(model, how, Spread(10, 2, 1), sample, train)
+        assert torch.get_num_threads() == 2  # as it was
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert set(seen) == {(5, 1)}  # the largest part, on a part's one thread
+    assert set(alone_threads) == {2}
+    assert (
+        "10 trials train" in caplog.text
+        and "stacked in 2 processes of up to 5 (1 thread each)" in caplog.text
+    )
 
 
 class Unpicklable(Exception):
