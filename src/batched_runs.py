@@ -418,6 +418,19 @@ def counted(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
+def jobs_named(jobs: list[str]) -> str:
+    """The sweep's jobs a stacked group trains, as its log lines name them: 'job 3', 'jobs 10-14' (a run of
+    consecutive numbers), 'jobs 0, 2, 5'. Groups trained at once (one per process) log their epochs side by
+    side, so each line says whose it is."""
+    if len(jobs) == 1:
+        return f"job {jobs[0]}"
+    if all(job.isdigit() for job in jobs):
+        numbers = [int(job) for job in jobs]
+        if numbers == list(range(numbers[0], numbers[0] + len(numbers))):
+            return f"jobs {numbers[0]}-{numbers[-1]}"
+    return f"jobs {', '.join(jobs)}"
+
+
 @dataclass
 class Trial:
     """One run inside a stacked group: its optimizer and scheduler, callbacks and finishing."""
@@ -445,6 +458,7 @@ class StackedGroup:
         device: torch.device,
     ) -> None:
         self.model, self.data, self.cfg = model, data, runs[0].cfg
+        self.jobs = jobs_named([run.context.job for run in runs])
         self.stacked = StackedModel(model, len(runs), how)
         self.generator = torch.Generator().manual_seed(self.cfg.trainer.seed)  # the shuffles, as alone
         self.trials: list[Trial] = []
@@ -464,7 +478,7 @@ class StackedGroup:
             log_data(data, device, context.log)
             self.trials.append(Trial(run, TrialOptimizer(optimizer), stepping, finishing, end, callbacks))
         epochs = max(r.cfg.trainer.epochs for r in runs)
-        log.info("%d trials train stacked (%s), %s", len(runs), how, counted(epochs, "epoch"))
+        log.info("%d trials train stacked (%s), %s: %s", len(runs), how, counted(epochs, "epoch"), self.jobs)
 
     def train(self) -> list[Any]:
         """Each trial's value for the sweeper, or the exception that ended it."""
@@ -524,8 +538,9 @@ class StackedGroup:
             if epoch == trial.run.cfg.trainer.epochs:
                 self._finish(position, None)
         log.info(
-            "epoch %d: %d trials in %.2fs, best val_acc %.2f%%, %d running",
+            "epoch %d (%s): %d trials in %.2fs, best val_acc %.2f%%, %d running",
             epoch,
+            self.jobs,
             len(active),
             time.perf_counter() - started,
             max(val_accs),

@@ -44,7 +44,7 @@ from hydra_plugins.batched_launcher.deferral import BatchSettings, Deferred
 from hydra_plugins.batched_launcher.launch_process import Inheritance, LaunchProcess
 from hydra_plugins.optuna_pruning_sweeper.workers import Heartbeats
 from src import batched_runs
-from src.batched_runs import BatchedRun, Spread
+from src.batched_runs import BatchedRun, Spread, jobs_named
 from src.epoch_callbacks import RunContext
 from src.errors import TrainingDiverged, UserInputError
 from src.models import CNN, MLP, SimpleNet
@@ -395,7 +395,10 @@ def test_a_grid_trained_stacked_matches_the_same_grid_trained_one_run_at_a_time(
     batched = run_cli("src.train", *grid(tiny_mnist, tmp_path / "b", *stacked))
     assert batched.returncode == 0, batched.stderr[-3000:]
     together = 4 // processes
-    assert f"{together} trials train stacked (layers)" in batched.stderr + batched.stdout
+    output = batched.stderr + batched.stdout
+    assert f"{together} trials train stacked (layers)" in output
+    for part in ["jobs 0-3"] if processes == 1 else ["jobs 0-1", "jobs 2-3"]:  # whose epoch each line is
+        assert f"epoch 1 ({part}): {together} trials in" in output
     basic = run_cli("src.train", *grid(tiny_mnist, tmp_path / "a", *extra))
     assert basic.returncode == 0, basic.stderr[-3000:]
     for b, a in zip(trial_dirs(tmp_path / "b"), trial_dirs(tmp_path / "a"), strict=True):
@@ -648,6 +651,13 @@ def test_a_batch_splits_into_parts_of_at_least_two_trials():
     assert [len(p) for p in split(list(range(7)), 3)] == [3, 2, 2]
     assert split([1, 2, 3], 2) == [[1, 2, 3]]  # two parts would leave one with a single trial
     assert split([1, 2, 3, 4], 8) == [[1, 2], [3, 4]]
+
+
+def test_a_stacked_groups_log_lines_name_its_jobs():
+    assert jobs_named(["7"]) == "job 7"
+    assert jobs_named(["10", "11", "12", "13", "14"]) == "jobs 10-14"
+    assert jobs_named(["0", "2", "5"]) == "jobs 0, 2, 5"
+    assert jobs_named(["3", "2"]) == "jobs 3, 2"
 
 
 def test_a_spread_plans_the_parts_and_threads_that_train_a_stacked_chunk(monkeypatch):
