@@ -246,3 +246,32 @@ def test_workers_share_epochs_through_a_cache_beside_the_study_with_results_as_f
     assert result.returncode == 0, result.stderr[-2000:]
     assert read_json(scratch / "metrics.json")["val_acc"] == metrics[trial.number]["val_acc"]
     assert read_json(scratch / "metrics.json")["test_acc"] == metrics[trial.number]["test_acc"]
+
+
+@pytest.mark.parametrize("launcher", ["basic", "batched"])
+def test_workers_given_one_sweep_directory_write_each_trial_into_a_directory_of_its_own(
+    tiny_mnist, tmp_path, request, launcher
+):
+    """`hydra.sweep.dir=...` given to every worker: before, both numbered their jobs from 0 and wrote their
+    runs into the same directories (one's metrics over the other's)."""
+    override, load = storage_for("sqlite", tmp_path, request)
+    shared = tmp_path / "shared"
+    extra = ("hydra.sweeper.n_trials=8", "hydra.sweeper.n_jobs=2", "trainer.epochs=1")
+    command = sweep_command(
+        tiny_mnist, override, *extra, f"hydra.sweep.dir={shared}", f"hydra/launcher={launcher}"
+    )
+    workers = [start_worker(command, tmp_path, f"worker{i}.log") for i in range(2)]
+    codes = [finish(worker) for worker in workers]
+    logs = [(tmp_path / f"worker{i}.log").read_text() for i in range(2)]
+    assert codes == [0, 0], "\n\n".join(log[-3000:] for log in logs)
+    done = [t for t in load().trials if t.state.is_finished()]
+    assert len(done) >= 8 and all(t.state == TrialState.COMPLETE for t in done)
+    assert len({t.user_attrs["worker"] for t in done}) == 2, "both workers ran trials"
+    run_dirs = [tmp_path / t.user_attrs["run_dir"] for t in done]
+    assert len(set(run_dirs)) == len(run_dirs) and {d.parent for d in run_dirs} == {shared}
+    for trial, run_dir in zip(done, run_dirs, strict=True):
+        assert read_json(run_dir / "metrics.json")["val_acc"] == trial.value
+        overrides = (run_dir / ".hydra" / "overrides.yaml").read_text()
+        assert f"- scheduler.gamma={trial.params['scheduler.gamma']}\n" in overrides  # this trial's run
+        assert len((run_dir / "train.log").read_text().split("epoch 1/1")) == 2  # one run's epoch
+    assert sorted(p for p in shared.iterdir() if p.is_dir()) == sorted(run_dirs)  # no empty one left

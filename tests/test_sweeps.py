@@ -991,3 +991,35 @@ def test_a_trial_given_up_before_its_values_were_drawn_is_not_queued_again_and_t
     assert "already was a retry" not in caplog.text
     waiting = study.get_trials(states=(TrialState.WAITING,))
     assert [t.system_attrs["fixed_params"] for t in waiting] == [valued.params]
+
+
+def test_numbered_job_directories_are_claimed_so_that_no_two_processes_get_one(tmp_path):
+    """Workers given one hydra.sweep.dir take the numbers of their batches by making each job's directory:
+    numbers whose directories exist are skipped, a batch's numbers are consecutive, and a stopped batch's
+    directories that no job wrote into are removed again."""
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.optuna_pruning_sweeper.job_dirs import NumberedDirectories, first_job_number
+
+    def sweep(subdir: str):
+        return OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "s"), "subdir": subdir}}})
+
+    default = NumberedDirectories.of(sweep("${hydra.job.num}"))
+    assert default is not None and default.of_job(3) == tmp_path / "s" / "3"
+    assert (
+        NumberedDirectories.of(sweep("runs/trial_${hydra:job.num}")).of_job(2) == tmp_path / "s/runs/trial_2"
+    )
+    for varies in ("gamma_${scheduler.gamma}", "${hydra.job.num}_${trainer.seed}", "${hydra.job.num}/run"):
+        assert NumberedDirectories.of(sweep(varies)) is None
+
+    assert default.next_number() == 0  # no sweep directory yet
+    assert default.claim(0, 3) == 0
+    assert default.claim(0, 2) == 3  # another worker's batch: 0 to 2 are taken
+    (tmp_path / "s" / "6").mkdir()
+    assert default.claim(5, 2) == 7  # 5 alone is free: the batch takes 7 and 8, and 5 is given back
+    assert not (tmp_path / "s" / "5").exists()
+    assert default.next_number() == 9 == first_job_number(sweep("${hydra.job.num}"))
+    (tmp_path / "s" / "7" / "train.log").write_text("a job ran")
+    default.release_unused(7, 2)
+    assert (tmp_path / "s" / "7").is_dir() and not (tmp_path / "s" / "8").exists()
+    assert first_job_number(sweep("gamma_${scheduler.gamma}")) == 8  # the numbered directories there

@@ -1,5 +1,13 @@
-"""Where each job will write, when hydra.sweep.subdir does not name the job's number.
+"""Where each job will write.
 
+When hydra.sweep.subdir names the job's number (the default `${hydra.job.num}`, or `trial_${hydra.job.num}`),
+each batch's job numbers are claimed before its jobs are launched: each job's directory is made with
+os.mkdir, which exactly one of several processes succeeds in, so workers that share a sweep directory
+(`hydra.sweep.dir=multirun/mine` given to each) never write into one another's runs. A batch takes the
+first consecutive numbers whose directories it could make, after the highest already there
+(NumberedDirectories).
+
+When hydra.sweep.subdir does not name the job's number:
 `hydra.sweep.subdir=step_${scheduler.step_size}` puts two trials that draw the same step_size (5 values, 20
 trials) into one directory: Hydra writes the second's .hydra/ over the first's, and its results replace the
 first's, while the study keeps both trials. Before jobs are launched, each one's subdir is resolved as Hydra
@@ -9,7 +17,9 @@ already holds a run, is named in one line. The sweeper checks each batch; this a
 """
 
 import copy
+import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -20,6 +30,7 @@ from hydra_plugins.batched_launcher.composing import apply_value_override
 # A subdir naming one of these differs between any two jobs by construction (override_dirname is resolved
 # from the job's overrides inside Hydra's run_job only, so it cannot be told here).
 DISTINCT_OR_UNKNOWN = ("job.num", "job.id", "override_dirname")
+JOB_NUMBER = re.compile(r"\$\{hydra[.:]job\.num\}")  # in hydra.sweep.subdir, as Hydra's default writes it
 
 
 def subdir_as_written(config: DictConfig) -> str:
@@ -73,3 +84,70 @@ def shared_directory(
             return f"{gives} {directory}, which holds another run: {allowed}"
         claimed[subdir] = (number, lines)
     return None
+
+
+@dataclass(frozen=True)
+class NumberedDirectories:
+    """The jobs' directories when the last part of hydra.sweep.subdir is the job's number between fixed text:
+    `<sweep dir>/<prefix><number><suffix>`."""
+
+    parent: Path
+    prefix: str
+    suffix: str
+
+    @classmethod
+    def of(cls, config: DictConfig) -> "NumberedDirectories | None":
+        """None when the subdir holds anything else that varies, or the number more than once or not in its
+        last part."""
+        parts = JOB_NUMBER.split(subdir_as_written(config))
+        if len(parts) != 2 or any("${" in part for part in parts) or "/" in parts[1]:
+            return None
+        folder, _, prefix = parts[0].rpartition("/")
+        return cls(Path(str(config.hydra.sweep.dir)) / folder, prefix, parts[1])
+
+    def of_job(self, number: int) -> Path:
+        return self.parent / f"{self.prefix}{number}{self.suffix}"
+
+    def next_number(self) -> int:
+        """The first job number after those of the directories already there: a sweep directory used again
+        keeps its runs, and its new ones follow them."""
+        pattern = re.compile(f"{re.escape(self.prefix)}([0-9]+){re.escape(self.suffix)}")
+        names = [p.name for p in self.parent.iterdir()] if self.parent.is_dir() else []
+        return max((int(m[1]) for name in names if (m := pattern.fullmatch(name))), default=-1) + 1
+
+    def claim(self, first: int, count: int) -> int:
+        """The first of `count` consecutive job numbers, from `first` on, whose directories this process
+        made (they are its jobs' own, whoever else writes into the sweep directory)."""
+        self.parent.mkdir(parents=True, exist_ok=True)
+        start = first
+        while True:
+            made: list[Path] = []
+            for number in range(start, start + count):
+                try:
+                    self.of_job(number).mkdir()
+                except FileExistsError:
+                    for directory in made:  # still empty: nobody but this process writes there
+                        directory.rmdir()
+                    start = number + 1
+                    break
+                made.append(self.of_job(number))
+            else:
+                return start
+
+    def release_unused(self, first: int, count: int) -> None:
+        """Remove the claimed directories no job wrote into (a batch stopped before its jobs ran)."""
+        for number in range(first, first + count):
+            try:
+                self.of_job(number).rmdir()
+            except OSError:  # a job's run is there (or it is gone)
+                continue
+
+
+def first_job_number(config: DictConfig) -> int:
+    """Where a sweep's job numbers start: after the numbered directories already in the sweep directory."""
+    numbered = NumberedDirectories.of(config)
+    if numbered is not None:
+        return numbered.next_number()
+    sweep_dir = Path(str(config.hydra.sweep.dir))
+    names = [p.name for p in sweep_dir.iterdir()] if sweep_dir.is_dir() else []
+    return max((int(name) for name in names if name.isdigit()), default=-1) + 1

@@ -50,7 +50,7 @@ from hydra_plugins.optuna_pruning_sweeper.grammar import override_error_reason
 
 from . import config as registered_configs  # noqa: F401  (registers the configs)
 from .disk import unwritable_reason
-from .job_dirs import shared_directory
+from .job_dirs import NumberedDirectories, first_job_number, shared_directory
 from .seeding import SeedPerTrialSampler
 from .storage import StorageError, describe, open_storage, release_interrupted_reads, set_trial_attrs
 from .trial_bridge import RUN_DIR, instantiate_pruner, job_environment, run_dir_attr
@@ -227,15 +227,6 @@ def counts_toward_n_trials(trial: FrozenTrial) -> bool:
     return trial.state.is_finished() and not trial.user_attrs.get(INTERRUPTED)
 
 
-def next_job_index(sweep_dir: Path) -> int:
-    """The first job number after the numbered run directories already in the sweep directory (a
-    reused sweep directory never has a run overwritten)."""
-    numbers = (
-        [int(p.name) for p in sweep_dir.glob("[0-9]*") if p.name.isdigit()] if sweep_dir.is_dir() else []
-    )
-    return max(numbers, default=-1) + 1
-
-
 def sampler_builder(config: DictConfig, **fixed: Any) -> Callable[[int | None], Any]:
     """What makes the configured sampler with a given seed (and `fixed`). A sampler is made for every trial
     (seeding.py): Hydra instantiates the config once, as a partial (7 ms a time for the TPESampler, 0.5 ms
@@ -274,6 +265,7 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
         self.metric_names = list(metric_names) if metric_names else None
         self.where = ""
         self.seeding = ""
+        self.numbered: NumberedDirectories | None = None  # the jobs' directories, when they are numbered
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
@@ -289,7 +281,8 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
             distributions.pop(name, None)
         self.sampler = self._seeded_sampler(distributions)
         study = self._open_study(SweepSettings(distributions, fixed_params, fixed_overrides))
-        self.job_idx = next_job_index(Path(self.sweep_dir))
+        self.job_idx = first_job_number(self.config)
+        self.numbered = NumberedDirectories.of(self.config)
         worker = Worker.this_process()
         log.info(
             f"Study {study.study_name!r} in {self.where}, worker {worker.label}, "
@@ -426,6 +419,7 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
             heartbeats.add(trial._trial_id)
             claim(study, trial, worker)
             trials.append(trial)
+        claimed: NumberedDirectories | None = None  # the batch's directories, once made
         try:
             overrides = [
                 (*trial_overrides, *job_environment(study._study_id, trial._trial_id))
@@ -435,12 +429,17 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
                     strict=True,
                 )
             ]
+            if self.numbered is not None:  # other workers may write into this sweep directory too
+                self.job_idx = self.numbered.claim(self.job_idx, len(overrides))
+                claimed = self.numbered
             numbered = list(enumerate(overrides, start=self.job_idx))
             if reason := shared_directory(self.config, numbered, self._is_group):
                 raise SweepError(reason)
             returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
         except BaseException as stop:  # Ctrl-C or a launcher crash: never leave these trials RUNNING
             release_interrupted_reads(stop)
+            if claimed is not None:
+                claimed.release_unused(self.job_idx, len(trials))
             why = (
                 stop.reason if isinstance(stop, SweepError) else "interrupted: the sweep stopped while it ran"
             )
