@@ -10,6 +10,7 @@ import io
 import json
 import math
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,6 +159,11 @@ def resolved_interpolations(
     return resolved
 
 
+def in_number_order(name: str) -> list[Any]:
+    """A sort key that puts a sweep's job directories in the order of their numbers: 2 before 10."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name)]
+
+
 def find_run_directories(roots: Iterable[Path]) -> tuple[list[Path], list[str]]:
     """Directories that look like runs (.hydra/ or metrics.json); warnings for empty or unreadable ones."""
     found, warnings = [], []
@@ -176,7 +182,7 @@ def find_run_directories(roots: Iterable[Path]) -> tuple[list[Path], list[str]]:
                 dirnames.clear()
             elif not dirnames and not filenames:
                 warnings.append(f"{path}: empty directory, no run in it")
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            dirnames[:] = sorted((d for d in dirnames if not d.startswith(".")), key=in_number_order)
     return found, warnings
 
 

@@ -603,3 +603,14 @@ def test_a_filter_that_could_only_match_by_accident_is_a_clear_error(runs_root):
     nothing = compare(runs_root, "--filter", "scheduler.gamma>1", "--json")
     assert nothing.returncode == 0 and json.loads(nothing.stdout) == []
     assert "warning: none of the" in nothing.stderr and "passes --status and --filter" in nothing.stderr
+
+
+def test_a_sweeps_job_directories_are_read_in_the_order_of_their_numbers(tmp_path):
+    from src.runs import find_run_directories
+
+    names = ["10", "2", "0", "1", "trial_10", "trial_9"]
+    for name in names:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text("{}")
+    found, warnings = find_run_directories([tmp_path])
+    assert [p.name for p in found] == ["0", "1", "2", "10", "trial_9", "trial_10"] and not warnings
