@@ -177,6 +177,28 @@ def test_killed_sweep_resumes_without_losing_or_repeating_finished_trials(tiny_m
     assert len(trial_dirs(tmp_path / "second")) == 6 - len(completed_before)
 
 
+def test_ctrl_c_in_a_batch_keeps_the_run_it_stopped_and_no_directory_of_the_jobs_that_never_started(
+    tiny_mnist, tmp_path
+):
+    """A batch claims its jobs' directories before they run (job_dirs.py); Ctrl-C in its first job gives
+    back those of the jobs that never started, so no empty run directory is left for compare to warn of."""
+    extra = ("hydra.sweeper.n_jobs=3", "trainer.epochs=20", "trainer.prefix_cache=null", "logger=none")
+    args = [sys.executable, "-m", "src.train", *optuna_sweep_args(tiny_mnist, tmp_path, "sweep", *extra)]
+    sweep = subprocess.Popen(
+        args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    first = tmp_path / "sweep" / "0"
+    deadline = time.monotonic() + 300
+    while not (first / "metrics.csv").exists():  # the first job of the batch has trained an epoch
+        assert time.monotonic() < deadline and sweep.poll() is None
+        time.sleep(0.05)
+    assert sorted(p.name for p in trial_dirs(tmp_path / "sweep")) == ["0", "1", "2"]  # claimed
+    os.killpg(sweep.pid, signal.SIGINT)
+    assert sweep.wait(120) == -signal.SIGINT
+    assert read_json(first / "metrics.json")["status"] == "interrupted"
+    assert trial_dirs(tmp_path / "sweep") == [first]
+
+
 def test_joblib_launcher_runs_two_workers_with_the_cores_shared(tiny_mnist, tmp_path, monkeypatch):
     monkeypatch.setenv("TMPDIR", str(tmp_path))  # a CPU-share registry of its own: no other job counts
     result = run_cli(
@@ -997,6 +1019,7 @@ def test_numbered_job_directories_are_claimed_so_that_no_two_processes_get_one(t
     """Workers given one hydra.sweep.dir take the numbers of their batches by making each job's directory:
     numbers whose directories exist are skipped, a batch's numbers are consecutive, and a stopped batch's
     directories that no job wrote into are removed again."""
+    from hydra._internal.core_plugins.basic_launcher import BasicLauncher
     from omegaconf import OmegaConf
 
     from hydra_plugins.optuna_pruning_sweeper.job_dirs import NumberedDirectories, first_job_number
@@ -1020,6 +1043,9 @@ def test_numbered_job_directories_are_claimed_so_that_no_two_processes_get_one(t
     assert not (tmp_path / "s" / "5").exists()
     assert default.next_number() == 9 == first_job_number(sweep("${hydra.job.num}"))
     (tmp_path / "s" / "7" / "train.log").write_text("a job ran")
-    default.release_unused(7, 2)
+    submitit_launcher = type("SlurmLauncher", (), {"__module__": "hydra_plugins.hydra_submitit_launcher"})()
+    default.release_unused(7, 2, submitit_launcher)  # its job 8 may start after the sweep stopped
+    assert (tmp_path / "s" / "8").is_dir()
+    default.release_unused(7, 2, BasicLauncher())
     assert (tmp_path / "s" / "7").is_dir() and not (tmp_path / "s" / "8").exists()
     assert first_job_number(sweep("gamma_${scheduler.gamma}")) == 8  # the numbered directories there

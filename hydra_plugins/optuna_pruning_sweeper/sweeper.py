@@ -439,7 +439,7 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
         except BaseException as stop:  # Ctrl-C or a launcher crash: never leave these trials RUNNING
             release_interrupted_reads(stop)
             if claimed is not None:
-                claimed.release_unused(self.job_idx, len(trials))
+                claimed.release_unused(self.job_idx, len(trials), self.launcher)
             why = (
                 stop.reason if isinstance(stop, SweepError) else "interrupted: the sweep stopped while it ran"
             )
