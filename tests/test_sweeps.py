@@ -1049,3 +1049,7 @@ def test_numbered_job_directories_are_claimed_so_that_no_two_processes_get_one(t
     default.release_unused(7, 2, BasicLauncher())
     assert (tmp_path / "s" / "7").is_dir() and not (tmp_path / "s" / "8").exists()
     assert first_job_number(sweep("gamma_${scheduler.gamma}")) == 8  # the numbered directories there
+    for name in ("trial_0", "trial_1", "trial_x"):
+        (tmp_path / "s" / name).mkdir()
+    # a sweep run again into its directory: trial_0 and trial_1 stay (before, its jobs began again at 0)
+    assert first_job_number(sweep("trial_${hydra.job.num}")) == 2
