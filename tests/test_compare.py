@@ -608,9 +608,12 @@ def test_a_filter_that_could_only_match_by_accident_is_a_clear_error(runs_root):
 def test_a_sweeps_job_directories_are_read_in_the_order_of_their_numbers(tmp_path):
     from src.runs import find_run_directories
 
-    names = ["10", "2", "0", "1", "trial_10", "trial_9"]
-    for name in names:
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "metrics.json").write_text("{}")
-    found, warnings = find_run_directories([tmp_path])
-    assert [p.name for p in found] == ["0", "1", "2", "10", "trial_9", "trial_10"] and not warnings
+    sweep, empty = tmp_path / "sweep", tmp_path / "empty"
+    for name in ["10", "2", "0", "1", "trial_10", "trial_9"]:
+        (sweep / name).mkdir(parents=True)
+        (sweep / name / "metrics.json").write_text("{}")
+    (sweep / "11").mkdir()  # a job of a running sweep, not started yet: passed over
+    empty.mkdir()
+    found, warnings = find_run_directories([sweep, empty])
+    assert [p.name for p in found] == ["0", "1", "2", "10", "trial_9", "trial_10"]
+    assert warnings == [f"{empty}: empty directory, no run in it"]  # a directory given
