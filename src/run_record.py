@@ -13,6 +13,7 @@ METRICS_JSON = "metrics.json"  # the run's outcome
 LR_STEPS = "lr_steps.csv"  # a per-step schedule's lr at every optimizer step (step,lr; steps from 1)
 WEIGHTS = "model.pt"  # the final weights (state_dict)
 HYDRA_DIR = ".hydra"  # Hydra's composed config and overrides
+SWEEP_CONFIG = "multirun.yaml"  # what Hydra writes into a sweep directory as the sweep starts
 
 STATUS_COMPLETED = "completed"
 STATUS_FAILED = "failed"

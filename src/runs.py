@@ -25,6 +25,7 @@ from src.run_record import (
     METRICS_CSV,
     METRICS_JSON,
     NUMERIC_SUMMARY,
+    SWEEP_CONFIG,
     Column,
     Summary,
     class_name,
@@ -165,9 +166,10 @@ def in_number_order(name: str) -> list[Any]:
 
 
 def find_run_directories(roots: Iterable[Path]) -> tuple[list[Path], list[str]]:
-    """Directories that look like runs (.hydra/ or metrics.json); warnings for a given directory that is
-    empty, or one that cannot be read. An empty directory inside one is passed over: a running sweep's jobs
-    that have not started yet (the sweeper makes their directories before it launches them, job_dirs.py)."""
+    """Directories that look like runs (.hydra/ or metrics.json); warnings for empty or unreadable ones. An
+    empty directory in a sweep directory (Hydra's multirun.yaml beside it) is passed over: a job of a running
+    sweep that has not started yet (the sweeper makes its jobs' directories before it launches them,
+    hydra_plugins/optuna_pruning_sweeper/job_dirs.py)."""
     found, warnings = [], []
     for root in roots:
         if not root.is_dir():
@@ -182,7 +184,7 @@ def find_run_directories(roots: Iterable[Path]) -> tuple[list[Path], list[str]]:
             if HYDRA_DIR in dirnames or METRICS_JSON in filenames:
                 found.append(path)
                 dirnames.clear()
-            elif path == root and not dirnames and not filenames:
+            elif not dirnames and not filenames and not (path.parent / SWEEP_CONFIG).is_file():
                 warnings.append(f"{path}: empty directory, no run in it")
             dirnames[:] = sorted((d for d in dirnames if not d.startswith(".")), key=in_number_order)
     return found, warnings

@@ -612,8 +612,9 @@ def test_a_sweeps_job_directories_are_read_in_the_order_of_their_numbers(tmp_pat
     for name in ["10", "2", "0", "1", "trial_10", "trial_9"]:
         (sweep / name).mkdir(parents=True)
         (sweep / name / "metrics.json").write_text("{}")
+    (sweep / "multirun.yaml").write_text("{}")  # as Hydra writes it when the sweep starts
     (sweep / "11").mkdir()  # a job of a running sweep, not started yet: passed over
-    empty.mkdir()
+    (empty / "12").mkdir(parents=True)  # not in a sweep directory
     found, warnings = find_run_directories([sweep, empty])
     assert [p.name for p in found] == ["0", "1", "2", "10", "trial_9", "trial_10"]
-    assert warnings == [f"{empty}: empty directory, no run in it"]  # a directory given
+    assert warnings == [f"{empty / '12'}: empty directory, no run in it"]
