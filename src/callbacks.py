@@ -18,7 +18,12 @@ from omegaconf import DictConfig
 
 from hydra_plugins.batched_launcher.launcher import is_count, is_module_list
 from hydra_plugins.optuna_pruning_sweeper.disk import unwritable_reason
-from hydra_plugins.optuna_pruning_sweeper.job_dirs import shared_directory, subdir_as_written
+from hydra_plugins.optuna_pruning_sweeper.job_dirs import (
+    BASIC_LAUNCHER,
+    BATCHED_LAUNCHER,
+    shared_directory,
+    subdir_as_written,
+)
 from src import conf_files
 from src.config import validate
 from src.cpu_share import CpuShare, job_cpus
@@ -28,9 +33,8 @@ from src.mnist_files import training_images
 from src.run_record import METRICS_JSON
 from src.sweep_process import name_sweep_process
 
-BATCHED_LAUNCHER = "hydra_plugins.batched_launcher.launcher.BatchedLauncher"
 # Launchers that train every job in the sweep's own process.
-IN_PROCESS_LAUNCHERS = ("hydra._internal.core_plugins.basic_launcher.BasicLauncher", BATCHED_LAUNCHER)
+IN_PROCESS_LAUNCHERS = (BASIC_LAUNCHER, BATCHED_LAUNCHER)
 # The sweeper that numbers its jobs after the runs already in its sweep directory (it never overwrites one).
 RESUMING_SWEEPER = "hydra_plugins.optuna_pruning_sweeper.sweeper.PruningOptunaSweeper"
 

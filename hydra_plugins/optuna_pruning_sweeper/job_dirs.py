@@ -30,15 +30,15 @@ from hydra_plugins.batched_launcher.composing import apply_value_override
 # A subdir naming one of these differs between any two jobs by construction (override_dirname is resolved
 # from the job's overrides inside Hydra's run_job only, so it cannot be told here).
 DISTINCT_OR_UNKNOWN = ("job.num", "job.id", "override_dirname")
+# Launchers' classes, as their configs' _target_ names them.
+BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+JOBLIB_LAUNCHER = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+BATCHED_LAUNCHER = "hydra_plugins.batched_launcher.launcher.BatchedLauncher"
 # Launchers none of whose jobs can start once launch() has returned or raised (they run in this process, or in
 # processes that end with it): a stopped batch's claimed directories that no job wrote into can be given back.
 # A job of another launcher may start later (submitit's SLURM jobs go on after the sweep stops) and write into
 # its directory, which must then still be its own.
-LAUNCHERS_ENDING_THEIR_JOBS = (
-    "hydra._internal.core_plugins.basic_launcher.BasicLauncher",
-    "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher",
-    "hydra_plugins.batched_launcher.launcher.BatchedLauncher",
-)
+LAUNCHERS_ENDING_THEIR_JOBS = (BASIC_LAUNCHER, JOBLIB_LAUNCHER, BATCHED_LAUNCHER)
 JOB_NUMBER = re.compile(r"\$\{hydra[.:]job\.num\}")  # in hydra.sweep.subdir, as Hydra's default writes it
 
 
