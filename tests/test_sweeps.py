@@ -1027,6 +1027,9 @@ def test_numbered_job_directories_are_claimed_so_that_no_two_processes_get_one(t
     def sweep(subdir: str):
         return OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "s"), "subdir": subdir}}})
 
+    def first_number(subdir: str) -> int:  # as the sweeper starts its job numbers
+        return first_job_number(tmp_path / "s", NumberedDirectories.of(sweep(subdir)))
+
     default = NumberedDirectories.of(sweep("${hydra.job.num}"))
     assert default is not None and default.of_job(3) == tmp_path / "s" / "3"
     assert (
@@ -1041,15 +1044,15 @@ def test_numbered_job_directories_are_claimed_so_that_no_two_processes_get_one(t
     (tmp_path / "s" / "6").mkdir()
     assert default.claim(5, 2) == 7  # 5 alone is free: the batch takes 7 and 8, and 5 is given back
     assert not (tmp_path / "s" / "5").exists()
-    assert default.next_number() == 9 == first_job_number(sweep("${hydra.job.num}"))
+    assert default.next_number() == 9 == first_number("${hydra.job.num}")
     (tmp_path / "s" / "7" / "train.log").write_text("a job ran")
     submitit_launcher = type("SlurmLauncher", (), {"__module__": "hydra_plugins.hydra_submitit_launcher"})()
     default.release_unused(7, 2, submitit_launcher)  # its job 8 may start after the sweep stopped
     assert (tmp_path / "s" / "8").is_dir()
     default.release_unused(7, 2, BasicLauncher())
     assert (tmp_path / "s" / "7").is_dir() and not (tmp_path / "s" / "8").exists()
-    assert first_job_number(sweep("gamma_${scheduler.gamma}")) == 8  # the numbered directories there
+    assert first_number("gamma_${scheduler.gamma}") == 8  # the numbered directories there
     for name in ("trial_0", "trial_1", "trial_x"):
         (tmp_path / "s" / name).mkdir()
     # a sweep run again into its directory: trial_0 and trial_1 stay (before, its jobs began again at 0)
-    assert first_job_number(sweep("trial_${hydra.job.num}")) == 2
+    assert first_number("trial_${hydra.job.num}") == 2

@@ -132,14 +132,15 @@ class NumberedDirectories:
         while True:
             made: list[Path] = []
             for number in range(start, start + count):
+                directory = self.of_job(number)
                 try:
-                    self.of_job(number).mkdir()
+                    directory.mkdir()
                 except FileExistsError:
-                    for directory in made:  # still empty: nobody but this process writes there
-                        directory.rmdir()
+                    for own in made:  # still empty: nobody but this process writes there
+                        own.rmdir()
                     start = number + 1
                     break
-                made.append(self.of_job(number))
+                made.append(directory)
             else:
                 return start
 
@@ -155,11 +156,10 @@ class NumberedDirectories:
                 continue
 
 
-def first_job_number(config: DictConfig) -> int:
-    """Where a sweep's job numbers start: after the numbered directories already in the sweep directory."""
-    numbered = NumberedDirectories.of(config)
+def first_job_number(sweep_dir: Path, numbered: NumberedDirectories | None) -> int:
+    """Where a sweep's job numbers start: after the numbered directories already in the sweep directory (its
+    jobs' own pattern when they are numbered, else the all-digit names)."""
     if numbered is not None:
         return numbered.next_number()
-    sweep_dir = Path(str(config.hydra.sweep.dir))
     names = [p.name for p in sweep_dir.iterdir()] if sweep_dir.is_dir() else []
     return max((int(name) for name in names if name.isdigit()), default=-1) + 1

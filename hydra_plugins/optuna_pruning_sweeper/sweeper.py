@@ -281,8 +281,8 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
             distributions.pop(name, None)
         self.sampler = self._seeded_sampler(distributions)
         study = self._open_study(SweepSettings(distributions, fixed_params, fixed_overrides))
-        self.job_idx = first_job_number(self.config)
         self.numbered = NumberedDirectories.of(self.config)
+        self.job_idx = first_job_number(Path(self.sweep_dir), self.numbered)
         worker = Worker.this_process()
         log.info(
             f"Study {study.study_name!r} in {self.where}, worker {worker.label}, "
