@@ -25,7 +25,7 @@ def steps_seconds(trials: int, threads: int, steps: int) -> float:
     from src.trial_optimizers import TrialOptimizer
 
     torch.set_num_threads(threads)
-    stacked = StackedModel(SimpleNet(), trials, "layers")
+    stacked = StackedModel([SimpleNet()] * trials, "layers")
     optimizers = [TrialOptimizer(torch.optim.Adam(stacked.trial_views(k), fused=True)) for k in range(trials)]
     images, labels = torch.rand(64, 28, 28), torch.randint(0, 10, (64,))
     for _ in range(20):  # warm-up: the optimizers' state, the allocator

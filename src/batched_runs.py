@@ -1,14 +1,15 @@
 """Trials trained together (hydra/launcher=batched): one pass over the data for a whole batch of runs.
 
 Under the batched launcher each job defers its run (src/deferred_job.py) after Hydra has written its
-directory, .hydra/ and log; the launcher then has the batch's runs trained together (BatchedRun.run_together,
-in its launch process). Runs that differ only in their optimizer and scheduler (same model, data, batch size,
-seed, device) form a group, split by hydra.launcher.max_batch and by memory; a group trains as one stacked
-model (src/stacked_model.py), each trial with torch's own optimizer and scheduler on its slice
-(src/trial_optimizers.py).
+directory, .hydra/ and log; the launcher then has the batch's runs trained together
+(BatchedRun.run_together, in its launch process). Runs that differ only in their optimizer, scheduler and
+seed (same model, data, batch size, device) form a group, split by hydra.launcher.max_batch and by memory;
+a group trains as one stacked model (src/stacked_model.py), each trial with torch's own optimizer and
+scheduler on its slice (src/trial_optimizers.py).
 
-Per trial, as in a run alone: the same initial weights and shuffles (the group shares the seed), the same
-dropout masks (one draw of a run's shape, from the same generator), the same epoch callbacks and files
+Per trial, as in a run alone: the same initial weights and shuffles (its seed's: trials of one seed share
+them, each other seed's trials are a block of the stack that sees its own shuffle), the same dropout masks
+(one draw of a run's shape, from its seed's generator), the same epoch callbacks and files
 (src/epoch_callbacks.py, run.finishing_run). A trial that is pruned, diverges or fails leaves the group
 at once; the others go on. What differs from a run alone: float rounding (the trials' matmuls are one
 wider matmul), and the times: each epoch's train and epoch time is the group's divided by its trials.
@@ -20,13 +21,14 @@ not faster (large models on few cores: their matmuls are already efficient).
 
 import copy
 import hashlib
+import itertools
 import json
 import logging
 import math
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,7 +60,7 @@ from src.run_record import Column, EpochRecord
 from src.schedule_config import monitor
 from src.schedules import Stepping, build_scheduler, constant_epochs, fill_in_steps
 from src.shared_prefix import resolved_except
-from src.stacked_model import StackedModel, parameter_bytes, stack_model, trial_losses
+from src.stacked_model import Block, Inputs, StackedModel, parameter_bytes, stack_model, trial_losses
 from src.sweep_process import stopped_when_sweep_process_ends
 from src.trial_optimizers import TrialOptimizer, step_trials
 from src.trial_processes import in_processes, split
@@ -78,6 +80,7 @@ PER_TRIAL = (
     "prune_from",
     "overwrite",
     "schedule_families",
+    "trainer.seed",
 )
 TIMED_STEPS = 3  # steps timed each way before a group trains stacked
 MEMORY_SHARE = 0.5  # of the memory available, what a group's stacked model may use
@@ -210,21 +213,26 @@ def train_group(
         except Exception as error:  # a warmup longer than this trial's run, SGD's momentum=-1: it fails alone
             outcomes[index] = error
     if len(ready) == 1:
-        log.info("1 trial trains alone: no other trial of the batch has its model, data, batch size and seed")
+        log.info("1 trial trains alone: no other trial of the batch has its model, data and batch size")
     if len(ready) > 1 and cfg.trainer.stacking == "never":
         log.info("%d trials train one at a time: trainer.stacking=never", len(ready))
     if len(ready) < 2 or cfg.trainer.stacking == "never":
         outcomes.update({index: run_alone(run) for index, run in ready})
         return outcomes
-    torch.manual_seed(cfg.trainer.seed)
-    try:
-        model = build_model(cfg.model).to(device)
-    except UserInputError as error:  # the group's model (+model.foo=2): each of its trials fails with it
-        outcomes.update({index: error for index, _ in ready})
-        return outcomes
-    rng_after_init = torch.get_rng_state()  # a run alone draws its dropout masks from here on
+    ready.sort(key=lambda item: item[1].cfg.trainer.seed)  # a seed's trials side by side: one block
+    seeds = list(dict.fromkeys(run.cfg.trainer.seed for _, run in ready))
+    initial: dict[int, Initial] = {}
+    for seed in seeds:
+        torch.manual_seed(seed)
+        try:
+            model = build_model(cfg.model).to(device)
+        except UserInputError as error:  # the group's model (+model.foo=2): each of its trials fails with it
+            outcomes.update({index: error for index, _ in ready})
+            return outcomes
+        initial[seed] = Initial(model, torch.get_rng_state())
+    model = initial[seeds[0]].model
     sample, _ = data.train.batch(slice(0, cfg.trainer.batch_size))
-    stacked, how = stack_model(model, 2, sample)
+    stacked, how = stack_model(model, 2, sample, several_seeds=len(seeds) > 1)
     if stacked is None:
         log.info("%d trials train one at a time: %s", len(ready), how)
         outcomes.update({index: run_alone(run) for index, run in ready})
@@ -236,18 +244,29 @@ def train_group(
             outcomes[chunk[0][0]] = run_alone(chunk[0][1])
             continue
         spread = Spread.of(len(chunk), settings.processes, device, threads)
-        if cfg.trainer.stacking == "auto" and not stacking_is_faster(model, how, spread, sample, data.train):
+        chunk_seeds = len({run.cfg.trainer.seed for _, run in chunk})
+        if cfg.trainer.stacking == "auto" and not stacking_is_faster(
+            model, how, spread, sample, data.train, chunk_seeds
+        ):
             outcomes.update({index: run_alone(run) for index, run in chunk})
             continue
 
         def train_stacked(part: list[BatchedRun]) -> list[Any]:
-            torch.set_rng_state(rng_after_init)
-            return StackedGroup(model, how, part, data, device).train()
+            return StackedGroup(initial, how, part, data, device).train()
 
         trained = train_in_parts([run for _, run in chunk], train_stacked, spread)
         for (index, _), outcome in zip(chunk, trained, strict=True):
             outcomes[index] = outcome
     return outcomes
+
+
+@dataclass(frozen=True)
+class Initial:
+    """A seed's start, as a run alone with it starts: the model's initial weights, and the state of torch's
+    generator after they were drawn (the run's dropout masks come from there)."""
+
+    model: torch.nn.Module
+    rng_state: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -353,15 +372,21 @@ def available_memory_bytes() -> int:
 
 
 def stacking_is_faster(
-    model: torch.nn.Module, how: str, spread: Spread, sample: torch.Tensor, train_split: Split
+    model: torch.nn.Module, how: str, spread: Spread, sample: torch.Tensor, train_split: Split, seeds: int = 1
 ) -> bool:
     """Time a few training steps as the trials would train stacked (the largest part of the spread, on its
-    threads: the parts step at once, each in its process) and one trial's alone (times the trials, on all
-    the threads); False, with a log line, when stacking would be slower. Works on copies and leaves the
-    random generators and the thread count as they were."""
+    threads: the parts step at once, each in its process; trials of several seeds in blocks) and one
+    trial's alone (times the trials, on all the threads); False, with a log line, when stacking would be
+    slower. Works on copies and leaves the random generators and the thread count as they were."""
     rng, threads = torch.get_rng_state(), torch.get_num_threads()
     _, labels = train_split.batch(slice(0, len(sample)))
-    stacked = StackedModel(model, spread.largest_part, how)
+    stacked = StackedModel([model] * spread.largest_part, how)
+    inputs: Inputs = sample
+    stacked_labels = labels
+    if seeds > 1:
+        sizes = [len(block) for block in split(range(spread.largest_part), seeds, least=1)]
+        inputs = [Block(size, sample, torch.Generator()) for size in sizes]
+        stacked_labels = labels.view(-1, 1).expand(-1, spread.largest_part)
     optimizers = [
         TrialOptimizer(torch.optim.Adam(stacked.trial_views(k), fused=True))
         for k in range(spread.largest_part)
@@ -376,7 +401,7 @@ def stacking_is_faster(
 
     timings = {}
     for name, step, step_threads in (
-        ("stacked", lambda: stacked_step(stacked, optimizers, sample, labels), spread.threads_each),
+        ("stacked", lambda: stacked_step(stacked, optimizers, inputs, stacked_labels), spread.threads_each),
         ("alone", alone_step, threads),
     ):
         torch.set_num_threads(step_threads)
@@ -402,7 +427,7 @@ def stacking_is_faster(
 
 
 def stacked_step(
-    stacked: StackedModel, optimizers: list[TrialOptimizer | None], inputs: torch.Tensor, labels: torch.Tensor
+    stacked: StackedModel, optimizers: list[TrialOptimizer | None], inputs: Inputs, labels: torch.Tensor
 ) -> torch.Tensor:
     """One training step of every trial in the stack on one batch (a None optimizer: that trial's weights
     stay as they are); each trial's loss [K], detached."""
@@ -447,20 +472,32 @@ class Trial:
 class StackedGroup:
     """Trials trained as one stacked model. `in_stack` are the trials in the stack (by their index in
     `trials`), in stack order; `running` those not finished. The stack loses finished trials after each
-    epoch (_narrow)."""
+    epoch (_narrow). `runs`: each seed's side by side (one block of the stack), `initial` has their seeds."""
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        initial: dict[int, Initial],
         how: str,
         runs: list[BatchedRun],
         data: MnistSplits,
         device: torch.device,
     ) -> None:
-        self.model, self.data, self.cfg = model, data, runs[0].cfg
+        seeds = [run.cfg.trainer.seed for run in runs]
+        if len(set(seeds)) != sum(1 for _ in itertools.groupby(seeds)):
+            raise ValueError(f"a stacked group's trials must come a seed after the other, not {seeds}")
+        self.data, self.cfg = data, runs[0].cfg
+        self.model = initial[seeds[0]].model
         self.jobs = jobs_named([run.context.job for run in runs])
-        self.stacked = StackedModel(model, len(runs), how)
-        self.generator = torch.Generator().manual_seed(self.cfg.trainer.seed)  # the shuffles, as alone
+        self.stacked = StackedModel([initial[seed].model for seed in seeds], how)
+        self.shuffles = {seed: torch.Generator().manual_seed(seed) for seed in seeds}  # as alone
+        # Dropout masks, as alone: from torch's generator (one seed), or from each seed's own (blocks).
+        self.masks: dict[int, torch.Generator] | None = None
+        if len(self.shuffles) == 1:
+            torch.set_rng_state(initial[seeds[0]].rng_state)
+        else:
+            self.masks = {seed: torch.Generator() for seed in self.shuffles}
+            for seed, generator in self.masks.items():
+                generator.set_state(initial[seed].rng_state)
         self.trials: list[Trial] = []
         self.in_stack = list(range(len(runs)))
         self.running = set(self.in_stack)
@@ -478,7 +515,15 @@ class StackedGroup:
             log_data(data, device, context.log)
             self.trials.append(Trial(run, TrialOptimizer(optimizer), stepping, finishing, end, callbacks))
         epochs = max(r.cfg.trainer.epochs for r in runs)
-        log.info("%d trials train stacked (%s), %s: %s", len(runs), how, counted(epochs, "epoch"), self.jobs)
+        seeds_named = f", {counted(len(self.masks), 'seed')}" if self.masks else ""
+        log.info(
+            "%d trials train stacked (%s%s), %s: %s",
+            len(runs),
+            how,
+            seeds_named,
+            counted(epochs, "epoch"),
+            self.jobs,
+        )
 
     def train(self) -> list[Any]:
         """Each trial's value for the sweeper, or the exception that ended it."""
@@ -550,17 +595,15 @@ class StackedGroup:
     def _train_epoch(self, active: list[Trial]) -> tuple[list[float], dict[int, str]]:
         """One pass over the shuffled training set: each trial's mean loss, and the trials whose loss
         stopped being finite (by stack index: why). A diverged trial stops stepping at once."""
-        stacked, batch_size = self.stacked, self.cfg.trainer.batch_size
+        stacked = self.stacked
         stacked.train(True)
-        shuffled = self.data.train.shuffled(self.generator)
         totals = torch.zeros(len(active), dtype=torch.float64)
         diverged: dict[int, str] = {}
         optimizers: list[TrialOptimizer | None] = [trial.optimizer for trial in active]  # None: diverged
         # Per-step schedules step after each optimizer step; the others' lr is the epoch's (their schedulers
         # step after it), so the lr of their last step is taken once, after the epoch.
         per_step = [k for k, trial in enumerate(active) if trial.stepping.per_step]
-        for batch_number, start in enumerate(range(0, len(shuffled), batch_size), start=1):
-            inputs, labels = shuffled.batch(slice(start, start + batch_size))
+        for batch_number, (inputs, labels) in enumerate(self._batches(active), start=1):
             values = stacked_step(stacked, optimizers, inputs, labels)
             for k in per_step:
                 if optimizers[k] is not None:
@@ -570,11 +613,38 @@ class StackedGroup:
                     reason = f"training diverged: loss is {values[k].item()} at batch {batch_number}"
                     diverged.setdefault(k, reason)
                     optimizers[k] = None
-            totals += values.double() * len(labels)
+            totals += values.double() * labels.shape[0]
         for trial in active:
             if not trial.stepping.per_step:
                 trial.stepping.after_optimizer_step()
-        return (totals / len(shuffled)).tolist(), diverged
+        return (totals / len(self.data.train)).tolist(), diverged
+
+    def _batches(self, active: list[Trial]) -> Iterator[tuple[Inputs, torch.Tensor]]:
+        """An epoch's training batches: the images and labels of each seed's shuffle, one batch for all
+        trials of the group's seed, or a block per seed of the active trials (labels [N, K])."""
+        blocks = [
+            (seed, len(list(same)))
+            for seed, same in itertools.groupby(t.run.cfg.trainer.seed for t in active)
+        ]
+        shuffles = [self.data.train.shuffled(self.shuffles[seed]) for seed, _ in blocks]
+        batch_size = self.cfg.trainer.batch_size
+        for start in range(0, len(self.data.train), batch_size):
+            batches = [shuffled.batch(slice(start, start + batch_size)) for shuffled in shuffles]
+            if self.masks is None:
+                yield batches[0]
+                continue
+            inputs = [
+                Block(trials, images, self.masks[seed])
+                for (seed, trials), (images, _) in zip(blocks, batches, strict=True)
+            ]
+            labels = torch.cat(
+                [
+                    labels.view(-1, 1).expand(-1, trials)
+                    for (_, trials), (_, labels) in zip(blocks, batches, strict=True)
+                ],
+                dim=1,
+            )
+            yield inputs, labels
 
     @torch.no_grad()
     def _evaluate(self, split: Split) -> tuple[list[float], list[float]]:

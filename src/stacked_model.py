@@ -8,6 +8,10 @@ Two ways, both checked against the model's own forward before use (stack_model):
 Dropout draws one mask of the shape a run alone draws, from the same generator, for all trials
 (vmap's randomness="same"): each trial gets exactly the masks its run alone would get.
 
+Trials of different seeds stack too: each seed's trials are a Block of consecutive trials that see their
+seed's own shuffle of the images and draw their dropout masks from their seed's own generator. The first
+layer is then one matmul (or convolution) per block; after it every trial's activations are its own anyway.
+
 Gradients (loss_and_grads): a dense chain (Linear, ReLU, Dropout, Flatten: SimpleNet, the MLP) gets each
 trial's cross-entropy gradient written out, (softmax - one-hot) / N back through the layers, a few wide
 operations where autograd records and replays a graph of many small ones (the default model's stacked
@@ -17,6 +21,7 @@ rounding only; tests/test_batched.py compares them). Other models go through aut
 
 import copy
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -27,13 +32,30 @@ CHAIN_LAYERS = (nn.Linear, nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.Dropout, nn.Flat
 DENSE_LAYERS = (nn.Linear, nn.ReLU, nn.Dropout, nn.Flatten)  # a chain whose gradients are written out
 
 
+@dataclass
+class Block:
+    """The inputs of `trials` consecutive trials of a stack that see other images than the others (another
+    seed's shuffle), and the generator their dropout masks come from (their seed's, as a run alone's)."""
+
+    trials: int
+    images: torch.Tensor
+    generator: torch.Generator
+
+
+# What a stack's trials see: one batch of images for all (dropout masks from torch's default generator), or
+# a batch per Block, the blocks in stack order.
+Inputs = torch.Tensor | list[Block]
+
+
 class StackedModel:
     """Stacked parameters ([K, ...] leaf tensors, by the model's parameter names) and a forward that maps
-    a batch of images to logits [K, N, classes]."""
+    a batch of images (or a batch per block of trials) to logits [K, N, classes]. `models`: each trial's
+    initial weights (one model object repeated for trials of one seed)."""
 
-    def __init__(self, model: nn.Module, copies: int, how: str) -> None:
+    def __init__(self, models: list[nn.Module], how: str) -> None:
+        model = models[0]
         self.template = copy.deepcopy(model)
-        stacked, _ = stack_module_state([model] * copies)
+        stacked, _ = stack_module_state(models)
         self.params = {name: value.detach().clone().requires_grad_() for name, value in stacked.items()}
         self.how = how
         self.training = True
@@ -59,16 +81,28 @@ class StackedModel:
         if self.how == "vmap":
             self.meta.train(training)
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        if self.how == "vmap":
+    def __call__(self, images: Inputs) -> torch.Tensor:
+        if self.how == "layers":
+            return wide_forward(self.layers, self.layer_names, self.params, images, self.training)
+        if isinstance(images, torch.Tensor):
             return self.vmapped(self.params, images)
-        return wide_forward(self.layers, self.layer_names, self.params, images, self.training)
+        logits, start = [], 0
+        for block in images:  # each block's forward draws its dropout masks from its own generator
+            params = {name: value[start : start + block.trials] for name, value in self.params.items()}
+            default_state = torch.get_rng_state()
+            torch.set_rng_state(block.generator.get_state())
+            try:
+                logits.append(self.vmapped(params, block.images))
+                block.generator.set_state(torch.get_rng_state())
+            finally:
+                torch.set_rng_state(default_state)
+            start += block.trials
+        return torch.cat(logits)
 
-    def loss_and_grads(
-        self, images: torch.Tensor, labels: torch.Tensor
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def loss_and_grads(self, images: Inputs, labels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Each trial's mean cross-entropy on the batch [K] (detached) and the gradients of their sum, one
-        per stacked parameter in the order of `params` (contiguous, laid out as the stack)."""
+        per stacked parameter in the order of `params` (contiguous, laid out as the stack). `labels`: [N]
+        for images all trials see, [N, K] for blocks."""
         if not self.dense:
             losses = trial_losses(self(images), labels)
             # autograd.grad does not promise the parameter's layout (bmm's is transposed); torch's fused
@@ -80,7 +114,7 @@ class StackedModel:
             logits = wide_forward(self.layers, self.layer_names, self.params, images, self.training, tape)
             log_probs = log_softmax_per_trial(logits)  # [N, K, classes]
             n, k = log_probs.shape[:2]
-            picked = labels.view(n, 1, 1).expand(n, k, 1)
+            picked = (labels.view(n, 1) if labels.dim() == 1 else labels).view(n, -1, 1).expand(n, k, 1)
             losses = log_probs.gather(2, picked).squeeze(2).mean(0).neg_()
             grad = log_probs.exp_()  # d(sum of the trials' mean losses)/d(logits): (softmax - one-hot) / N
             grad.scatter_add_(2, picked, torch.full((n, k, 1), -1.0, dtype=grad.dtype)).div_(n)
@@ -108,46 +142,46 @@ def wide_forward(
     layers: list[nn.Module],
     names: list[str],
     params: dict[str, torch.Tensor],
-    images: torch.Tensor,
+    images: Inputs,
     training: bool,
     tape: list | None = None,
 ) -> torch.Tensor:
     """The chain of layers for K trials at once. Activations are [N, K, features...] once they differ per
-    trial; before the first layer they are the images, the same for all. A `tape` records, for
-    dense_backward, each layer with its name, its input and (ReLU: its output; Dropout: its mask) what its
-    gradient needs."""
-    n = images.shape[0]
+    trial; before the first layer they are the images, the same for all, or a block's own. A `tape`
+    records, for dense_backward, each layer with its name, its input (for the first layer over blocks:
+    each block's trial count and input) and (ReLU: its output; Dropout: its mask) what its gradient needs."""
+    blocks = None if isinstance(images, torch.Tensor) else images
     first = layers[0]
-    h = (
-        images.reshape(n, -1)
-        if isinstance(first, nn.Linear)
-        else images.reshape(n, first.in_channels, *images.shape[-2:])
-    )
-    k = next(iter(params.values())).shape[0]
+
+    def as_input(batch: torch.Tensor) -> torch.Tensor:
+        n = batch.shape[0]
+        if isinstance(first, nn.Linear):
+            return batch.reshape(n, -1)
+        return batch.reshape(n, first.in_channels, *batch.shape[-2:])
+
+    if blocks is None:
+        h = as_input(images)
+    elif not isinstance(first, nn.Linear | nn.Conv2d):
+        raise ValueError(
+            f"trials of several seeds stack as layers only from a first Linear or Conv2d: {first}"
+        )
+    n = h.shape[0] if blocks is None else blocks[0].images.shape[0]
     per_trial = False
-    for layer, name in zip(layers, names, strict=True):
-        h_in, kept = h, None
-        if isinstance(layer, nn.Linear):
-            weight, bias = params[f"{name}.weight"], params.get(f"{name}.bias")
-            if per_trial:
-                h = torch.bmm(h.transpose(0, 1), weight.transpose(1, 2)).transpose(0, 1)
-            else:
-                h = (h @ weight.reshape(-1, weight.shape[-1]).T).view(n, k, -1)
-            h = h + bias if bias is not None else h
-        elif isinstance(layer, nn.Conv2d):
-            weight, bias = params[f"{name}.weight"], params.get(f"{name}.bias")
-            flat = h.reshape(n, -1, *h.shape[-2:])
-            h = F.conv2d(
-                flat,
-                weight.reshape(-1, *weight.shape[2:]),
-                bias.reshape(-1) if bias is not None else None,
-                layer.stride,
-                layer.padding,
-                layer.dilation,
-                groups=k if per_trial else 1,
-            )
-            h = h.view(n, k, -1, *h.shape[-2:])
-        elif isinstance(layer, nn.MaxPool2d):
+    for position, (layer, name) in enumerate(zip(layers, names, strict=True)):
+        kept = None
+        if blocks is not None and position == 0:  # each block's images through its trials' slices
+            h_in = [(block.trials, as_input(block.images)) for block in blocks]
+            outputs, start = [], 0
+            for trials, inputs in h_in:
+                sliced = {key: value[start : start + trials] for key, value in params.items()}
+                outputs.append(weighted_layer(layer, name, sliced, inputs, False))
+                start += trials
+            h = torch.cat(outputs, dim=1)
+        elif isinstance(layer, nn.Linear | nn.Conv2d):
+            h_in, h = h, weighted_layer(layer, name, params, h, per_trial)
+        else:
+            h_in = h
+        if isinstance(layer, nn.MaxPool2d):
             pooled = F.max_pool2d(
                 h.reshape(n, -1, *h.shape[-2:]), layer.kernel_size, layer.stride, layer.padding
             )
@@ -157,12 +191,22 @@ def wide_forward(
         elif isinstance(layer, nn.Flatten):
             h = h.flatten(2) if per_trial else h.flatten(1)
         elif isinstance(layer, nn.Dropout) and training and layer.p > 0:
-            # A run alone draws one mask of its activation's shape: the same draw, for every trial.
+            # A run alone draws one mask of its activation's shape: the same draw, for every trial (of a
+            # block: from its generator).
             shape = (n, *h.shape[2:]) if per_trial else h.shape
-            mask = (
-                torch.empty(shape, dtype=h.dtype, device=h.device).bernoulli_(1 - layer.p).div_(1 - layer.p)
-            )
-            kept = mask.unsqueeze(1) if per_trial else mask
+            if blocks is None:
+                mask = dropout_mask(shape, layer.p, h, None)
+                kept = mask.unsqueeze(1) if per_trial else mask
+            else:
+                kept = torch.cat(
+                    [
+                        dropout_mask(shape, layer.p, h, block.generator)
+                        .unsqueeze(1)
+                        .expand(n, block.trials, *shape[1:])
+                        for block in blocks
+                    ],
+                    dim=1,
+                )
             h = h * kept
         if tape is not None:
             tape.append((layer, name, h_in, kept))
@@ -171,8 +215,42 @@ def wide_forward(
     return h.transpose(0, 1)
 
 
+def weighted_layer(
+    layer: nn.Module, name: str, params: dict[str, torch.Tensor], h: torch.Tensor, per_trial: bool
+) -> torch.Tensor:
+    """A Linear or Conv2d layer for the trials of `params` ([K, ...]): inputs [N, K, ...] that differ per
+    trial, or [N, ...] that all see; outputs [N, K, ...]."""
+    weight, bias = params[f"{name}.weight"], params.get(f"{name}.bias")
+    n, k = h.shape[0], weight.shape[0]
+    if isinstance(layer, nn.Linear):
+        if per_trial:
+            h = torch.bmm(h.transpose(0, 1), weight.transpose(1, 2)).transpose(0, 1)
+        else:
+            h = (h @ weight.reshape(-1, weight.shape[-1]).T).view(n, k, -1)
+        return h + bias if bias is not None else h
+    flat = h.reshape(n, -1, *h.shape[-2:])
+    h = F.conv2d(
+        flat,
+        weight.reshape(-1, *weight.shape[2:]),
+        bias.reshape(-1) if bias is not None else None,
+        layer.stride,
+        layer.padding,
+        layer.dilation,
+        groups=k if per_trial else 1,
+    )
+    return h.view(n, k, -1, *h.shape[-2:])
+
+
+def dropout_mask(
+    shape: tuple[int, ...], p: float, like: torch.Tensor, generator: torch.Generator | None
+) -> torch.Tensor:
+    """The mask a run alone's dropout draws (scaled by 1 / (1 - p)), from `generator` (None: torch's)."""
+    mask = torch.empty(shape, dtype=like.dtype, device=like.device)
+    return mask.bernoulli_(1 - p, generator=generator).div_(1 - p)
+
+
 def dense_backward(
-    tape: list[tuple[nn.Module, str, torch.Tensor, torch.Tensor | None]],
+    tape: list[tuple[nn.Module, str, torch.Tensor | list[tuple[int, torch.Tensor]], torch.Tensor | None]],
     params: dict[str, torch.Tensor],
     grad: torch.Tensor,
 ) -> dict[str, torch.Tensor]:
@@ -184,6 +262,14 @@ def dense_backward(
             weight = params[f"{name}.weight"]  # [K, out, in]
             if f"{name}.bias" in params:
                 grads[f"{name}.bias"] = grad.sum(0)
+            if isinstance(h_in, list):  # the first layer over blocks: each block's inputs [N, in]
+                parts, start = [], 0
+                for trials, inputs in h_in:
+                    block_grad = grad[:, start : start + trials].reshape(grad.shape[0], -1)
+                    parts.append((block_grad.T @ inputs).view(trials, *weight.shape[1:]))
+                    start += trials
+                grads[f"{name}.weight"] = torch.cat(parts)
+                break
             if h_in.dim() == 2:  # the first layer: the same inputs [N, in] for every trial
                 k, out = weight.shape[:2]
                 grads[f"{name}.weight"] = (grad.reshape(-1, k * out).T @ h_in).view_as(weight)
@@ -209,17 +295,19 @@ def log_softmax_per_trial(logits: torch.Tensor) -> torch.Tensor:
 
 def trial_losses(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Each trial's cross-entropy over the batch: logits [K, N, classes] -> [K] (the classes as dimension 1,
-    as log_softmax_per_trial has them)."""
+    as log_softmax_per_trial has them); labels [N], or [N, K] when the trials saw other images."""
     trials, n = logits.shape[:2]
-    losses = F.cross_entropy(
-        logits.permute(1, 2, 0), labels.view(n, 1).expand(n, trials), reduction="none"
-    )  # [N, K]
+    per_trial = labels.view(n, 1).expand(n, trials) if labels.dim() == 1 else labels
+    losses = F.cross_entropy(logits.permute(1, 2, 0), per_trial, reduction="none")  # [N, K]
     return losses.mean(0) if reduction == "mean" else losses.sum(0)
 
 
-def stack_model(model: nn.Module, copies: int, sample: torch.Tensor) -> tuple[StackedModel | None, str]:
+def stack_model(
+    model: nn.Module, copies: int, sample: torch.Tensor, several_seeds: bool = False
+) -> tuple[StackedModel | None, str]:
     """K copies of the model, the fastest way whose output matches the model's own on `sample` (eval
-    mode); (None, why) for a model that can't be stacked (buffers such as BatchNorm's running stats)."""
+    mode; for trials of several seeds, fed as blocks); (None, why) for a model that can't be stacked
+    (buffers such as BatchNorm's running stats)."""
     if any(True for _ in model.buffers()):
         return (
             None,
@@ -236,11 +324,17 @@ def stack_model(model: nn.Module, copies: int, sample: torch.Tensor) -> tuple[St
         if how == "layers" and not all(isinstance(m, CHAIN_LAYERS) for m in layers):
             tried.append("layers: not a chain of Linear/Conv2d/ReLU/MaxPool2d/Dropout/Flatten")
             continue
-        stacked = StackedModel(model, copies, how)
+        if how == "layers" and several_seeds and not isinstance(layers[0], nn.Linear | nn.Conv2d):
+            tried.append("layers: trials of several seeds need a first Linear or Conv2d layer")
+            continue
+        stacked = StackedModel([model] * copies, how)
         stacked.train(False)
+        inputs: Inputs = sample
+        if several_seeds:
+            inputs = [Block(1, sample, torch.Generator()), Block(copies - 1, sample, torch.Generator())]
         try:
             with torch.no_grad():
-                got = stacked(sample)
+                got = stacked(inputs)
         except Exception as error:  # a forward vmap can't batch
             tried.append(f"{how}: {type(error).__name__}: {error}")
             continue

@@ -48,7 +48,7 @@ from src.batched_runs import BatchedRun, Spread, jobs_named
 from src.epoch_callbacks import RunContext
 from src.errors import TrainingDiverged, UserInputError
 from src.models import CNN, MLP, SimpleNet
-from src.stacked_model import stack_model
+from src.stacked_model import Block, StackedModel, stack_model
 from src.trial_optimizers import TrialOptimizer, step_trials
 from src.trial_processes import in_processes, split
 
@@ -197,6 +197,68 @@ def test_each_trials_loss_and_gradients_in_a_stack_are_those_of_its_model_traine
         assert torch.allclose(losses[k], loss.detach(), rtol=1e-5)
         for grad, (name, param) in zip(grads, alone.named_parameters(), strict=True):
             assert torch.allclose(grad[k], param.grad, rtol=1e-4, atol=1e-6), name
+
+
+def flatten_first() -> nn.Module:
+    """A chain that begins with Flatten: trials of several seeds stack it through vmap."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Dropout(0.3), nn.Linear(32, 10))
+
+
+@pytest.mark.parametrize(
+    ("model_class", "expected_how"),
+    [(SimpleNet, "layers"), (MLP, "layers"), (CNN, "layers"), (flatten_first, "vmap")],
+)
+def test_trials_of_several_seeds_stack_each_with_its_seeds_weights_images_and_dropout_masks(
+    model_class, expected_how
+):
+    """Stack order [seed 0, seed 0, seed 1]: two blocks. Each trial's logits, loss and gradients must be
+    those of its model alone, started from its seed, fed its seed's images and drawing dropout masks from
+    where its seed's generator stood after the weights were drawn (dense_backward for SimpleNet and the MLP,
+    autograd for the CNN and through vmap)."""
+    seeds = [0, 0, 1]
+    images = {seed: torch.rand(32, 28, 28) for seed in (0, 1)}
+    labels = {seed: torch.randint(0, 10, (32,)) for seed in (0, 1)}
+    models, after_init = {}, {}
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        models[seed] = model_class()
+        after_init[seed] = torch.get_rng_state()
+    _, how = stack_model(models[0], 3, images[0][:4], several_seeds=True)
+    assert how == expected_how
+    stacked = StackedModel([models[seed] for seed in seeds], how)
+    for k, seed in enumerate(seeds):  # each trial starts from its seed's weights
+        state = stacked.trial_state(k)
+        assert all(torch.equal(state[name], value) for name, value in models[seed].state_dict().items())
+    for k, value in enumerate(torch.linspace(-0.01, 0.01, 3)):  # then each trial its own weights
+        for param in stacked.params.values():
+            param.data[k] += value
+    masks = {seed: torch.Generator() for seed in (0, 1)}
+    for seed, generator in masks.items():
+        generator.set_state(after_init[seed])
+    blocks = [Block(2, images[0], masks[0]), Block(1, images[1], masks[1])]
+    per_trial_labels = torch.stack([labels[seed] for seed in seeds], dim=1)
+    torch.manual_seed(99)  # torch's own generator must not matter
+    losses, grads = stacked.loss_and_grads(blocks, per_trial_labels)
+    for k, seed in enumerate(seeds):
+        alone = model_class()
+        alone.load_state_dict(stacked.trial_state(k))
+        alone.train()
+        torch.set_rng_state(after_init[seed])  # a block's trials share its masks, drawn once
+        loss = nn.functional.cross_entropy(alone(images[seed]), labels[seed])
+        loss.backward()
+        assert torch.allclose(losses[k], loss.detach(), rtol=1e-5), k
+        for grad, (name, param) in zip(grads, alone.named_parameters(), strict=True):
+            assert torch.allclose(grad[k], param.grad, rtol=1e-4, atol=1e-6), (k, name)
+    # the next forward draws each block's next masks, as each seed's run alone draws its next ones
+    stacked.train(True)
+    again = stacked(blocks)
+    for k, seed in enumerate(seeds):
+        alone = model_class()
+        alone.load_state_dict(stacked.trial_state(k))
+        alone.train()
+        torch.set_rng_state(after_init[seed])
+        alone(images[seed])
+        assert torch.allclose(again[k], alone(images[seed]), atol=1e-5), k
 
 
 def test_a_model_with_running_statistics_cannot_be_stacked():
@@ -418,14 +480,61 @@ def test_a_grid_trained_stacked_matches_the_same_grid_trained_one_run_at_a_time(
     assert len(json.loads(compare.stdout)) == 4
 
 
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_grid_over_seeds_trains_stacked_and_each_trial_matches_its_run_alone(
+    tiny_mnist, tmp_path, processes
+):
+    """The MLP (dropout) over 2 seeds x 2 learning rates: one stack of 4 trials in a block per seed (or a
+    process per seed), each trial with its own seed's weights, shuffles and dropout masks."""
+    sweep = [
+        "--multirun",
+        *tiny_data_overrides(tiny_mnist),
+        "model=mlp",
+        "trainer.epochs=2",
+        "logger=none",
+        "trainer.seed=3,1",
+        "optimizer.lr=0.001,0.003",
+    ]
+    batched = run_cli(
+        "src.train",
+        *sweep,
+        f"hydra.sweep.dir={tmp_path / 'b'}",
+        "hydra/launcher=batched",
+        "trainer.stacking=always",
+        f"hydra.launcher.processes={processes}",
+    )
+    assert batched.returncode == 0, batched.stderr[-3000:]
+    output = batched.stdout + batched.stderr
+    if processes == 1:
+        assert "4 trials train stacked (layers, 2 seeds), 2 epochs: jobs 2, 3, 0, 1" in output
+    else:  # sorted by seed, so each process trains one seed's trials
+        assert "2 trials train stacked (layers), 2 epochs: jobs 2-3" in output
+        assert "2 trials train stacked (layers), 2 epochs: jobs 0-1" in output
+    basic = run_cli("src.train", *sweep, f"hydra.sweep.dir={tmp_path / 'a'}")
+    assert basic.returncode == 0, basic.stderr[-3000:]
+    seeds = []
+    for b, a in zip(trial_dirs(tmp_path / "b"), trial_dirs(tmp_path / "a"), strict=True):
+        assert b.name == a.name
+        seeds.append(read_json(b / "metrics.json")["seed"])
+        assert seeds[-1] == read_json(a / "metrics.json")["seed"]
+        assert_equivalent(b, a)
+    assert seeds == [3, 3, 1, 1]
+
+
 def test_a_seed_per_job_through_hydras_resolver_trains_each_trial_with_its_own_seed(tiny_mnist, tmp_path):
     """`trainer.seed=${hydra:job.num}` reads Hydra's config, which is each job's only while run_job runs it:
     the batch would train every trial with the last job's seed (all stacked together, all recorded as 1)."""
     sweep = [*tiny_data_overrides(tiny_mnist), "trainer.epochs=1", "logger=none", "optimizer.lr=0.001,0.003"]
     sweep += ["--multirun", "trainer.seed=${hydra:job.num}"]
-    batched = run_cli("src.train", *sweep, f"hydra.sweep.dir={tmp_path / 'b'}", "hydra/launcher=batched")
+    batched = run_cli(
+        "src.train",
+        *sweep,
+        f"hydra.sweep.dir={tmp_path / 'b'}",
+        "hydra/launcher=batched",
+        "trainer.stacking=always",
+    )
     assert batched.returncode == 0, batched.stderr[-3000:]
-    assert (batched.stdout + batched.stderr).count("1 trial trains alone") == 2  # seeds differ: no stack
+    assert "2 trials train stacked (layers, 2 seeds)" in batched.stdout + batched.stderr  # a block per seed
     basic = run_cli("src.train", *sweep, f"hydra.sweep.dir={tmp_path / 'a'}")
     assert basic.returncode == 0, basic.stderr[-3000:]
     for number, (b, a) in enumerate(zip(trial_dirs(tmp_path / "b"), trial_dirs(tmp_path / "a"), strict=True)):
@@ -522,19 +631,19 @@ def test_max_batch_splits_a_batch_and_an_unstackable_setting_trains_one_at_a_tim
     )
     assert never.returncode == 0, never.stderr[-3000:]
     assert "4 trials train one at a time: trainer.stacking=never" in never.stderr + never.stdout
-    seeds = run_cli(
+    batch_sizes = run_cli(
         "src.train",
         "--multirun",
-        f"hydra.sweep.dir={tmp_path / 'seeds'}",
+        f"hydra.sweep.dir={tmp_path / 'batch_sizes'}",
         *tiny_data_overrides(tiny_mnist),
         "trainer.epochs=1",
         "logger=none",
-        "trainer.seed=0,1",
+        "trainer.batch_size=32,64",
         "hydra/launcher=batched",
     )
-    assert seeds.returncode == 0, seeds.stderr[-3000:]
-    assert (seeds.stderr + seeds.stdout).count("1 trial trains alone") == 2
-    for run_dir in [*trial_dirs(tmp_path / "never"), *trial_dirs(tmp_path / "seeds")]:
+    assert batch_sizes.returncode == 0, batch_sizes.stderr[-3000:]
+    assert (batch_sizes.stderr + batch_sizes.stdout).count("1 trial trains alone") == 2
+    for run_dir in [*trial_dirs(tmp_path / "never"), *trial_dirs(tmp_path / "batch_sizes")]:
         assert read_json(run_dir / "metrics.json")["status"] == "completed"
 
 
