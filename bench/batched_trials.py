@@ -11,9 +11,11 @@
    (trainer.stacking=auto: the launcher may decide one at a time is faster, and says so).
 3. What a further batch costs besides training: the batched sweep of 20 trials (one batch) against 60 (three
    batches of 20), one process, alternated --repeats times.
+4. README's grid over seeds (5 seeds x 2 step sizes, 8 epochs), basic launcher (shared epochs) vs batched
+   (a block of the stack per seed), and the largest difference between the two in any run's val_acc.
 
     python bench/batched_trials.py --root ../shared/data [--sampler-seeds 42 43 44] [--epochs-big 1]
-        [--skip-big] [--skip-further] [--repeats 3]
+        [--skip-big] [--skip-further] [--skip-seeds] [--repeats 3]
 """
 
 import argparse
@@ -158,6 +160,26 @@ def grid(
     return run.wall_s, decided
 
 
+SEED_GRID = ["trainer.seed=0,1,2,3,4", "scheduler.step_size=3,5", "scheduler.gamma=0.05", "trainer.epochs=8"]
+
+
+def seed_grid(root: Path, scratch: Path) -> dict[str, float]:
+    """README's --over-seeds grid with each launcher: walls, and the largest val_acc difference of a run."""
+    walls, val_accs = {}, {}
+    for launcher in ("basic", "batched"):
+        sweep_dir = scratch / f"seeds-{launcher}"
+        command = [sys.executable, "-m", "src.train", "--multirun", *SEED_GRID, f"data.root={root}"]
+        command += [f"hydra.sweep.dir={sweep_dir}", "logger=none", f"hydra/launcher={launcher}"]
+        walls[launcher] = run_process(command).wall_s
+        val_accs[launcher] = {
+            path.parent.name: json.loads(path.read_text())["val_acc"]
+            for path in sweep_dir.glob("*/metrics.json")
+        }
+    assert val_accs["basic"].keys() == val_accs["batched"].keys() and len(val_accs["basic"]) == 10
+    largest = max(abs(val_accs["basic"][job] - val_accs["batched"][job]) for job in val_accs["basic"])
+    return {"basic_s": walls["basic"], "batched_s": walls["batched"], "largest_val_acc_difference": largest}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -168,6 +190,7 @@ def main() -> None:
     parser.add_argument("--epochs-big", type=int, default=1)
     parser.add_argument("--skip-big", action="store_true")
     parser.add_argument("--skip-further", action="store_true")
+    parser.add_argument("--skip-seeds", action="store_true")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     root = args.root.resolve()
@@ -179,6 +202,7 @@ def main() -> None:
         imports_s = launch_imports_seconds()
         torch_optimizer_s = fastest_process_seconds(TORCH_OPTIMIZER_IMPORTS)
         further = {} if args.skip_further else further_batches(root, scratch, args.repeats)
+        seeds = {} if args.skip_seeds else seed_grid(root, scratch)
         big = {}
         if not args.skip_big:
             for model in ("mlp", "cnn"):
@@ -219,6 +243,7 @@ def main() -> None:
                 "sweeps": sweeps,
                 "big": big,
                 "besides_training_s": further,
+                "seed_grid": seeds,
             },
             indent=1,
         )
@@ -249,6 +274,12 @@ def main() -> None:
             f"besides training, one process: 20 trials {one:.1f} s, 60 trials {three:.1f} s (medians of "
             f"{args.repeats}): a further batch of 20 costs {(three - one) / 2:.1f} s, "
             f"{(three - one) / 40:.3f} s per trial"
+        )
+    if seeds:
+        print(
+            f"grid over 5 seeds x 2 settings, 8 epochs: basic {seeds['basic_s']:.1f} s, batched "
+            f"{seeds['batched_s']:.1f} s ({seeds['basic_s'] / seeds['batched_s']:.2f}x); largest val_acc "
+            f"difference of a run: {seeds['largest_val_acc_difference']:.2f} points"
         )
     for name, result in big.items():
         one = result["batched_1_process_s"]
