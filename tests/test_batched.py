@@ -339,7 +339,12 @@ def in_process_runs(tiny_mnist, tmp_path, overrides_per_run, study=None):
     return runs
 
 
-def test_a_pruned_trial_and_a_diverging_one_leave_the_group_and_the_others_train_on(tiny_mnist, tmp_path):
+@pytest.mark.parametrize("seeds", [[0, 0, 0, 0], [1, 0, 1, 0]], ids=["one seed", "two seeds"])
+def test_a_pruned_trial_and_a_diverging_one_leave_the_group_and_the_others_train_on(
+    tiny_mnist, tmp_path, seeds
+):
+    """With two seeds the stack is [1, 3 | 0, 2] (a block per seed); after the first epoch each block keeps
+    one trial, which must train on as it would alone."""
     study = optuna.create_study(direction="maximize", pruner=PruneTrials({1}))
     settings = [
         ["optimizer=sgd", "optimizer.lr=0.05"],
@@ -347,6 +352,7 @@ def test_a_pruned_trial_and_a_diverging_one_leave_the_group_and_the_others_train
         ["optimizer=sgd", "optimizer.lr=1e38"],  # diverges in its first epoch (loss nan at batch 2)
         ["optimizer=sgd", "optimizer.lr=0.02", "scheduler=onecycle"],
     ]
+    settings = [[*setting, f"trainer.seed={seed}"] for setting, seed in zip(settings, seeds, strict=True)]
     runs = in_process_runs(
         tiny_mnist,
         tmp_path,
