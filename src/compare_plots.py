@@ -18,6 +18,7 @@ from matplotlib.ticker import (  # noqa: E402
     NullFormatter,
 )
 
+from hydra_plugins.optuna_pruning_sweeper.sweep_owner import RESULTS_FILE  # noqa: E402
 from src.run_record import STATUS_COMPLETED, Column, Summary  # noqa: E402
 from src.runs import Run, read_step_lrs  # noqa: E402
 from src.seed_groups import NOT_PART_OF_A_SETTING  # noqa: E402
@@ -152,8 +153,8 @@ def plot_step_size_gamma(runs: Sequence[Run], path: Path) -> str | None:
 
 def find_studies(runs: Sequence[Run], roots: Iterable[Path]) -> dict[tuple[str, str], Path]:
     """(storage, study name) of the sweeps the runs belong to, from their optimization_results.yaml."""
-    candidates = {run.directory.parent / "optimization_results.yaml" for run in runs}
-    candidates |= {p for root in roots if root.is_dir() for p in root.glob("optimization_results.yaml")}
+    candidates = {run.directory.parent / RESULTS_FILE for run in runs}
+    candidates |= {p for root in roots if root.is_dir() for p in root.glob(RESULTS_FILE)}
     studies = {}
     for path in sorted(candidates):
         if path.exists():

@@ -16,11 +16,11 @@ from omegaconf import DictConfig
 from optuna.trial import TrialState
 
 from hydra_plugins.optuna_pruning_sweeper.storage import open_storage
+from hydra_plugins.optuna_pruning_sweeper.sweep_owner import RESULTS_FILE  # the sweeper's; keys added here
 from hydra_plugins.optuna_pruning_sweeper.sweeper import counts_toward_n_trials
 from src.atomic_files import write_text_atomically
 from src.run_record import Summary
 
-RESULTS_FILE = "optimization_results.yaml"  # written by the sweeper; these keys are added to it
 log = logging.getLogger(__name__)
 
 
@@ -40,7 +40,10 @@ def epochs_summary(trials: list[optuna.trial.FrozenTrial]) -> dict[str, int]:
 def summarize_sweep(config: DictConfig) -> None:
     sweeper, sweep_dir = config.hydra.sweeper, Path(config.hydra.sweep.dir)
     results_path = sweep_dir / RESULTS_FILE
-    if not results_path.is_file():  # the sweep stopped before its end (Hydra calls this even then)
+    # Hydra calls this even when the sweep stopped before its end, as it does when refused a directory
+    # that holds another study's results.
+    results = yaml.safe_load(results_path.read_text()) if results_path.is_file() else None
+    if not isinstance(results, dict) or results.get("study_name") != sweeper.study_name:
         return
     try:
         storage = open_storage(
@@ -71,5 +74,4 @@ def summarize_sweep(config: DictConfig) -> None:
         if (test := best.user_attrs.get(Summary.TEST_ACC)) is not None:
             summary["best_test_acc"] = test
             log.info(f"  test accuracy of trial {best.number}: {test:.4g} (reported, never used to choose)")
-    results = yaml.safe_load(results_path.read_text()) or {}
     write_text_atomically(results_path, yaml.safe_dump({**results, **summary}, sort_keys=False))

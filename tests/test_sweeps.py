@@ -16,6 +16,7 @@ from helpers.sweeps import STUDY, composed, load_study, optuna_sweep_args, trial
 from optuna.trial import TrialState
 
 from hydra_plugins.optuna_pruning_sweeper.processes import process_start_time
+from hydra_plugins.optuna_pruning_sweeper.sweep_owner import STUDY_FILE
 
 
 def test_optuna_sweep_writes_a_directory_per_trial_and_a_persistent_study(tiny_mnist, tmp_path):
@@ -271,6 +272,59 @@ def test_rerunning_a_finished_study_runs_nothing_and_another_sweep_is_refused(ti
         assert "other settings" in errors[0] and "hydra.sweeper.study_name" in errors[0]
         assert ("optimizer=sgd" if other == ["optimizer=sgd"] else "scheduler.gamma") in errors[0]
     assert [(t.number, t.state, t.params, t.value) for t in load_study(tmp_path).trials] == trials
+
+
+def files_of(directory: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()
+    }
+
+
+def test_a_sweep_of_another_study_is_refused_the_sweep_directory_of_a_study_and_changes_nothing(
+    tiny_mnist, tmp_path
+):
+    """Workers of one study share a sweep directory; a sweep of another study (another name, or the same
+    name in another storage) would mix its runs with the first's and replace its optimization_results.yaml."""
+    first = run_cli(
+        "src.train",
+        *optuna_sweep_args(tiny_mnist, tmp_path, "sweep", "hydra.sweeper.n_trials=2", "logger=none"),
+    )
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = files_of(tmp_path / "sweep")
+    assert yaml.safe_load(before[STUDY_FILE]) == {
+        "study_name": STUDY,
+        "storage": f"sqlite:///{tmp_path / 'optuna.db'}",
+    }
+    other_storage = f"hydra.sweeper.storage=sqlite:///{tmp_path / 'other.db'}"
+    for other in ("hydra.sweeper.study_name=other", other_storage):
+        refused = run_cli(
+            "src.train", *optuna_sweep_args(tiny_mnist, tmp_path, "sweep", "hydra.sweeper.n_trials=2", other)
+        )
+        assert refused.returncode != 0
+        assert refused.stderr.strip().splitlines() == [
+            line for line in refused.stderr.splitlines() if line.startswith("error:")
+        ]
+        assert f"holds the runs of study '{STUDY}' in sqlite:///{tmp_path / 'optuna.db'}" in refused.stderr
+        assert files_of(tmp_path / "sweep") == before
+    assert optuna.get_all_study_names(f"sqlite:///{tmp_path / 'optuna.db'}") == [STUDY]  # none made
+
+    # A directory of an older sweep, without the study file, is recognised by its results.
+    (tmp_path / "sweep" / STUDY_FILE).unlink()
+    refused = run_cli(
+        "src.train",
+        *optuna_sweep_args(
+            tiny_mnist, tmp_path, "sweep", "hydra.sweeper.n_trials=2", "hydra.sweeper.study_name=b"
+        ),
+    )
+    assert refused.returncode != 0 and f"holds the runs of study '{STUDY}'" in refused.stderr
+
+    more = run_cli(
+        "src.train",
+        *optuna_sweep_args(tiny_mnist, tmp_path, "sweep", "hydra.sweeper.n_trials=3", "logger=none"),
+    )
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert len(trial_dirs(tmp_path / "sweep")) == 3
+    assert (tmp_path / "sweep" / STUDY_FILE).is_file()
 
 
 def readme_sweep_commands() -> list[str]:

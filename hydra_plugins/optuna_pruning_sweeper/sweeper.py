@@ -53,6 +53,7 @@ from .disk import unwritable_reason
 from .job_dirs import NumberedDirectories, first_job_number, shared_directory
 from .seeding import SeedPerTrialSampler
 from .storage import StorageError, describe, open_storage, release_interrupted_reads, set_trial_attrs
+from .sweep_owner import RESULTS_FILE, SweepDirectoryTaken, claim_sweep_dir
 from .trial_bridge import RUN_DIR, instantiate_pruner, job_environment, run_dir_attr
 from .workers import FAIL_REASON, INTERRUPTED, Heartbeats, Worker, claim, fail_dead_trials, give_up
 
@@ -495,6 +496,8 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
         except StorageError as error:
             raise SweepError(str(error)) from None
         self.where = describe(storage)
+        if self.study_name is not None:  # before a new study is created in the storage
+            self._claim_sweep_dir(self.study_name)
         study = optuna.create_study(
             study_name=self.study_name,
             storage=storage,
@@ -503,6 +506,8 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
             directions=self._get_directions(),
             load_if_exists=True,
         )
+        if self.study_name is None:  # Optuna named it
+            self._claim_sweep_dir(study.study_name)
         check_same_sweep(study, settings, self.where)
         if self.metric_names and study.metric_names != self.metric_names:
             with warnings.catch_warnings():
@@ -515,6 +520,12 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
                 f"{max(0, self.n_trials - finished)} to go (n_trials={self.n_trials} counts the whole study)"
             )
         return study
+
+    def _claim_sweep_dir(self, study_name: str) -> None:
+        try:
+            claim_sweep_dir(Path(self.sweep_dir), study_name, self.where)
+        except SweepDirectoryTaken as error:
+            raise SweepError(str(error)) from None
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, job: JobReturn) -> None:
         if job.hydra_cfg is not None and RUN_DIR not in trial.user_attrs:
@@ -596,7 +607,7 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
         # The sweep directory does not exist yet when a resumed study had no trial left to run.
         sweep_dir = Path(self.sweep_dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        path = sweep_dir / "optimization_results.yaml"
+        path = sweep_dir / RESULTS_FILE
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # renamed into place: never half a file
         OmegaConf.save(OmegaConf.create(results), temporary)
         os.replace(temporary, path)
