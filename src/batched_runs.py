@@ -269,6 +269,17 @@ class Initial:
     rng_state: torch.Tensor
 
 
+def mask_generator(seed: int, start: Initial, device: torch.device) -> torch.Generator:
+    """The generator a run alone with this seed draws its dropout masks from: on a CPU, torch's, where it
+    stood after the initial weights were drawn; on a GPU, the device's, as torch.manual_seed(seed) left it
+    (the weights are drawn on the CPU)."""
+    if device.type == "cpu":
+        generator = torch.Generator()
+        generator.set_state(start.rng_state)
+        return generator
+    return torch.Generator(device=device).manual_seed(seed)
+
+
 @dataclass(frozen=True)
 class Spread:
     """How a stacked chunk of trials trains: split into parts (src/trial_processes.py), each in its own
@@ -495,9 +506,7 @@ class StackedGroup:
         if len(self.shuffles) == 1:
             torch.set_rng_state(initial[seeds[0]].rng_state)
         else:
-            self.masks = {seed: torch.Generator() for seed in self.shuffles}
-            for seed, generator in self.masks.items():
-                generator.set_state(initial[seed].rng_state)
+            self.masks = {seed: mask_generator(seed, initial[seed], device) for seed in self.shuffles}
         self.trials: list[Trial] = []
         self.in_stack = list(range(len(runs)))
         self.running = set(self.in_stack)
