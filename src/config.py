@@ -57,6 +57,14 @@ def require_int(key: str, value: object, minimum: int) -> None:
         raise ConfigError(key, value, f"an integer >= {minimum}")
 
 
+MAX_SEED = 2**64 - 1  # torch.manual_seed's and torch.Generator's largest seed
+
+
+def require_seed(key: str, value: object) -> None:
+    if not _is_int(value) or not 0 <= value <= MAX_SEED:
+        raise ConfigError(key, value, f"an integer in [0, {MAX_SEED}] (2**64 - 1, torch's largest seed)")
+
+
 def require_positive(key: str, value: object) -> None:
     if not _is_number(value) or value <= 0:
         raise ConfigError(key, value, "a number > 0")
@@ -215,7 +223,7 @@ def validate(cfg: DictConfig) -> None:
     require_int("trainer.epochs", trainer.epochs, 1)
     require_int("trainer.batch_size", trainer.batch_size, 1)
     require_int("trainer.eval_batch_size", trainer.eval_batch_size, 1)
-    require_int("trainer.seed", trainer.seed, 0)
+    require_seed("trainer.seed", trainer.seed)
     if trainer.device not in DEVICES:
         raise ConfigError("trainer.device", trainer.device, f"one of {', '.join(DEVICES)}")
     if trainer.num_threads is not None and (
@@ -234,7 +242,7 @@ def validate(cfg: DictConfig) -> None:
     require_positive("optimizer.lr", cfg.optimizer.get("lr"))
     _check_scheduler(cfg)
     require_int("data.val_size", cfg.data.val_size, 1)
-    require_int("data.split_seed", cfg.data.split_seed, 0)
+    require_seed("data.split_seed", cfg.data.split_seed)
     for flag in ("download", "offline_fallback", "normalize"):
         require_bool(f"data.{flag}", cfg.data[flag])
     if cfg.prune_from not in PRUNE_FROM:

@@ -623,6 +623,16 @@ BAD_SWEEPER_SETTINGS = [
         "hydra.sweeper.sampler.seed=abc is not allowed: Value 'abc' of type 'str' could not be converted to "
         "Integer",
     ),
+    (
+        "hydra.sweeper.sampler.seed=-1",
+        "hydra.sweeper.sampler.seed=-1 is not allowed: null or an integer in [0, 4294967295] (numpy's seeds, "
+        "which Optuna's samplers take)",
+    ),
+    (
+        "hydra.sweeper.sampler.seed=4294967296",
+        "hydra.sweeper.sampler.seed=4294967296 is not allowed: null or an integer in [0, 4294967295] "
+        "(numpy's seeds, which Optuna's samplers take)",
+    ),
     # The search space: a key the runs have, in the preset's space unless added with +, a quoted range.
     (
         "hydra.sweeper.params.scheduler.gama='interval(0.1,0.5)'",

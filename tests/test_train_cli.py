@@ -126,6 +126,12 @@ BAD_INPUTS = [
         "only ReduceLROnPlateau follows a metric",
     ),
     ("trainer.stacking=maybe", "trainer.stacking='maybe'", "one of auto, always, never"),
+    ("trainer.seed=-1", "trainer.seed=-1", "an integer in [0, 18446744073709551615] (2**64 - 1"),
+    (  # torch's generators take 64 bits: a larger seed used to end in a traceback, its run directory left
+        "data.split_seed=18446744073709551616",
+        "data.split_seed=18446744073709551616",
+        "an integer in [0, 18446744073709551615] (2**64 - 1, torch's largest seed)",
+    ),
     (
         "logger.epoch_callback._target_=os.system",
         "logger.epoch_callback._target_='os.system'",

@@ -71,6 +71,7 @@ SWEEP_ID, SWEEP_FIXED, SWEEP_SEARCHED = "sweep.id", "sweep.fixed", "sweep.search
 SWEEP_CLAIM_PREFIX = "sweep_settings:"
 # How often a worker with nothing to ask looks again at the other workers' running trials.
 POLL_SECONDS = 1.0
+MAX_SAMPLER_SEED = 2**32 - 1  # numpy's RandomState, which the GridSampler and the QMCSampler seed
 
 
 def tell(study: optuna.Study, trial: optuna.Trial | int, **outcome: Any) -> None:
@@ -336,6 +337,12 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
                 f"an integer number of seconds > heartbeat_interval ({self.heartbeat_interval})",
             ),
         }
+        seed = self.sampler_config.get("seed")
+        checks["sampler.seed"] = (
+            seed,
+            seed is None or (isinstance(seed, int) and 0 <= seed <= MAX_SAMPLER_SEED),
+            f"null or an integer in [0, {MAX_SAMPLER_SEED}] (numpy's seeds, which Optuna's samplers take)",
+        )
         for key, (value, ok, allowed) in checks.items():
             if not ok or isinstance(value, bool):
                 raise SweepError(f"hydra.sweeper.{key}={value!r} is not allowed: {allowed}")
