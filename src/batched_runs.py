@@ -60,7 +60,15 @@ from src.run_record import Column, EpochRecord
 from src.schedule_config import monitor
 from src.schedules import Stepping, build_scheduler, constant_epochs, fill_in_steps
 from src.shared_prefix import resolved_except
-from src.stacked_model import Block, Inputs, StackedModel, parameter_bytes, stack_model, trial_losses
+from src.stacked_model import (
+    Block,
+    Inputs,
+    StackedModel,
+    labels_per_trial,
+    parameter_bytes,
+    stack_model,
+    trial_losses,
+)
 from src.sweep_process import stopped_when_sweep_process_ends
 from src.trial_optimizers import TrialOptimizer, step_trials
 from src.trial_processes import in_processes, split
@@ -397,7 +405,7 @@ def stacking_is_faster(
     if seeds > 1:
         sizes = [len(block) for block in split(range(spread.largest_part), seeds, least=1)]
         inputs = [Block(size, sample, torch.Generator()) for size in sizes]
-        stacked_labels = labels.view(-1, 1).expand(-1, spread.largest_part)
+        stacked_labels = labels_per_trial(labels, spread.largest_part)
     optimizers = [
         TrialOptimizer(torch.optim.Adam(stacked.trial_views(k), fused=True))
         for k in range(spread.largest_part)
@@ -648,7 +656,7 @@ class StackedGroup:
             ]
             labels = torch.cat(
                 [
-                    labels.view(-1, 1).expand(-1, trials)
+                    labels_per_trial(labels, trials)
                     for (_, trials), (_, labels) in zip(blocks, batches, strict=True)
                 ],
                 dim=1,

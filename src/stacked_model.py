@@ -20,6 +20,7 @@ rounding only; tests/test_batched.py compares them). Other models go through aut
 """
 
 import copy
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -45,6 +46,17 @@ class Block:
 # What a stack's trials see: one batch of images for all (dropout masks from torch's default generator), or
 # a batch per Block, the blocks in stack order.
 Inputs = torch.Tensor | list[Block]
+
+
+def block_spans(sizes: list[int]) -> list[slice]:
+    """Each block's trials as a slice of the stack, from the blocks' sizes in stack order."""
+    ends = list(itertools.accumulate(sizes))
+    return [slice(end - size, end) for size, end in zip(sizes, ends, strict=True)]
+
+
+def labels_per_trial(labels: torch.Tensor, trials: int) -> torch.Tensor:
+    """Labels [N] that every trial sees, or [N, K] of trials that saw other images, as [N, K]."""
+    return labels.view(-1, 1).expand(-1, trials) if labels.dim() == 1 else labels
 
 
 class StackedModel:
@@ -86,9 +98,10 @@ class StackedModel:
             return wide_forward(self.layers, self.layer_names, self.params, images, self.training)
         if isinstance(images, torch.Tensor):
             return self.vmapped(self.params, images)
-        logits, start = [], 0
-        for block in images:  # each block's forward draws its dropout masks from its own generator
-            params = {name: value[start : start + block.trials] for name, value in self.params.items()}
+        logits = []
+        for block, span in zip(images, block_spans([b.trials for b in images]), strict=True):
+            # each block's forward draws its dropout masks from its own generator
+            params = {name: value[span] for name, value in self.params.items()}
             default_state = torch.get_rng_state()
             torch.set_rng_state(block.generator.get_state())
             try:
@@ -96,7 +109,6 @@ class StackedModel:
                 block.generator.set_state(torch.get_rng_state())
             finally:
                 torch.set_rng_state(default_state)
-            start += block.trials
         return torch.cat(logits)
 
     def loss_and_grads(self, images: Inputs, labels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -114,7 +126,7 @@ class StackedModel:
             logits = wide_forward(self.layers, self.layer_names, self.params, images, self.training, tape)
             log_probs = log_softmax_per_trial(logits)  # [N, K, classes]
             n, k = log_probs.shape[:2]
-            picked = (labels.view(n, 1) if labels.dim() == 1 else labels).view(n, -1, 1).expand(n, k, 1)
+            picked = labels_per_trial(labels, k).unsqueeze(2)
             losses = log_probs.gather(2, picked).squeeze(2).mean(0).neg_()
             grad = log_probs.exp_()  # d(sum of the trials' mean losses)/d(logits): (softmax - one-hot) / N
             grad.scatter_add_(2, picked, torch.full((n, k, 1), -1.0, dtype=grad.dtype)).div_(n)
@@ -171,11 +183,13 @@ def wide_forward(
         kept = None
         if blocks is not None and position == 0:  # each block's images through its trials' slices
             h_in = [(block.trials, as_input(block.images)) for block in blocks]
-            outputs, start = [], 0
-            for trials, inputs in h_in:
-                sliced = {key: value[start : start + trials] for key, value in params.items()}
-                outputs.append(weighted_layer(layer, name, sliced, inputs, False))
-                start += trials
+            spans = block_spans([block.trials for block in blocks])
+            outputs = [
+                weighted_layer(
+                    layer, name, {key: value[span] for key, value in params.items()}, inputs, False
+                )
+                for (_, inputs), span in zip(h_in, spans, strict=True)
+            ]
             h = torch.cat(outputs, dim=1)
         elif isinstance(layer, nn.Linear | nn.Conv2d):
             h_in, h = h, weighted_layer(layer, name, params, h, per_trial)
@@ -263,12 +277,13 @@ def dense_backward(
             if f"{name}.bias" in params:
                 grads[f"{name}.bias"] = grad.sum(0)
             if isinstance(h_in, list):  # the first layer over blocks: each block's inputs [N, in]
-                parts, start = [], 0
-                for trials, inputs in h_in:
-                    block_grad = grad[:, start : start + trials].reshape(grad.shape[0], -1)
-                    parts.append((block_grad.T @ inputs).view(trials, *weight.shape[1:]))
-                    start += trials
-                grads[f"{name}.weight"] = torch.cat(parts)
+                spans = block_spans([trials for trials, _ in h_in])
+                grads[f"{name}.weight"] = torch.cat(
+                    [
+                        (grad[:, span].reshape(grad.shape[0], -1).T @ inputs).view(trials, *weight.shape[1:])
+                        for (trials, inputs), span in zip(h_in, spans, strict=True)
+                    ]
+                )
                 break
             if h_in.dim() == 2:  # the first layer: the same inputs [N, in] for every trial
                 k, out = weight.shape[:2]
@@ -296,8 +311,7 @@ def log_softmax_per_trial(logits: torch.Tensor) -> torch.Tensor:
 def trial_losses(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Each trial's cross-entropy over the batch: logits [K, N, classes] -> [K] (the classes as dimension 1,
     as log_softmax_per_trial has them); labels [N], or [N, K] when the trials saw other images."""
-    trials, n = logits.shape[:2]
-    per_trial = labels.view(n, 1).expand(n, trials) if labels.dim() == 1 else labels
+    per_trial = labels_per_trial(labels, logits.shape[0])
     losses = F.cross_entropy(logits.permute(1, 2, 0), per_trial, reduction="none")  # [N, K]
     return losses.mean(0) if reduction == "mean" else losses.sum(0)
 
