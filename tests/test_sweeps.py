@@ -271,6 +271,7 @@ def test_rerunning_a_finished_study_runs_nothing_and_another_sweep_is_refused(ti
         assert len(errors) == 1 and "Traceback" not in refused.stderr
         assert "other settings" in errors[0] and "hydra.sweeper.study_name" in errors[0]
         assert ("optimizer=sgd" if other == ["optimizer=sgd"] else "scheduler.gamma") in errors[0]
+        assert not (tmp_path / "other").exists()  # refused before its sweep directory was made
     assert [(t.number, t.state, t.params, t.value) for t in load_study(tmp_path).trials] == trials
 
 

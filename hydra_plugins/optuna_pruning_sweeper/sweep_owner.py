@@ -33,6 +33,11 @@ def recorded_owner(sweep_dir: Path) -> dict[str, str] | None:
     return None
 
 
+def check_sweep_dir(sweep_dir: Path, study_name: str, storage: str) -> None:
+    """Raise SweepDirectoryTaken if the directory belongs to another study; write nothing."""
+    check_owner(sweep_dir, recorded_owner(sweep_dir), {"study_name": study_name, "storage": storage})
+
+
 def claim_sweep_dir(sweep_dir: Path, study_name: str, storage: str) -> None:
     """Record the study as the directory's, or raise SweepDirectoryTaken naming the study it belongs to.
     Two sweeps that claim one directory at the same instant: STUDY_FILE is linked into place whole, which

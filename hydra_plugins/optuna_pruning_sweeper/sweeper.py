@@ -53,7 +53,7 @@ from .disk import unwritable_reason
 from .job_dirs import NumberedDirectories, first_job_number, shared_directory
 from .seeding import SeedPerTrialSampler
 from .storage import StorageError, describe, open_storage, release_interrupted_reads, set_trial_attrs
-from .sweep_owner import RESULTS_FILE, SweepDirectoryTaken, claim_sweep_dir
+from .sweep_owner import RESULTS_FILE, SweepDirectoryTaken, check_sweep_dir, claim_sweep_dir
 from .trial_bridge import RUN_DIR, instantiate_pruner, job_environment, run_dir_attr
 from .workers import FAIL_REASON, INTERRUPTED, Heartbeats, Worker, claim, fail_dead_trials, give_up
 
@@ -504,7 +504,7 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
             raise SweepError(str(error)) from None
         self.where = describe(storage)
         if self.study_name is not None:  # before a new study is created in the storage
-            self._claim_sweep_dir(self.study_name)
+            self._sweep_dir_owner(check_sweep_dir, self.study_name)
         study = optuna.create_study(
             study_name=self.study_name,
             storage=storage,
@@ -513,9 +513,8 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
             directions=self._get_directions(),
             load_if_exists=True,
         )
-        if self.study_name is None:  # Optuna named it
-            self._claim_sweep_dir(study.study_name)
         check_same_sweep(study, settings, self.where)
+        self._sweep_dir_owner(claim_sweep_dir, study.study_name)  # a refused sweep leaves no directory
         if self.metric_names and study.metric_names != self.metric_names:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -528,9 +527,9 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
             )
         return study
 
-    def _claim_sweep_dir(self, study_name: str) -> None:
+    def _sweep_dir_owner(self, check_or_claim: Callable[[Path, str, str], None], study_name: str) -> None:
         try:
-            claim_sweep_dir(Path(self.sweep_dir), study_name, self.where)
+            check_or_claim(Path(self.sweep_dir), study_name, self.where)
         except SweepDirectoryTaken as error:
             raise SweepError(str(error)) from None
 
