@@ -508,7 +508,9 @@ class StackedGroup:
         self.model = initial[seeds[0]].model
         self.jobs = jobs_named([run.context.job for run in runs])
         self.stacked = StackedModel([initial[seed].model for seed in seeds], how)
-        self.shuffles = {seed: torch.Generator().manual_seed(seed) for seed in seeds}  # as alone
+        self.shuffles = {
+            seed: torch.Generator().manual_seed(seed) for seed in dict.fromkeys(seeds)
+        }  # as alone
         # Dropout masks, as alone: from torch's generator (one seed), or from each seed's own (blocks).
         self.masks: dict[int, torch.Generator] | None = None
         if len(self.shuffles) == 1:

@@ -159,7 +159,4 @@ class NumberedDirectories:
 def first_job_number(sweep_dir: Path, numbered: NumberedDirectories | None) -> int:
     """Where a sweep's job numbers start: after the numbered directories already in the sweep directory (its
     jobs' own pattern when they are numbered, else the all-digit names)."""
-    if numbered is not None:
-        return numbered.next_number()
-    names = [p.name for p in sweep_dir.iterdir()] if sweep_dir.is_dir() else []
-    return max((int(name) for name in names if name.isdigit()), default=-1) + 1
+    return (numbered or NumberedDirectories(sweep_dir, "", "")).next_number()
