@@ -11,7 +11,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from helpers.cli import REPO, read_json, run_cli, tiny_data_overrides
+from helpers.cli import REPO, files_of, read_json, run_cli, tiny_data_overrides
 from helpers.sweeps import STUDY, composed, load_study, optuna_sweep_args, trial_dirs
 from optuna.trial import TrialState
 
@@ -273,12 +273,6 @@ def test_rerunning_a_finished_study_runs_nothing_and_another_sweep_is_refused(ti
         assert ("optimizer=sgd" if other == ["optimizer=sgd"] else "scheduler.gamma") in errors[0]
         assert not (tmp_path / "other").exists()  # refused before its sweep directory was made
     assert [(t.number, t.state, t.params, t.value) for t in load_study(tmp_path).trials] == trials
-
-
-def files_of(directory: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()
-    }
 
 
 def test_a_sweep_of_another_study_is_refused_the_sweep_directory_of_a_study_and_changes_nothing(
@@ -753,14 +747,14 @@ def test_a_plain_sweep_into_a_directory_with_runs_is_refused_unless_overwrite(ti
     grid = ["--multirun", f"hydra.sweep.dir={tmp_path / 'grid'}", *tiny_data_overrides(tiny_mnist)]
     grid += ["trainer.epochs=1", "logger=none"]
     assert run_cli("src.train", *grid, "scheduler.gamma=0.1,0.5").returncode == 0
-    before = {p: p.read_bytes() for p in (tmp_path / "grid").rglob("*") if p.is_file()}
+    before = files_of(tmp_path / "grid")
     again = run_cli("src.train", *grid, "scheduler.gamma=0.2,0.3")
     assert again.returncode == 2
     assert again.stderr.strip().splitlines() == [
         f"error: hydra.sweep.dir={tmp_path / 'grid'} holds the runs of another sweep: choose another "
         "directory, or add overwrite=true to replace them"
     ]
-    assert {p: p.read_bytes() for p in (tmp_path / "grid").rglob("*") if p.is_file()} == before
+    assert files_of(tmp_path / "grid") == before
     assert run_cli("src.train", *grid, "scheduler.gamma=0.2,0.3", "overwrite=true").returncode == 0
     assert sorted(composed(d)["scheduler"]["gamma"] for d in trial_dirs(tmp_path / "grid")) == [0.2, 0.3]
 

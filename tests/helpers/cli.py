@@ -56,6 +56,14 @@ def run_python(code: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+def files_of(directory: Path) -> dict[str, bytes]:
+    """Every file under a directory (by its path relative to it) with its bytes: what a refused command must
+    leave as it was."""
+    return {
+        str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()
+    }
+
+
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
