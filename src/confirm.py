@@ -8,10 +8,11 @@
 A sweep's best value is the maximum of many noisy trials: it is biased upward (the winner's curse). This
 takes the top settings of a sweep (an Optuna sweep's directory or study, or a plain grid's directory),
 ranked by the metric the sweep optimized, and trains each with seeds the sweep did not use: the first
---seeds integers that no run of the sweep had. Each setting's runs are a normal Hydra multirun
-(`python -m src.train --multirun ... trainer.seed=...`, any launcher: extra `key=value` arguments go to
-it), in OUT/setting-<id>/seed_<seed>/, so compare, TensorBoard and the dashboard read them. A rerun skips
-the seeds already completed (an interrupted one is trained again), so it resumes and adds seeds.
+--seeds integers that no run of the sweep had. The reruns are one normal Hydra multirun over settings and
+seeds (`python -m src.train --multirun +confirm=setting-<id>,... trainer.seed=...`, any launcher: extra
+`key=value` arguments go to it), in OUT/setting-<id>/seed_<seed>/, so compare, TensorBoard and the
+dashboard read them. A rerun skips the seeds already completed (an interrupted one is trained again), so it
+resumes and adds seeds.
 
 The verdict, printed and written to OUT/confirmation.yaml (and .md with --markdown), with a plot
 (OUT/confirmation.png): per setting the mean ± sd and 95% t interval of the metric, beside the sweep's
@@ -61,8 +62,13 @@ DEFAULT_METRIC = Summary.VAL_ACC
 SET_BY_CONFIRMATION = (SEED_KEY, "trainer.prefix_cache", "overwrite")
 
 
-# Hydra's keys of the reruns' own sweep (a plain multirun over the seeds, into OUT/setting-<id>/seed_<n>/).
+# Hydra's keys of the reruns' own sweep (a plain multirun over settings and seeds, into
+# OUT/setting-<id>/seed_<n>/).
 HOW_IT_SWEEPS = ("hydra/sweeper", "hydra.sweeper", "hydra.sweep", "hydra.mode")
+# Each setting's config as an option of a config group of its own (OUT/.settings/confirm/setting-<id>.yaml),
+# added to the reruns' config search path: `+confirm=setting-<id>,...` sweeps over the settings.
+RERUN_CONFIGS = ".settings"
+RERUN_GROUP = "confirm"
 
 
 class ConfirmError(Exception):
@@ -257,36 +263,47 @@ def completed_seeds(setting_dir: Path, setting: Setting) -> set:
     return done
 
 
-def rerun(setting: Setting, setting_dir: Path, seeds: list[int], out: Path, overrides: list[str]) -> None:
-    """Train the seeds a setting lacks, as one Hydra multirun of `python -m src.train`."""
-    from src.rerun import rerun_overrides
+def setting_dir(out: Path, setting: Setting) -> Path:
+    return out / f"setting-{setting_id(setting)}"
 
-    source = setting.runs[0].directory
+
+def rerun(settings: list[Setting], seeds: list[int], out: Path, overrides: list[str]) -> None:
+    """Train the seeds the settings lack, as one Hydra multirun of `python -m src.train` over settings and
+    seeds: each setting's config is an option of RERUN_GROUP (src/rerun.py), so the launcher gets every
+    rerun at once (the batched one trains them as one stack, joblib's two at a time)."""
+    from src.rerun import rerun_config, write_rerun_config
+
+    options = []
+    for setting in settings:
+        source, directory = setting.runs[0].directory, setting_dir(out, setting)
+        config = rerun_config(source, leave_out=SET_BY_CONFIRMATION)
+        # One directory per seed, named by it: a rerun adds the seeds it lacks beside the others.
+        config["hydra"] = {"sweep": {"subdir": f"{directory.name}/seed_${{{SEED_KEY}}}"}}
+        write_rerun_config(out / RERUN_CONFIGS / RERUN_GROUP / f"{directory.name}.yaml", config)
+        options.append(directory.name)
+        print(
+            f"{relative(directory)}: seeds {', '.join(map(str, seeds))} (as {relative(source)})",
+            file=sys.stderr,
+        )
     command = [
         sys.executable,
         "-m",
         "src.train",
         "--multirun",
-        *rerun_overrides(source, leave_out=SET_BY_CONFIRMATION),
-        f"trainer.seed={','.join(map(str, seeds))}",
+        "--config-dir",
+        str((out / RERUN_CONFIGS).resolve()),
+        f"+{RERUN_GROUP}={','.join(options)}",
+        f"{SEED_KEY}={','.join(map(str, seeds))}",
         f"trainer.prefix_cache={(out / '.prefix_cache').resolve()}",
-        # One directory per seed, named by it: a rerun adds the seeds it lacks beside the others.
-        f"hydra.sweep.dir={setting_dir}",
-        "hydra.sweep.subdir=seed_${trainer.seed}",
+        f"hydra.sweep.dir={out}",
         "overwrite=true",
         *overrides,
     ]
-    print(
-        f"{relative(setting_dir)}: seeds {', '.join(map(str, seeds))} (as {relative(source)})",
-        file=sys.stderr,
-    )
     returncode = subprocess.run(command, stdout=sys.stderr).returncode  # stdout is the verdict's
     if returncode == 2:  # src.train refused its command line or config, before any run
-        raise ConfirmError(f"the reruns in {setting_dir} were refused (see above): nothing was trained")
+        raise ConfirmError(f"the reruns in {out} were refused (see above): nothing was trained")
     if returncode != 0:
-        raise ConfirmError(
-            f"the reruns in {setting_dir} failed (see above); run the same command again to resume"
-        )
+        raise ConfirmError(f"the reruns in {out} failed (see above); run the same command again to resume")
 
 
 def report(
@@ -360,21 +377,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         candidates = best_per(runs, args.best_per, sort_key(metric, False)) if args.best_per else runs
         settings = top_settings(candidates, metric, args.top)
         seeds = confirmation_seeds(runs, args.seeds)
-        confirmed = []
-        for setting in settings:  # each checked before the next trains: a wrong data.root costs one setting
-            setting_dir = out / f"setting-{setting_id(setting)}"
-            if missing := [seed for seed in seeds if seed not in completed_seeds(setting_dir, setting)]:
-                rerun(setting, setting_dir, missing, out, args.overrides)
-                trained_now += len(missing)
+        lacking: dict[tuple[int, ...], list[Setting]] = {}  # the seeds settings lack: usually all, or none
+        for setting in settings:
+            directory = setting_dir(out, setting)
+            if missing := [seed for seed in seeds if seed not in completed_seeds(directory, setting)]:
+                lacking.setdefault(tuple(missing), []).append(setting)
             else:
                 print(
-                    f"{relative(setting_dir)}: seeds {', '.join(map(str, seeds))} already completed",
+                    f"{relative(directory)}: seeds {', '.join(map(str, seeds))} already completed",
                     file=sys.stderr,
                 )
-            reruns = [r for s in group_by_setting(load_runs([setting_dir])[0]) for r in s.runs]
+        for missing, group in lacking.items():
+            rerun(group, list(missing), out, args.overrides)
+            trained_now += len(missing) * len(group)
+        confirmed = []
+        for setting in settings:
+            directory = setting_dir(out, setting)
+            reruns = [r for s in group_by_setting(load_runs([directory])[0]) for r in s.runs]
             confirmed.append(Setting([run for run in reruns if run.params.get(SEED_KEY) in seeds]))
             if len(confirmed[-1].values(metric)) < 2:
-                raise ConfirmError(f"{setting_dir}: fewer than 2 completed reruns; run the command again")
+                raise ConfirmError(f"{directory}: fewer than 2 completed reruns; run the command again")
             check_same_data(setting, confirmed[-1])
     except (ConfirmError, StudyError, UsageError) as error:
         print(f"error: {error}", file=sys.stderr)

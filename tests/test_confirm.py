@@ -7,8 +7,7 @@ import statistics
 import optuna
 import pytest
 import yaml
-from helpers.cli import REPO, read_json, run_cli, tiny_data_overrides
-from omegaconf import OmegaConf
+from helpers.cli import read_json, run_cli, tiny_data_overrides
 from scipy import stats
 
 from src.seed_statistics import estimate, paired, seeds_needed
@@ -54,11 +53,11 @@ def test_the_seeds_needed_are_the_fewest_that_reach_80_percent_power():
     )
 
 
-def test_rerun_overrides_compose_the_config_a_sweep_trial_ran_with(tiny_mnist, tmp_path):
-    """The preset's own task values come back without its sweeper; quotes in values survive."""
-    from hydra import compose, initialize_config_dir
-
-    from src.rerun import rerun_overrides
+def test_a_rerun_config_composes_the_config_a_sweep_trial_ran_with(tiny_mnist, tmp_path):
+    """The preset's own task values come back without its sweeper, the groups' options as chosen (not the
+    defaults), and quotes in values survive: `src.train --config-dir` with the file composes the saved
+    config."""
+    from src.rerun import rerun_config, write_rerun_config
 
     result = run_cli(
         "src.train",
@@ -69,19 +68,26 @@ def test_rerun_overrides_compose_the_config_a_sweep_trial_ran_with(tiny_mnist, t
         "hydra.sweeper.n_trials=1",
         "trainer.epochs=1",
         "model=mlp",
+        "optimizer=sgd",
         "logger=none",
         """+tag='it\\'s "quoted"'""",
         *tiny_data_overrides(tiny_mnist),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = tmp_path / "sweep" / "0"
-    overrides = rerun_overrides(run_dir, leave_out=["trainer.seed"])
-    assert not any(o.startswith("hparams_search") for o in overrides)
-    with initialize_config_dir(config_dir=str(REPO / "conf")):
-        again = OmegaConf.to_container(compose("train", overrides=overrides))
-    saved = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"))
+    config = rerun_config(run_dir, leave_out=["trainer.prefix_cache"])
+    assert "hparams_search" not in str(config["defaults"]) and "prefix_cache" not in config["trainer"]
+    write_rerun_config(tmp_path / "configs" / "again" / "run0.yaml", config)
+    composed = run_cli(
+        "src.train", "--config-dir", str(tmp_path / "configs"), "+again=run0", "--cfg", "job", cwd=tmp_path
+    )
+    assert composed.returncode == 0, composed.stderr[-3000:]
+    again = yaml.safe_load(composed.stdout)
+    saved = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
+    assert saved["trainer"].pop("prefix_cache") and again["trainer"].pop("prefix_cache") is None
     assert again == saved
     assert again["tag"] == """it's "quoted\"""" and again["model"]["_target_"] == "src.models.MLP"
+    assert again["optimizer"]["_target_"] == "torch.optim.SGD"
 
 
 # Two settings, three seeds, on joblib's launcher with two jobs at once (any Hydra launcher will do).
@@ -288,7 +294,7 @@ def test_reruns_that_trained_other_data_than_the_sweep_give_no_verdict(two_runs)
     assert not (two_runs / "runs-confirmation" / "confirmation.yaml").exists()
     rerun = run_cli("src.confirm", "runs", "--seeds", "2", cwd=two_runs)  # where the data is: a verdict
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert rerun.stderr.count("other data than the sweep's, trained again") == 2
+    assert rerun.stderr.count("other data than the sweep's, trained again") == 4  # both settings' 2 seeds
     verdict = yaml.safe_load((two_runs / "runs-confirmation" / "confirmation.yaml").read_text())
     assert [setting["n"] for setting in verdict["settings"]] == [2, 2]
 
