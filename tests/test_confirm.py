@@ -115,6 +115,7 @@ def test_confirm_reruns_the_top_settings_over_new_seeds_and_judges_them(tiny_mni
 
     result = run_cli("src.confirm", "sweep", *CONFIRM_TOP_2, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("is launching 6 jobs") == 1  # both settings' 3 seeds: one multirun
     out = tmp_path / "sweep-confirmation"
     verdict = yaml.safe_load((out / "confirmation.yaml").read_text())
     assert verdict["metric"] == "val_acc" and verdict["sweep"]["seeds"] == [1, 2, 3]  # the sweep used seed 0
@@ -158,6 +159,8 @@ def test_confirm_reruns_the_top_settings_over_new_seeds_and_judges_them(tiny_mni
     assert kept.stat().st_mtime_ns == kept_time
     assert read_json(interrupted)["status"] == "completed"
     assert "seeds 2, 4 (as" in more.stderr and "seeds 4 (as" in more.stderr
+    # The settings lack different seeds: a multirun for each (basic launcher: one job at a time).
+    assert "Launching 2 jobs locally" in more.stderr and "Launching 1 jobs locally" in more.stderr
     assert yaml.safe_load((out / "confirmation.yaml").read_text())["settings"][0]["n"] == 4
 
     # From the study instead of the directory: the same settings, all their seeds already there.
@@ -278,6 +281,26 @@ def test_the_reruns_go_beside_the_sweep_never_into_or_around_it(two_runs):
     assert "the reruns go beside the sweep (by default in runs-confirmation)" in around.stderr
     assert not list(two_runs.glob("*-confirmation")) and not list(two_runs.rglob("setting-*"))
     assert not list(two_runs.rglob("confirmation.*")) and (two_runs / "notes.txt").read_text() == "mine\n"
+
+
+def test_on_the_batched_launcher_the_reruns_of_all_settings_are_one_batch_with_the_basic_launchers_verdict(
+    two_runs,
+):
+    batched = run_cli("src.confirm", "runs", "--seeds", "2", "hydra/launcher=batched", cwd=two_runs)
+    assert batched.returncode == 0, batched.stderr[-3000:]
+    assert batched.stderr.count("Launching 4 jobs, trained together where they can be") == 1
+    basic = run_cli("src.confirm", "runs", "--seeds", "2", "--out", "basic", cwd=two_runs)
+    assert basic.returncode == 0, basic.stderr[-3000:]
+    verdicts = [
+        yaml.safe_load((two_runs / out / "confirmation.yaml").read_text())
+        for out in ("runs-confirmation", "basic")
+    ]
+    by_name = [{setting["name"]: setting for setting in verdict["settings"]} for verdict in verdicts]
+    assert by_name[0].keys() == by_name[1].keys() and len(by_name[0]) == 2
+    for name, together in by_name[0].items():
+        alone = by_name[1][name]
+        assert together["params"] == alone["params"] and together["seeds"] == alone["seeds"] == [1, 2]
+        assert together["mean"] == pytest.approx(alone["mean"], abs=0.51)  # an image of 200 (test_batched)
 
 
 def test_reruns_that_trained_other_data_than_the_sweep_give_no_verdict(two_runs):
