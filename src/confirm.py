@@ -271,7 +271,7 @@ def rerun(settings: list[Setting], seeds: list[int], out: Path, overrides: list[
     """Train the seeds the settings lack, as one Hydra multirun of `python -m src.train` over settings and
     seeds: each setting's config is an option of RERUN_GROUP (src/rerun.py), so the launcher gets every
     rerun at once (the batched one trains them as one stack, joblib's two at a time)."""
-    from src.rerun import rerun_config, write_rerun_config
+    from src.rerun import override_value, rerun_config, write_rerun_config
 
     options = []
     for setting in settings:
@@ -294,8 +294,8 @@ def rerun(settings: list[Setting], seeds: list[int], out: Path, overrides: list[
         str((out / RERUN_CONFIGS).resolve()),
         f"+{RERUN_GROUP}={','.join(options)}",
         f"{SEED_KEY}={','.join(map(str, seeds))}",
-        f"trainer.prefix_cache={(out / '.prefix_cache').resolve()}",
-        f"hydra.sweep.dir={out}",
+        f"trainer.prefix_cache={override_value(str((out / '.prefix_cache').resolve()))}",
+        f"hydra.sweep.dir={override_value(str(out))}",
         "overwrite=true",
         *overrides,
     ]

@@ -8,6 +8,7 @@ a config group of its own in a directory given to `python -m src.train --config-
 reruns several runs' configs (`+GROUP=a,b trainer.seed=1,2`), each over the same seeds.
 """
 
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -60,3 +61,21 @@ def differing(saved: dict[str, Any], base: dict[str, Any], left_out: set[str], p
         elif key not in base or base[key] != value:
             found[key] = value
     return found
+
+
+def override_value(value: Any) -> str:
+    """A value as Hydra's override grammar reads it back with its type: strings single-quoted (a quote
+    and the backslashes before it escaped; a path may hold a comma, which would make a sweep), numbers,
+    booleans and null bare, lists and dicts nested."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ",".join(override_value(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{key}:{override_value(item)}" for key, item in value.items()) + "}"
+    escaped = re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), str(value))
+    return f"'{escaped}'"

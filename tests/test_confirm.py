@@ -289,11 +289,13 @@ def test_on_the_batched_launcher_the_reruns_of_all_settings_are_one_batch_with_t
     batched = run_cli("src.confirm", "runs", "--seeds", "2", "hydra/launcher=batched", cwd=two_runs)
     assert batched.returncode == 0, batched.stderr[-3000:]
     assert batched.stderr.count("Launching 4 jobs, trained together where they can be") == 1
-    basic = run_cli("src.confirm", "runs", "--seeds", "2", "--out", "basic", cwd=two_runs)
+    # An --out that Hydra's override grammar would read as a sweep (the comma) or cut short (the quote).
+    basic = run_cli("src.confirm", "runs", "--seeds", "2", "--out", "basic,it's", cwd=two_runs)
     assert basic.returncode == 0, basic.stderr[-3000:]
+    assert len(list((two_runs / "basic,it's").glob("setting-*/seed_*/metrics.json"))) == 4
     verdicts = [
         yaml.safe_load((two_runs / out / "confirmation.yaml").read_text())
-        for out in ("runs-confirmation", "basic")
+        for out in ("runs-confirmation", "basic,it's")
     ]
     by_name = [{setting["name"]: setting for setting in verdict["settings"]} for verdict in verdicts]
     assert by_name[0].keys() == by_name[1].keys() and len(by_name[0]) == 2

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers.cli import REPO, files_of, override_value, read_json, run_cli, tiny_data_overrides
+from helpers.cli import REPO, files_of, read_json, run_cli, tiny_data_overrides
 
 from src.data import read_idx
 from src.run_record import COLUMNS, METRICS_CSV, Column, Summary
@@ -222,6 +222,7 @@ def test_every_key_hydra_composes_for_every_option_is_taken_as_a_setting():
     from omegaconf import DictConfig, ListConfig, OmegaConf
 
     from src.command_line import check_command_line
+    from src.rerun import override_value
 
     def settings(node: DictConfig, prefix: str = "") -> list[str]:
         """Each leaf as an override that sets it to its own value, written in Hydra's grammar."""

@@ -2,12 +2,10 @@
 
 import json
 import os
-import re
 import struct
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -84,20 +82,3 @@ def compose_run(overrides: list[str], run_dir: Path):
     run_dir.mkdir(parents=True, exist_ok=True)
     HydraConfig.instance().set_config(cfg)
     return cfg
-
-
-def override_value(value: Any) -> str:
-    """A value as Hydra's override grammar reads it back with its type: strings single-quoted (a quote
-    and the backslashes before it escaped), numbers, booleans and null bare, lists and dicts nested."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, list):
-        return "[" + ",".join(override_value(item) for item in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{key}:{override_value(item)}" for key, item in value.items()) + "}"
-    escaped = re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), str(value))
-    return f"'{escaped}'"
