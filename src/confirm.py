@@ -299,7 +299,12 @@ def rerun(settings: list[Setting], seeds: list[int], out: Path, overrides: list[
         "overwrite=true",
         *overrides,
     ]
-    returncode = subprocess.run(command, stdout=sys.stderr).returncode  # stdout is the verdict's
+    with subprocess.Popen(command, stdout=sys.stderr) as reruns:  # stdout is the verdict's
+        try:
+            returncode = reruns.wait()
+        except KeyboardInterrupt:  # the reruns have it too: they end as interrupted, their files written
+            reruns.wait()  # (subprocess.run would kill them after 0.25 s)
+            raise
     if returncode == 2:  # src.train refused its command line or config, before any run
         raise ConfirmError(f"the reruns in {out} were refused (see above): nothing was trained")
     if returncode != 0:
