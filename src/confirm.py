@@ -51,7 +51,7 @@ from src.compare import (
 )
 from src.interrupts import report_interrupts_in_one_line
 from src.run_record import STATUS_COMPLETED, Summary
-from src.runs import OPERATIONAL_KEYS, Run, load_runs
+from src.runs import OPERATIONAL_KEYS, RERUN_GROUP, Run, load_runs
 from src.seed_groups import SEED_KEY, Setting, group_by_setting
 from src.study_runs import StudyError, add_study_arguments, study_run_dirs
 from src.verdict import judge, setting_names
@@ -68,7 +68,6 @@ HOW_IT_SWEEPS = ("hydra/sweeper", "hydra.sweeper", "hydra.sweep", "hydra.mode")
 # Each setting's config as an option of a config group of its own (OUT/.settings/confirm/setting-<id>.yaml),
 # added to the reruns' config search path: `+confirm=setting-<id>,...` sweeps over the settings.
 RERUN_CONFIGS = ".settings"
-RERUN_GROUP = "confirm"
 
 
 class ConfirmError(Exception):

@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from src import conf_files
 from src.atomic_files import write_text_atomically
 from src.run_record import HYDRA_DIR
+from src.runs import RERUN_GROUP
 
 SWEEP_PRESET_GROUP = "hparams_search"
 
@@ -38,6 +39,34 @@ def rerun_config(run_dir: Path, leave_out: Iterable[str] = ()) -> dict[str, Any]
     values = differing(saved, OmegaConf.to_container(base, resolve=False), set(leave_out))
     overrides = [{f"override /{group}": option} for group, option in chosen.items()]
     return {"defaults": [*overrides, "_self_"], **values}
+
+
+def given_overrides(task_overrides: Iterable[str], config_dirs: Iterable[Path]) -> list[str]:
+    """A job's task overrides with `+confirm=X` (a rerun's config file in one of config_dirs, the
+    directories given with --config-dir) replaced by the overrides that file stands for: its group options
+    and values (`scheduler=onecycle`, `scheduler.max_lr=0.003`), so that a rerun records, names itself in
+    TensorBoard and is named in compare by what it trains, as the sweep's run was."""
+    given = []
+    for override in task_overrides:
+        key, _, option = override.lstrip("+").partition("=")
+        files = [d / key / f"{option}.yaml" for d in config_dirs] if key == RERUN_GROUP else []
+        if found := [path for path in files if path.is_file()]:
+            given += config_overrides(conf_files.read(found[0]))
+        else:
+            given.append(override)
+    return given
+
+
+def config_overrides(config: dict[str, Any]) -> list[str]:
+    """What a rerun config (rerun_config) sets, as overrides, without Hydra's own settings."""
+    groups = [
+        f"{key.removeprefix('override /')}={option}"
+        for entry in config.get("defaults", [])
+        if isinstance(entry, dict)
+        for key, option in entry.items()
+    ]
+    values = {key: value for key, value in config.items() if key not in ("defaults", "hydra")}
+    return groups + [f"{key}={override_value(value)}" for key, value in leaves(values).items()]
 
 
 def write_rerun_config(path: Path, config: dict[str, Any]) -> None:
@@ -61,6 +90,18 @@ def differing(saved: dict[str, Any], base: dict[str, Any], left_out: set[str], p
         elif key not in base or base[key] != value:
             found[key] = value
     return found
+
+
+def leaves(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted keys to values; lists are values (an override sets a list as a whole)."""
+    flat = {}
+    for key, value in config.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(leaves(value, f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat
 
 
 def override_value(value: Any) -> str:

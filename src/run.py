@@ -31,6 +31,7 @@ from src.epoch_callbacks import EpochCallback, History, ProgressLog, ReportToOpt
 from src.hardware import resolve_device, threads_for_this_job
 from src.loop import fit
 from src.pruning import first_prunable_epoch
+from src.rerun import given_overrides
 from src.run_files import save_weights, write_summary
 from src.run_record import (
     EPOCH_RESULTS,
@@ -100,13 +101,22 @@ def epoch_results(records: list[EpochRecord]) -> dict[str, Any]:
     }
 
 
+def command_line_config_dirs(hydra_cfg: DictConfig) -> list[Path]:
+    """The directories --config-dir added to the config search path."""
+    return [
+        Path(source.path)
+        for source in hydra_cfg.runtime.config_sources
+        if source.provider == "command-line" and source.schema == "file"
+    ]
+
+
 def run_context(cfg: DictConfig) -> RunContext:
     """This job's context from Hydra's config (the run or sweep job being executed)."""
     hydra_cfg = HydraConfig.get()
     return RunContext(
         run_dir=Path(hydra_cfg.runtime.output_dir),
         job=str(hydra_cfg.job.num) if hydra_cfg.mode == RunMode.MULTIRUN else "run",
-        overrides=list(hydra_cfg.overrides.task),
+        overrides=given_overrides(hydra_cfg.overrides.task, command_line_config_dirs(hydra_cfg)),
         trial=current_trial(),
         log=log,
     )

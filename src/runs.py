@@ -59,8 +59,12 @@ OPERATIONAL_KEYS = (
 )
 
 
+# The config group of the files src.confirm reruns a setting from (`+confirm=setting-<id>`): it names the
+# rerun's config file, not what it trained.
+RERUN_GROUP = "confirm"
 # Overrides that say where and how a run went, not what it trained: left out of what names its setting.
 NOT_SETTING_OVERRIDES = (
+    f"{RERUN_GROUP}=",
     "data.",
     "logger",
     "hparams_search",

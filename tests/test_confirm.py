@@ -129,9 +129,12 @@ def test_confirm_reruns_the_top_settings_over_new_seeds_and_judges_them(tiny_mni
     for setting in verdict["settings"]:
         runs = [read_json(tmp_path / run / "metrics.json") for run in setting["runs"]]
         assert [run["seed"] for run in runs] == setting["seeds"] == [1, 2, 3]
+        gamma = setting["params"]["scheduler.gamma"]
         assert all(
             run["status"] == "completed"
-            and run["hyperparameters"]["scheduler.gamma"] == setting["params"]["scheduler.gamma"]
+            and run["hyperparameters"]["scheduler.gamma"] == gamma
+            # recorded as what its config file sets, not as `+confirm=setting-<id>`
+            and f"scheduler.gamma={gamma!r}" in run["overrides"]
             for run in runs
         )
         assert setting["mean"] == pytest.approx(statistics.fmean(run["val_acc"] for run in runs))
@@ -187,6 +190,8 @@ def test_confirm_reruns_the_top_settings_over_new_seeds_and_judges_them(tiny_mni
 
     listing = run_cli("src.compare", str(out), "--over-seeds", cwd=tmp_path)
     assert listing.returncode == 0 and "4 paired seeds" in listing.stdout
+    names = [line.split(" cannot be told apart from ")[0] for line in listing.stdout.splitlines()]
+    assert names[-1].startswith("gamma=") and "confirm" not in listing.stdout  # named as the sweep's runs
 
 
 def test_confirm_refuses_runs_that_are_not_comparable(tiny_mnist, tmp_path):
