@@ -58,13 +58,16 @@ def given_overrides(task_overrides: Iterable[str], config_dirs: Iterable[Path]) 
 
 
 def config_overrides(config: dict[str, Any]) -> list[str]:
-    """What a rerun config (rerun_config) sets, as overrides, without Hydra's own settings."""
-    groups = [
-        f"{key.removeprefix('override /')}={option}"
+    """What a rerun config (rerun_config) sets, as overrides: its groups' options where they are not
+    conf/train.yaml's, and its values, without Hydra's own settings."""
+    defaults = conf_files.primary_choices()
+    chosen = {
+        key.removeprefix("override /"): option
         for entry in config.get("defaults", [])
         if isinstance(entry, dict)
         for key, option in entry.items()
-    ]
+    }
+    groups = [f"{group}={option}" for group, option in chosen.items() if defaults.get(group) != option]
     values = {key: value for key, value in config.items() if key not in ("defaults", "hydra")}
     return groups + [f"{key}={override_value(value)}" for key, value in leaves(values).items()]
 

@@ -62,9 +62,12 @@ OPERATIONAL_KEYS = (
 # The config group of the files src.confirm reruns a setting from (`+confirm=setting-<id>`): it names the
 # rerun's config file, not what it trained.
 RERUN_GROUP = "confirm"
+# Where the schedule families' preset writes each family's search space (src/schedule_families.py).
+FAMILIES_KEY = "schedule_families"
 # Overrides that say where and how a run went, not what it trained: left out of what names its setting.
 NOT_SETTING_OVERRIDES = (
     f"{RERUN_GROUP}=",
+    f"{FAMILIES_KEY}.",
     "data.",
     "logger",
     "hparams_search",

@@ -13,7 +13,8 @@ from hydra_plugins.hydra_optuna_sweeper._impl import create_optuna_distribution_
 from omegaconf import DictConfig
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-FAMILIES_KEY = "schedule_families"
+from src.runs import FAMILIES_KEY
+
 FAMILY_PARAM = "scheduler"
 
 
