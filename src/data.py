@@ -185,6 +185,11 @@ def _has_all_files(directory: Path) -> bool:
     return all(_find_raw_file(directory, name) for name in RAW_FILES.values())
 
 
+# Between making MNIST/raw/ and opening the lock in it, a parallel job whose download failed may remove the
+# folders it made (a mistyped data.root is left as it was): then they are made again, a few times at most.
+LOCK_ATTEMPTS = 5
+
+
 def _download(root: Path) -> bool:
     """Fetch MNIST with torchvision; False (and a warning) when the network is not there.
 
@@ -194,10 +199,18 @@ def _download(root: Path) -> bool:
     from torchvision.datasets import MNIST
 
     directory = raw_dir(root)
-    made = missing_directories(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     lock = directory / ".download.lock"
-    with FileLock(lock):
+    for attempt in range(1, LOCK_ATTEMPTS + 1):
+        made = missing_directories(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        held = FileLock(lock)
+        try:
+            held.acquire()
+            break
+        except FileNotFoundError:  # another job's failed download removed the folders it had made
+            if attempt == LOCK_ATTEMPTS:
+                raise
+    try:
         if _has_all_files(directory):
             return True
         try:
@@ -206,6 +219,8 @@ def _download(root: Path) -> bool:
             return True
         except (OSError, RuntimeError) as error:  # URLError is an OSError; torchvision raises RuntimeError
             log.warning("MNIST download failed: %s", str(error).splitlines()[0] if str(error) else error)
+    finally:
+        held.release()
     if made:  # a mistyped data.root is left as it was: no empty MNIST/raw/ made for nothing
         lock.unlink(missing_ok=True)
         remove_empty(made)

@@ -1,6 +1,7 @@
 """src.data: parallel jobs that find MNIST missing download it once; the splits as model inputs."""
 
 import multiprocessing
+import os
 import shutil
 import time
 from pathlib import Path
@@ -101,3 +102,23 @@ def test_a_failed_download_leaves_no_folders_where_there_were_none(tmp_path, mon
     with pytest.raises(DataError):
         load_mnist(existing, download=True, offline_fallback=False, val_size=200, split_seed=0)
     assert [p.name for p in existing.iterdir()] == ["notes.txt"]
+
+
+def test_a_job_whose_folders_another_jobs_failed_download_removed_makes_them_again(tmp_path, monkeypatch):
+    """Two jobs with a data.root without MNIST: the first to fail removes the folders it made, which the
+    other had just found there, before that one opened its lock in them (it crashed with FileNotFoundError
+    on `.download.lock`). The other makes them again and falls back as the first did."""
+    monkeypatch.setattr(torchvision.datasets, "MNIST", UnreachableMnist)
+    root = tmp_path / "nodata"
+    open_file, removed = os.open, []
+
+    def after_the_other_jobs_cleanup(path, *args, **kwargs):
+        if str(path).endswith(".download.lock") and not removed:  # just before the lock file is opened
+            shutil.rmtree(root)
+            removed.append(path)
+        return open_file(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", after_the_other_jobs_cleanup)
+    data = load_mnist(root, download=True, offline_fallback=True, val_size=200, split_seed=0)
+    assert removed and data.source != "mnist" and len(data.train) > 0
+    assert not root.exists()  # the folders this job made again are gone too
