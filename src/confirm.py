@@ -28,7 +28,8 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,7 @@ from src.study_runs import StudyError, add_study_arguments, study_run_dirs
 from src.verdict import judge, setting_names
 
 CONFIRMATION_FILE = "confirmation.yaml"
+LOCK_FILE = ".confirm.lock"  # held while a confirmation trains into its directory
 DEFAULT_METRIC = Summary.VAL_ACC
 # Keys the confirmation sets itself in every run: the seed, and one shared-epochs cache for all settings.
 SET_BY_CONFIRMATION = (SEED_KEY, "trainer.prefix_cache", "overwrite")
@@ -310,6 +312,57 @@ def rerun(settings: list[Setting], seeds: list[int], out: Path, overrides: list[
         raise ConfirmError(f"the reruns in {out} failed (see above); run the same command again to resume")
 
 
+@contextmanager
+def one_confirmation_at_a_time(out: Path) -> Iterator[None]:
+    """Two confirmations into one directory would train the same reruns at once, and each would remove the
+    other's unfinished runs as interrupted ones: the second stops in one line instead."""
+    from filelock import FileLock, Timeout
+
+    out.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(out / LOCK_FILE)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise ConfirmError(
+            f"{relative(out)} is in use by another python -m src.confirm: wait until it ends, or give --out "
+            "another directory"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def confirm_settings(
+    settings: list[Setting], seeds: list[int], metric: str, out: Path, overrides: list[str]
+) -> tuple[list[Setting], int]:
+    """Each setting's reruns at `seeds`, trained where they lack (one multirun for the settings that lack
+    the same seeds: usually all of them, or none), and how many were trained now."""
+    lacking: dict[tuple[int, ...], list[Setting]] = {}
+    for setting in settings:
+        directory = setting_dir(out, setting)
+        if missing := [seed for seed in seeds if seed not in completed_seeds(directory, setting)]:
+            lacking.setdefault(tuple(missing), []).append(setting)
+        else:
+            print(
+                f"{relative(directory)}: seeds {', '.join(map(str, seeds))} already completed",
+                file=sys.stderr,
+            )
+    trained_now = 0
+    for missing, group in lacking.items():
+        rerun(group, list(missing), out, overrides)
+        trained_now += len(missing) * len(group)
+    confirmed = []
+    for setting in settings:
+        directory = setting_dir(out, setting)
+        reruns = [r for s in group_by_setting(load_runs([directory])[0]) for r in s.runs]
+        confirmed.append(Setting([run for run in reruns if run.params.get(SEED_KEY) in seeds]))
+        if len(confirmed[-1].values(metric)) < 2:
+            raise ConfirmError(f"{directory}: fewer than 2 completed reruns; run the command again")
+        check_same_data(setting, confirmed[-1])
+    return confirmed, trained_now
+
+
 def report(
     settings: list[Setting], confirmed: list[Setting], names: list[str], metric: str, sweep: dict
 ) -> dict[str, Any]:
@@ -369,7 +422,7 @@ def describe(verdict: dict[str, Any], markdown: bool) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    started, trained_now = time.perf_counter(), 0
+    started = time.perf_counter()
     try:
         check_rerun_overrides(args.overrides)
         runs, directories, default_out = source_runs(args)
@@ -381,27 +434,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         candidates = best_per(runs, args.best_per, sort_key(metric, False)) if args.best_per else runs
         settings = top_settings(candidates, metric, args.top)
         seeds = confirmation_seeds(runs, args.seeds)
-        lacking: dict[tuple[int, ...], list[Setting]] = {}  # the seeds settings lack: usually all, or none
-        for setting in settings:
-            directory = setting_dir(out, setting)
-            if missing := [seed for seed in seeds if seed not in completed_seeds(directory, setting)]:
-                lacking.setdefault(tuple(missing), []).append(setting)
-            else:
-                print(
-                    f"{relative(directory)}: seeds {', '.join(map(str, seeds))} already completed",
-                    file=sys.stderr,
-                )
-        for missing, group in lacking.items():
-            rerun(group, list(missing), out, args.overrides)
-            trained_now += len(missing) * len(group)
-        confirmed = []
-        for setting in settings:
-            directory = setting_dir(out, setting)
-            reruns = [r for s in group_by_setting(load_runs([directory])[0]) for r in s.runs]
-            confirmed.append(Setting([run for run in reruns if run.params.get(SEED_KEY) in seeds]))
-            if len(confirmed[-1].values(metric)) < 2:
-                raise ConfirmError(f"{directory}: fewer than 2 completed reruns; run the command again")
-            check_same_data(setting, confirmed[-1])
+        with one_confirmation_at_a_time(out):
+            confirmed, trained_now = confirm_settings(settings, seeds, metric, out, args.overrides)
     except (ConfirmError, StudyError, UsageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -312,6 +312,25 @@ def test_on_the_batched_launcher_the_reruns_of_all_settings_are_one_batch_with_t
         assert together["mean"] == pytest.approx(alone["mean"], abs=0.51)  # an image of 200 (test_batched)
 
 
+def test_a_confirmation_into_a_directory_another_one_is_training_into_stops_in_one_line(two_runs):
+    """Two confirmations into one directory would train the same reruns at once, and each would remove the
+    other's unfinished runs as interrupted: the second one stops before it touches anything."""
+    from filelock import FileLock
+
+    out = two_runs / "runs-confirmation"
+    out.mkdir()
+    with FileLock(out / ".confirm.lock"):  # held as a running confirmation holds it
+        busy = run_cli("src.confirm", "runs", "--seeds", "2", cwd=two_runs)
+    assert busy.returncode == 2
+    assert busy.stderr.strip() == (
+        "error: runs-confirmation is in use by another python -m src.confirm: wait until it ends, or give "
+        "--out another directory"
+    )
+    assert not list(out.glob("setting-*")) and not (out / "confirmation.yaml").exists()
+    done = run_cli("src.confirm", "runs", "--seeds", "2", cwd=two_runs)  # once it has ended
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 def test_reruns_that_trained_other_data_than_the_sweep_give_no_verdict(two_runs):
     empty = two_runs / "empty"
     empty.mkdir()
