@@ -23,7 +23,9 @@ multirun/<study>-confirmation).
 """
 
 import argparse
+import fcntl
 import hashlib
+import os
 import shutil
 import subprocess
 import sys
@@ -268,7 +270,7 @@ def setting_dir(out: Path, setting: Setting) -> Path:
     return out / f"setting-{setting_id(setting)}"
 
 
-def rerun(settings: list[Setting], seeds: list[int], out: Path, overrides: list[str]) -> None:
+def rerun(settings: list[Setting], seeds: list[int], out: Path, overrides: list[str], lock: int) -> None:
     """Train the seeds the settings lack, as one Hydra multirun of `python -m src.train` over settings and
     seeds: each setting's config is an option of RERUN_GROUP (src/rerun.py), so the launcher gets every
     rerun at once (the batched one trains them as one stack, joblib's two at a time)."""
@@ -300,7 +302,8 @@ def rerun(settings: list[Setting], seeds: list[int], out: Path, overrides: list[
         "overwrite=true",
         *overrides,
     ]
-    with subprocess.Popen(command, stdout=sys.stderr) as reruns:  # stdout is the verdict's
+    # stdout is the verdict's; the lock's descriptor stays open in the reruns' process
+    with subprocess.Popen(command, stdout=sys.stderr, pass_fds=(lock,)) as reruns:
         try:
             returncode = reruns.wait()
         except KeyboardInterrupt:  # the reruns have it too: they end as interrupted, their files written
@@ -313,28 +316,28 @@ def rerun(settings: list[Setting], seeds: list[int], out: Path, overrides: list[
 
 
 @contextmanager
-def one_confirmation_at_a_time(out: Path) -> Iterator[None]:
+def one_confirmation_at_a_time(out: Path) -> Iterator[int]:
     """Two confirmations into one directory would train the same reruns at once, and each would remove the
-    other's unfinished runs as interrupted ones: the second stops in one line instead."""
-    from filelock import FileLock, Timeout
-
+    other's unfinished runs as interrupted ones: the second stops in one line instead. The lock is the
+    open file's: the reruns' process is handed it too (rerun()), so a confirmation killed alone keeps its
+    directory locked until its reruns end. Yields the lock's file descriptor."""
     out.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(out / LOCK_FILE)
+    descriptor = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise ConfirmError(
-            f"{relative(out)} is in use by another python -m src.confirm: wait until it ends, or give --out "
-            "another directory"
-        ) from None
-    try:
-        yield
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfirmError(
+                f"{relative(out)} is in use by another python -m src.confirm: wait until it ends, or give "
+                "--out another directory"
+            ) from None
+        yield descriptor
     finally:
-        lock.release()
+        os.close(descriptor)
 
 
 def confirm_settings(
-    settings: list[Setting], seeds: list[int], metric: str, out: Path, overrides: list[str]
+    settings: list[Setting], seeds: list[int], metric: str, out: Path, overrides: list[str], lock: int
 ) -> tuple[list[Setting], int]:
     """Each setting's reruns at `seeds`, trained where they lack (one multirun for the settings that lack
     the same seeds: usually all of them, or none), and how many were trained now."""
@@ -350,7 +353,7 @@ def confirm_settings(
             )
     trained_now = 0
     for missing, group in lacking.items():
-        rerun(group, list(missing), out, overrides)
+        rerun(group, list(missing), out, overrides, lock)
         trained_now += len(missing) * len(group)
     confirmed = []
     for setting in settings:
@@ -434,8 +437,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         candidates = best_per(runs, args.best_per, sort_key(metric, False)) if args.best_per else runs
         settings = top_settings(candidates, metric, args.top)
         seeds = confirmation_seeds(runs, args.seeds)
-        with one_confirmation_at_a_time(out):
-            confirmed, trained_now = confirm_settings(settings, seeds, metric, out, args.overrides)
+        with one_confirmation_at_a_time(out) as lock:
+            confirmed, trained_now = confirm_settings(settings, seeds, metric, out, args.overrides, lock)
     except (ConfirmError, StudyError, UsageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

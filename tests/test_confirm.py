@@ -1,13 +1,22 @@
 """Confirming a sweep's best settings over fresh seeds: the statistics, the rerun configs, the CLI."""
 
+import fcntl
 import math
+import os
 import shutil
 import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import optuna
 import pytest
 import yaml
-from helpers.cli import read_json, run_cli, tiny_data_overrides
+from helpers.cli import cli_env, read_json, run_cli, tiny_data_overrides
+from helpers.servers import process_state, wait_until
 from scipy import stats
 
 from src.seed_statistics import estimate, paired, seeds_needed
@@ -315,11 +324,9 @@ def test_on_the_batched_launcher_the_reruns_of_all_settings_are_one_batch_with_t
 def test_a_confirmation_into_a_directory_another_one_is_training_into_stops_in_one_line(two_runs):
     """Two confirmations into one directory would train the same reruns at once, and each would remove the
     other's unfinished runs as interrupted: the second one stops before it touches anything."""
-    from filelock import FileLock
-
     out = two_runs / "runs-confirmation"
     out.mkdir()
-    with FileLock(out / ".confirm.lock"):  # held as a running confirmation holds it
+    with locked(out / ".confirm.lock"):  # held as a running confirmation holds it
         busy = run_cli("src.confirm", "runs", "--seeds", "2", cwd=two_runs)
     assert busy.returncode == 2
     assert busy.stderr.strip() == (
@@ -329,6 +336,68 @@ def test_a_confirmation_into_a_directory_another_one_is_training_into_stops_in_o
     assert not list(out.glob("setting-*")) and not (out / "confirmation.yaml").exists()
     done = run_cli("src.confirm", "runs", "--seeds", "2", cwd=two_runs)  # once it has ended
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_a_confirmation_killed_alone_keeps_its_directory_locked_until_its_reruns_end(two_runs):
+    """SIGKILL of confirm's own process leaves its reruns' process running, writing into the directory: a
+    confirmation started then would remove those unfinished runs. The reruns hold the lock until they end."""
+    out = two_runs / "runs-confirmation"
+    confirm = subprocess.Popen(
+        [sys.executable, "-m", "src.confirm", "runs", "--seeds", "2"],
+        cwd=two_runs,
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    reruns = []
+    deadline = time.monotonic() + 120
+    while not reruns and time.monotonic() < deadline:
+        reruns = running(f"--config-dir {out.resolve()}")
+        time.sleep(0.05)
+    assert reruns, "the reruns' process never started"
+    confirm.kill()
+    confirm.wait()
+    assert set(reruns) <= set(running(f"--config-dir {out.resolve()}"))  # importing torch or training
+    with pytest.raises(BlockingIOError), locked(out / ".confirm.lock"):
+        pass
+    while running(f"--config-dir {out.resolve()}") and time.monotonic() < deadline:
+        time.sleep(0.2)  # the reruns' process and any it forked
+    # Free once they have ended (the kernel closes an exiting process's last files a moment later).
+    wait_until(lambda: is_free(out / ".confirm.lock"), 10, "the lock after the reruns ended")
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive flock on path, as confirm takes it, or BlockingIOError when it is held."""
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield
+    finally:
+        os.close(descriptor)
+
+
+def is_free(path: Path) -> bool:
+    try:
+        with locked(path):
+            return True
+    except BlockingIOError:
+        return False
+
+
+def running(text: str) -> list[int]:
+    """The processes whose command line holds `text`, not ended (PID 1 here may not reap an orphan)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (
+                (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode() if entry.name.isdigit() else ""
+            )
+        except OSError:
+            continue
+        if text in command and process_state(int(entry.name)) not in (None, "Z"):
+            found.append(int(entry.name))
+    return found
 
 
 def test_reruns_that_trained_other_data_than_the_sweep_give_no_verdict(two_runs):
