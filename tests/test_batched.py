@@ -32,6 +32,7 @@ from helpers.cli import (
     run_cli,
     tiny_data_overrides,
 )
+from helpers.servers import live_processes_of_session
 from helpers.sweeps import check_pruned_trials, load_study, optuna_sweep_args, run_pruning_sweep, trial_dirs
 from helpers.workers import storage_for
 from hydra.core.hydra_config import HydraConfig
@@ -923,19 +924,6 @@ def loads_torch(pid: int) -> bool:
 def process_state(pid: int) -> str:
     """R, S, Z (ended, not yet reaped), ... from /proc."""
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-
-
-def live_processes_of_session(session: int) -> list[int]:
-    """Processes of a session that are not zombies (this container's PID 1 does not reap orphans)."""
-    live = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == session and fields[0] != "Z":
-            live.append(int(stat.parent.name))
-    return live
 
 
 @pytest.mark.slow

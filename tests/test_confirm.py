@@ -7,7 +7,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,7 +15,7 @@ import optuna
 import pytest
 import yaml
 from helpers.cli import cli_env, read_json, run_cli, tiny_data_overrides
-from helpers.servers import process_state, wait_until
+from helpers.servers import live_processes_of_session, wait_until
 from scipy import stats
 
 from src.seed_statistics import estimate, paired, seeds_needed
@@ -348,20 +347,20 @@ def test_a_confirmation_killed_alone_keeps_its_directory_locked_until_its_reruns
         env=cli_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its reruns' process, and any that one forks, are of its session
     )
-    reruns = []
-    deadline = time.monotonic() + 120
-    while not reruns and time.monotonic() < deadline:
-        reruns = running(f"--config-dir {out.resolve()}")
-        time.sleep(0.05)
-    assert reruns, "the reruns' process never started"
+
+    def reruns() -> list[int]:
+        return [pid for pid in live_processes_of_session(confirm.pid) if pid != confirm.pid]
+
+    wait_until(lambda: bool(reruns()), 120, "the reruns' process")
+    started = reruns()
     confirm.kill()
     confirm.wait()
-    assert set(reruns) <= set(running(f"--config-dir {out.resolve()}"))  # importing torch or training
+    assert set(started) <= set(reruns())  # importing torch or training
     with pytest.raises(BlockingIOError), locked(out / ".confirm.lock"):
         pass
-    while running(f"--config-dir {out.resolve()}") and time.monotonic() < deadline:
-        time.sleep(0.2)  # the reruns' process and any it forked
+    wait_until(lambda: not reruns(), 120, "the end of the reruns")
     # Free once they have ended (the kernel closes an exiting process's last files a moment later).
     wait_until(lambda: is_free(out / ".confirm.lock"), 10, "the lock after the reruns ended")
 
@@ -383,21 +382,6 @@ def is_free(path: Path) -> bool:
             return True
     except BlockingIOError:
         return False
-
-
-def running(text: str) -> list[int]:
-    """The processes whose command line holds `text`, not ended (PID 1 here may not reap an orphan)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            command = (
-                (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode() if entry.name.isdigit() else ""
-            )
-        except OSError:
-            continue
-        if text in command and process_state(int(entry.name)) not in (None, "Z"):
-            found.append(int(entry.name))
-    return found
 
 
 def test_reruns_that_trained_other_data_than_the_sweep_give_no_verdict(two_runs):

@@ -65,6 +65,19 @@ def process_state(pid: int) -> str | None:
         return None
 
 
+def live_processes_of_session(session: int) -> list[int]:
+    """Processes of a session that are not zombies (this container's PID 1 does not reap orphans)."""
+    live = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == session and fields[0] != "Z":
+            live.append(int(stat.parent.name))
+    return live
+
+
 def stop_process(process: subprocess.Popen, timeout: float = 20) -> None:
     if process.poll() is None:
         process.terminate()
