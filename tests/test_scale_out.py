@@ -265,7 +265,7 @@ def test_workers_given_one_sweep_directory_write_each_trial_into_a_directory_of_
     logs = [(tmp_path / f"worker{i}.log").read_text() for i in range(2)]
     assert codes == [0, 0], "\n\n".join(log[-3000:] for log in logs)
     done = [t for t in load().trials if t.state.is_finished()]
-    assert len(done) >= 8 and all(t.state == TrialState.COMPLETE for t in done)
+    assert 8 <= len(done) <= 8 + 1 and all(t.state == TrialState.COMPLETE for t in done)  # not a batch over
     assert len({t.user_attrs["worker"] for t in done}) == 2, "both workers ran trials"
     run_dirs = [tmp_path / t.user_attrs["run_dir"] for t in done]
     assert len(set(run_dirs)) == len(run_dirs) and {d.parent for d in run_dirs} == {shared}

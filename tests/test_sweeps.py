@@ -1115,3 +1115,34 @@ def test_numbered_job_directories_are_claimed_so_that_no_two_processes_get_one(t
         (tmp_path / "s" / name).mkdir()
     # a sweep run again into its directory: trial_0 and trial_1 stay (before, its jobs began again at 0)
     assert first_number("trial_${hydra.job.num}") == 2
+
+
+def test_workers_that_count_the_study_at_once_overshoot_n_trials_by_one_trial_each_not_a_batch(tmp_path):
+    """Two workers with n_jobs=10 counted a study of 20 finished trials of n_trials=30 at the same instant:
+    each asked a batch of 10, and the study ended with 40 trials (measured with two batched workers on one
+    SQLite study). Each now stops asking once the trials made since its count fill what was left."""
+    from hydra_plugins.optuna_pruning_sweeper.sweeper import AskBudget
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="s", storage=url)
+    for _ in range(20):
+        study.tell(study.ask(), 1.0)
+    study.enqueue_trial({"x": 0.5})  # a retry queued before the count: the count leaves room for it
+    counted = len(study.get_trials(deepcopy=False))
+    workers = [optuna.load_study(study_name="s", storage=url) for _ in range(2)]
+    budget = AskBudget(size=10, new=9, counted=counted)  # n_trials=30: 20 finished, 1 queued
+    asked: list[list[int]] = [[], []]
+    asking = [True, True]
+    while any(asking):  # the workers' asks interleaved, one each in turn
+        for i, worker in enumerate(workers):
+            if asking[i]:
+                asked[i].append(worker.ask().number)
+                asking[i] = not budget.filled(asked[i])
+    assert asked[0][0] == counted - 1  # the queued trial was taken first
+    made = len(study.get_trials(deepcopy=False)) - counted
+    assert made == 9 + len(workers) - 1  # one trial over what was left, per further worker
+    assert sorted(map(len, asked)) == [5, 6]
+
+    assert AskBudget(size=3, new=10, counted=5).filled([5, 6, 7])  # n_jobs caps the batch
+    assert not AskBudget(size=3, new=0, counted=5).filled([2, 3])  # queued trials are taken up to size
+    assert AskBudget(size=3, new=0, counted=5).filled([2, 5])  # ... but none of them was left for this one

@@ -24,6 +24,7 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -224,6 +225,27 @@ def typed_value(text: Any) -> Any:
     return value if isinstance(value, int | float | bool) else text
 
 
+@dataclass(frozen=True)
+class AskBudget:
+    """What a worker may ask after one count of the study, when it held `counted` trials: up to `size`
+    trials (n_jobs, or what n_trials leaves), of which `new` may be new ones; the others are the trials
+    queued to run again (retries), which the count left room for. Other workers may ask theirs meanwhile:
+    Optuna numbers a study's trials in the order they are made, so a trial's number tells how many were made
+    since the count, by any worker. Asking stops once a new trial of this worker's finds those fill `new`:
+    workers that count at the same instant overshoot n_trials by at most one trial each, not by a batch
+    each (two batched workers of n_jobs=10 used to end a 30-trial study with 40)."""
+
+    size: int
+    new: int
+    counted: int
+
+    def filled(self, asked_numbers: Sequence[int]) -> bool:
+        if len(asked_numbers) >= self.size:
+            return True
+        newest = asked_numbers[-1]
+        return newest >= self.counted and newest + 1 - self.counted >= self.new
+
+
 def counts_toward_n_trials(trial: FrozenTrial) -> bool:
     """Trials that ran to an end: complete, pruned or failed on their own (not interrupted)."""
     return trial.state.is_finished() and not trial.user_attrs.get(INTERRUPTED)
@@ -294,8 +316,8 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
         )
         with Heartbeats(study._storage, self.heartbeat_interval) as heartbeats:
             waiting_logged = False
-            while (batch_size := self._trials_to_ask(study)) is not None:
-                if batch_size == 0:
+            while (budget := self._trials_to_ask(study)) is not None:
+                if budget.size == 0:
                     if not waiting_logged:
                         log.info("Waiting for the other workers' running trials to finish")
                         waiting_logged = True
@@ -303,7 +325,7 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
                     continue
                 waiting_logged = False
                 self._run_batch(
-                    study, batch_size, distributions, fixed_params, fixed_overrides, worker, heartbeats
+                    study, budget, distributions, fixed_params, fixed_overrides, worker, heartbeats
                 )
                 self._check_failure_rate(study)
         self._report(study)
@@ -394,22 +416,23 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
         self.seeding = f"seed {seed} and the trial number"
         return SeedPerTrialSampler(make, seed)
 
-    def _trials_to_ask(self, study: optuna.Study) -> int | None:
-        """How many trials to ask now: None when the study is done (n_trials finished, none running),
-        0 when only other workers' trials are left running (one of them may yet have to run again)."""
+    def _trials_to_ask(self, study: optuna.Study) -> AskBudget | None:
+        """What to ask now: None when the study is done (n_trials finished, none running), a budget of
+        size 0 when only other workers' trials are left running (one of them may yet have to run again)."""
         fail_dead_trials(study, self.grace_period)
         trials = study.get_trials(deepcopy=False)
         finished = sum(map(counts_toward_n_trials, trials))
         running = sum(t.state == TrialState.RUNNING for t in trials)
+        queued = sum(t.state == TrialState.WAITING for t in trials)
         to_go = self.n_trials - finished - running
         if to_go > 0:
-            return min(self.n_jobs, to_go)
-        return 0 if running else None
+            return AskBudget(min(self.n_jobs, to_go), to_go - queued, len(trials))
+        return AskBudget(0, 0, len(trials)) if running else None
 
     def _run_batch(
         self,
         study: optuna.Study,
-        batch_size: int,
+        budget: AskBudget,
         distributions: dict[str, BaseDistribution],
         fixed_params: dict[str, Any],
         fixed_overrides: list[str],
@@ -419,7 +442,7 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
         if reason := unwritable_reason(Path(self.sweep_dir)):  # before any trial is asked for it
             raise SweepError(f"hydra.sweep.dir={self.sweep_dir} cannot be written: {reason}")
         trials = []
-        for _ in range(batch_size):
+        for _ in range(budget.size):
             # Optuna expects heartbeats inside optimize() only; this loop records them itself.
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
@@ -427,6 +450,13 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
             heartbeats.add(trial._trial_id)
             claim(study, trial, worker)
             trials.append(trial)
+            if budget.filled([t.number for t in trials]):
+                break
+        if len(trials) < budget.size:
+            log.info(
+                f"Asked {len(trials)} of {budget.size} trials: other workers' new trials fill "
+                f"n_trials={self.n_trials}"
+            )
         claimed: NumberedDirectories | None = None  # the batch's directories, once made
         try:
             overrides = [
