@@ -20,8 +20,10 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         temporary.unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno is not None:  # named by its file, not the temporary's
+            raise OSError(error.errno, error.strerror, str(path)) from error
         raise
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
@@ -27,8 +28,9 @@ from hydra_plugins.optuna_pruning_sweeper.job_dirs import (
 from src import conf_files
 from src.config import validate
 from src.cpu_share import CpuShare, job_cpus
+from src.directories import discard_if_never_started
 from src.errors import ConfigError, UserInputError
-from src.grid_jobs import grid_jobs, numbered_as_job
+from src.grid_jobs import BASIC_SWEEPER, grid_jobs, numbered_as_job
 from src.mnist_files import training_images
 from src.run_record import METRICS_JSON
 from src.sweep_process import name_sweep_process
@@ -173,6 +175,25 @@ class CheckConfigFirst(Callback):
         if config.hydra.launcher.get("_target_") in IN_PROCESS_LAUNCHERS:
             # This process will train the jobs: other workers starting now count it from their first job.
             CpuShare(job_cpus()).register()
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """A plain grid whose jobs train in this process stops before a job when the file system its
+        directory is on has filled up since the grid started (the Optuna sweeper checks before each batch).
+        Before, the next job ended the grid with Hydra's traceback of a half-written `.hydra/`, or its
+        training failed on its first metrics file. The job's directory, which Hydra has just made, goes."""
+        hydra = config.hydra
+        if hydra.mode != RunMode.MULTIRUN or hydra.sweeper.get("_target_") != BASIC_SWEEPER:
+            return
+        if hydra.launcher.get("_target_") != BASIC_LAUNCHER:
+            return  # joblib and SLURM jobs run in processes of their own; a batch trains after them all
+        if reason := unwritable_reason(Path(hydra.runtime.output_dir)):  # made by Hydra: absolute
+            discard_if_never_started(Path(hydra.runtime.output_dir), in_date_directory=False)
+            print(
+                f"error: hydra.sweep.dir={hydra.sweep.dir} cannot be written: {reason}; the grid stopped "
+                f"before job {hydra.job.num} (the jobs before it have their results)",
+                file=sys.stderr,
+            )
+            raise SystemExit(1)
 
     @staticmethod
     def _check(config: DictConfig, check_directory: Callable[[DictConfig], None] | None = None) -> None:

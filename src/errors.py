@@ -1,5 +1,6 @@
 """Errors caused by what the user asked for: reported as one line, never as a traceback."""
 
+import errno
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -20,6 +21,11 @@ class DataError(UserInputError):
 
 class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite: the run stops at once."""
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """A write refused for want of space (or of the user's quota)."""
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 @contextmanager

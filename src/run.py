@@ -35,6 +35,7 @@ from src.rerun import given_overrides
 from src.run_files import save_weights, write_summary
 from src.run_record import (
     EPOCH_RESULTS,
+    METRICS_JSON,
     STATUS_COMPLETED,
     STATUS_FAILED,
     STATUS_INTERRUPTED,
@@ -279,11 +280,29 @@ def finishing_run(
                     f"{type(error).__name__}: {error} ({free_kb} kB free in {context.run_dir})"
                 )
                 context.log.error("weights not saved: %s", end.summary[Summary.WEIGHTS_ERROR])
-        write_summary(context.run_dir, end.summary)
+        summary_error = write_summary_or_log(context, end.summary)
+        unwritten = summary_error is not None and status == STATUS_COMPLETED  # else one is being raised
+        if unwritten:  # the run fails: its directory holds no outcome
+            status, reason = STATUS_FAILED, f"{METRICS_JSON} not written: {summary_error}"
+            end.summary.update({Summary.STATUS: status, Summary.REASON: reason})
         for callback in callbacks:
             callback.on_run_end(status)
-        if context.trial is not None:
+        if context.trial is not None:  # the study keeps the outcome even when metrics.json could not
             set_trial_attrs(
                 context.trial.storage, context.trial._trial_id, {key: end.summary[key] for key in TRIAL_ATTRS}
             )
         context.log.info("%s: %s", status, context.run_dir)
+        if unwritten:
+            raise summary_error
+
+
+def write_summary_or_log(context: RunContext, summary: dict[str, Any]) -> OSError | None:
+    """Write metrics.json; when it cannot be written (a full disk), log why and return the error, so that the
+    run still ends its callbacks and records its outcome on its trial."""
+    try:
+        write_summary(context.run_dir, summary)
+    except OSError as error:
+        free_kb = shutil.disk_usage(context.run_dir).free // 1024
+        context.log.error("%s not written: %s (%d kB free)", METRICS_JSON, error, free_kb)
+        return error
+    return None

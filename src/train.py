@@ -7,9 +7,6 @@ config is checked even before Hydra writes anything (src.callbacks.CheckConfigFi
 values its sweeper chose, here.
 """
 
-import contextlib
-import logging
-import shutil
 import sys
 from pathlib import Path
 
@@ -24,11 +21,10 @@ from hydra_plugins.batched_launcher.launcher import start_before_hydra
 from src.command_line import check_command_line
 from src.config import EXECUTION_WHITELIST, validate
 from src.deferred_job import DeferredJob
-from src.directories import TIMESTAMP
-from src.errors import TrainingDiverged, UserInputError
+from src.directories import TIMESTAMP, discard_if_never_started
+from src.errors import TrainingDiverged, UserInputError, is_disk_full
 from src.fast_exit import run_then_exit
 from src.interrupts import report_interrupts_in_one_line
-from src.run_record import HYDRA_DIR
 from src.sweep_process import stopped_when_sweep_process_ends
 
 
@@ -60,19 +56,11 @@ def main(cfg: DictConfig) -> float:
                 )
             sys.exit(2 if isinstance(error, UserInputError) else 1)
         raise  # in a sweep, the sweeper records the job as failed and goes on
-
-
-def discard_if_never_started(run_dir: Path, in_date_directory: bool) -> None:
-    """Remove a run directory that holds nothing but what Hydra wrote before the run (.hydra/, the log):
-    input found bad only once the run read it (a corrupt data file) leaves no empty run behind. Its parent
-    goes too when it is the date directory `${unique_timestamp:}` made for it and nothing else is there;
-    a parent the user named (`hydra.run.dir=mine/run1`) stays."""
-    if run_dir.is_dir() and all(p.name == HYDRA_DIR or p.suffix == ".log" for p in run_dir.iterdir()):
-        logging.shutdown()  # the log file is closed before it is removed
-        shutil.rmtree(run_dir, ignore_errors=True)
-        if in_date_directory:
-            with contextlib.suppress(OSError):  # not empty: other runs of that day
-                run_dir.parent.rmdir()
+    except OSError as error:
+        if HydraConfig.get().mode != RunMode.RUN or not is_disk_full(error):
+            raise
+        print(f"error: the run stopped, its file system is full: {error}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Sweeps through the real CLI on the tiny MNIST: Optuna study, plain grid, resume, failures, joblib."""
 
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -757,6 +758,35 @@ def test_a_plain_sweep_into_a_directory_with_runs_is_refused_unless_overwrite(ti
     assert files_of(tmp_path / "grid") == before
     assert run_cli("src.train", *grid, "scheduler.gamma=0.2,0.3", "overwrite=true").returncode == 0
     assert sorted(composed(d)["scheduler"]["gamma"] for d in trial_dirs(tmp_path / "grid")) == [0.2, 0.3]
+
+
+def test_a_plain_grid_stops_in_one_line_before_the_job_a_filling_disk_has_no_room_for(
+    tiny_mnist, small_filesystem
+):
+    """Before, its later jobs ran on the full disk: their weights were not saved (`weights_error`), and
+    once Hydra could not write a job's .hydra/ the grid ended with its traceback, that job's directory
+    half-made."""
+    import shutil
+
+    disk = small_filesystem("2m")
+    (disk / "filler").write_bytes(b"\0" * (shutil.disk_usage(disk).free - (1 << 20) - 300_000))
+    sweep = disk / "grid"
+    grid = ["--multirun", f"hydra.sweep.dir={sweep}", *tiny_data_overrides(tiny_mnist), "trainer.epochs=1"]
+    weights_of_400_kb = ["model=mlp", "model.hidden_sizes=[128]", "logger=none"]
+    result = run_cli("src.train", *grid, *weights_of_400_kb, "optimizer.lr=0.01,0.02,0.03,0.04")
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert re.fullmatch(
+        f"error: hydra.sweep.dir={re.escape(str(sweep))} cannot be written: its file system has [0-9]+ kB "
+        r"free, less than the 1 MB a run needs; the grid stopped before job 1 "
+        r"\(the jobs before it have their results\)",
+        line,
+    )
+    assert sorted(d.name for d in sweep.iterdir() if d.is_dir()) == ["0"]  # job 1's directory is gone
+    metrics = read_json(sweep / "0" / "metrics.json")
+    assert metrics["status"] == "completed" and "weights_error" not in metrics
+    assert (sweep / "0" / "model.pt").exists()
 
 
 BAD_STORAGES = [

@@ -554,6 +554,40 @@ def test_a_run_into_a_read_only_or_full_file_system_stops_with_one_line_before_w
         assert not (disk / "run").exists()
 
 
+def test_a_disk_that_fills_up_during_training_stops_the_run_with_one_line_naming_the_file(
+    tiny_mnist, small_filesystem
+):
+    """Before: three chained tracebacks, each naming a temporary file (`.metrics.csv.PID-HEX.tmp`)."""
+    disk = small_filesystem("2m")
+    run_dir = disk / "run"
+    slow_epochs = ["trainer.epochs=30", "trainer.batch_size=1", "logger=none", "trainer.prefix_cache=null"]
+    command = [sys.executable, "-m", "src.train", f"hydra.run.dir={run_dir}", *slow_epochs]
+    run = subprocess.Popen(
+        [*command, *tiny_data_overrides(tiny_mnist)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 300
+    while not (run_dir / METRICS_CSV).exists() and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    # another program fills the disk once the first epoch is written
+    with open(disk / "filler", "wb") as filler, pytest.raises(OSError, match="No space left on device"):
+        while True:
+            filler.write(b"\0" * 65536)
+            filler.flush()
+    stdout, stderr = run.communicate(timeout=300)
+    assert run.returncode == 1, stderr.decode()[-3000:]
+    assert "Traceback" not in stderr.decode()
+    assert stderr.decode().strip().splitlines()[-1] == (
+        "error: the run stopped, its file system is full: [Errno 28] No space left on device: "
+        f"'{run_dir / METRICS_CSV}'"
+    )
+    epochs = (run_dir / METRICS_CSV).read_text().splitlines()[1:]
+    assert 1 <= len(epochs) < 30 and not list(run_dir.glob(".*.tmp"))  # the epochs written before it stopped
+    assert (
+        f"metrics.json not written: [Errno 28] No space left on device: '{run_dir / 'metrics.json'}'"
+        in (stdout + stderr).decode()
+    )
+
+
 def test_a_disk_that_fills_up_before_the_weights_still_leaves_the_run_outcome(tiny_mnist, small_filesystem):
     disk = small_filesystem("1100k")  # room for the run's files, not for a 3 MB model.pt
     run_dir = disk / "run"
