@@ -245,6 +245,25 @@ def confirmation_seeds(runs: Sequence[Run], count: int) -> list[int]:
     return seeds
 
 
+def consecutive(seeds: list[int]) -> bool:
+    """They are, unless a resume left some out."""
+    return seeds == list(range(seeds[0], seeds[-1] + 1))
+
+
+def seeds_override(seeds: list[int]) -> str:
+    """The seeds as a sweep's value: `range(a,b)` when they are consecutive, which a command line holds
+    however many they are (a list of 20,000 seeds exceeded the 128 kB an argument may have: a traceback)."""
+    if len(seeds) > 2 and consecutive(seeds):
+        return f"range({seeds[0]},{seeds[-1] + 1})"
+    return ",".join(map(str, seeds))
+
+
+def described_seeds(seeds: list[int]) -> str:
+    if len(seeds) > 10 and consecutive(seeds):
+        return f"{seeds[0]} to {seeds[-1]}"
+    return ", ".join(map(str, seeds))
+
+
 def setting_id(setting: Setting) -> str:
     return hashlib.sha256(repr(sorted(setting.params.items())).encode()).hexdigest()[:8]
 
@@ -285,7 +304,7 @@ def rerun(settings: list[Setting], seeds: list[int], out: Path, overrides: list[
         write_rerun_config(out / RERUN_CONFIGS / RERUN_GROUP / f"{directory.name}.yaml", config)
         options.append(directory.name)
         print(
-            f"{relative(directory)}: seeds {', '.join(map(str, seeds))} (as {relative(source)})",
+            f"{relative(directory)}: seeds {described_seeds(seeds)} (as {relative(source)})",
             file=sys.stderr,
         )
     command = [
@@ -296,7 +315,7 @@ def rerun(settings: list[Setting], seeds: list[int], out: Path, overrides: list[
         "--config-dir",
         str((out / RERUN_CONFIGS).resolve()),
         f"+{RERUN_GROUP}={','.join(options)}",
-        f"{SEED_KEY}={','.join(map(str, seeds))}",
+        f"{SEED_KEY}={seeds_override(seeds)}",
         f"trainer.prefix_cache={override_value(str((out / '.prefix_cache').resolve()))}",
         f"hydra.sweep.dir={override_value(str(out))}",
         "overwrite=true",
@@ -348,7 +367,7 @@ def confirm_settings(
             lacking.setdefault(tuple(missing), []).append(setting)
         else:
             print(
-                f"{relative(directory)}: seeds {', '.join(map(str, seeds))} already completed",
+                f"{relative(directory)}: seeds {described_seeds(seeds)} already completed",
                 file=sys.stderr,
             )
     trained_now = 0

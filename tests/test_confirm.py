@@ -61,6 +61,23 @@ def test_the_seeds_needed_are_the_fewest_that_reach_80_percent_power():
     )
 
 
+def test_the_seeds_of_the_reruns_stay_one_short_argument_however_many_they_are():
+    """`--seeds 30000` wrote all 30,000 into one argument, more than the 128 kB Linux allows one: a traceback
+    (`OSError: [Errno 7] Argument list too long`) before anything ran."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from src.confirm import seeds_override
+
+    def as_hydra_sweeps(value: str) -> list:
+        (override,) = OverridesParser.create().parse_overrides([f"trainer.seed={value}"])
+        return list(override.sweep_iterator())
+
+    many = list(range(1, 30_001))
+    assert seeds_override(many) == "range(1,30001)" and as_hydra_sweeps(seeds_override(many)) == many
+    for seeds in ([0, 1, 2, 3, 4], [2, 4], [1, 2], [3, 7, 8]):  # a resume may leave gaps
+        assert as_hydra_sweeps(seeds_override(seeds)) == seeds
+
+
 def test_a_rerun_config_composes_the_config_a_sweep_trial_ran_with(tiny_mnist, tmp_path):
     """The preset's own task values come back without its sweeper, the groups' options as chosen (not the
     defaults), and quotes in values survive: `src.train --config-dir` with the file composes the saved
