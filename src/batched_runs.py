@@ -686,8 +686,11 @@ class StackedGroup:
         weights.load_state_dict(self.stacked.trial_state(self.in_stack.index(position)))
         trial.end.model = weights
         if stop is None:
-            trial.finishing.__exit__(None, None, None)
-            trial.outcome = trial.end.summary[trial.run.cfg.optimized_metric]
+            try:
+                trial.finishing.__exit__(None, None, None)
+                trial.outcome = trial.end.summary[trial.run.cfg.optimized_metric]
+            except Exception as error:  # its metrics.json not written (a full disk): this trial fails alone
+                trial.outcome = error
         else:
             trial.finishing.__exit__(type(stop), stop, stop.__traceback__)
             trial.outcome = stop

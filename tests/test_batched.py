@@ -394,6 +394,28 @@ def test_a_pruned_trial_and_a_diverging_one_leave_the_group_and_the_others_train
     ).read_text()
 
 
+def test_a_trial_whose_metrics_json_cannot_be_written_fails_alone_and_its_study_trial_says_why(
+    tiny_mnist, tmp_path
+):
+    """Before, the error of writing one trial's metrics.json (a full disk) left the batch's other trials
+    without their outcomes."""
+    study = optuna.create_study(direction="maximize")
+    settings = [
+        [f"optimizer.lr={lr}", "trainer.epochs=2", "trainer.stacking=always"] for lr in (1e-3, 2e-3, 3e-3)
+    ]
+    runs = in_process_runs(tiny_mnist, tmp_path, settings, study)
+    (tmp_path / "run1" / "metrics.json").mkdir(parents=True)  # a directory where the file goes: it fails
+    outcomes = BatchedRun.run_together(runs, BatchSettings())
+
+    assert isinstance(outcomes[1], IsADirectoryError)
+    assert str(tmp_path / "run1" / "metrics.json") in str(outcomes[1])  # named by the file, not a temporary
+    assert study.trials[1].user_attrs["status"] == "failed"  # the study has the outcome metrics.json lacks
+    assert not list((tmp_path / "run1").glob(".*.tmp"))
+    for index in (0, 2):
+        summary = read_json(tmp_path / f"run{index}" / "metrics.json")
+        assert summary["status"] == "completed" and outcomes[index] == summary["val_acc"]
+
+
 def test_a_trial_whose_class_refuses_its_arguments_fails_alone_and_the_others_train_stacked(
     tiny_mnist, tmp_path
 ):
