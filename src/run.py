@@ -275,9 +275,8 @@ def finishing_run(
             try:
                 save_weights(context.run_dir, end.model)
             except (OSError, RuntimeError) as error:  # a full disk (torch's zip writer raises RuntimeError)
-                free_kb = shutil.disk_usage(context.run_dir).free // 1024
                 end.summary[Summary.WEIGHTS_ERROR] = (
-                    f"{type(error).__name__}: {error} ({free_kb} kB free in {context.run_dir})"
+                    f"{type(error).__name__}: {error} ({free_space(context.run_dir)})"
                 )
                 context.log.error("weights not saved: %s", end.summary[Summary.WEIGHTS_ERROR])
         summary_error = write_summary_or_log(context, end.summary)
@@ -302,7 +301,11 @@ def write_summary_or_log(context: RunContext, summary: dict[str, Any]) -> OSErro
     try:
         write_summary(context.run_dir, summary)
     except OSError as error:
-        free_kb = shutil.disk_usage(context.run_dir).free // 1024
-        context.log.error("%s not written: %s (%d kB free)", METRICS_JSON, error, free_kb)
+        context.log.error("%s not written: %s (%s)", METRICS_JSON, error, free_space(context.run_dir))
         return error
     return None
+
+
+def free_space(run_dir: Path) -> str:
+    """What a refused write left, for its message: a full disk is the usual reason."""
+    return f"{shutil.disk_usage(run_dir).free // 1024} kB free in {run_dir}"

@@ -441,8 +441,8 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
     ) -> None:
         if reason := unwritable_reason(Path(self.sweep_dir)):  # before any trial is asked for it
             raise SweepError(f"hydra.sweep.dir={self.sweep_dir} cannot be written: {reason}")
-        trials = []
-        for _ in range(budget.size):
+        trials: list[optuna.Trial] = []
+        while not trials or not budget.filled([t.number for t in trials]):
             # Optuna expects heartbeats inside optimize() only; this loop records them itself.
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
@@ -450,8 +450,6 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
             heartbeats.add(trial._trial_id)
             claim(study, trial, worker)
             trials.append(trial)
-            if budget.filled([t.number for t in trials]):
-                break
         if len(trials) < budget.size:
             log.info(
                 f"Asked {len(trials)} of {budget.size} trials: other workers' new trials fill "
