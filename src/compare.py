@@ -322,10 +322,18 @@ def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence]) -> No
         raise UsageError(f"--csv {path}: cannot write it ({error.strerror or error})") from None
 
 
+IMAGE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
+
+
 def make_plot_directory(path: Path) -> None:
     """--plot's directory; UsageError when it cannot be made."""
     if path.exists() and not path.is_dir():
         raise UsageError(f"--plot {path}: a file, not a directory")
+    if not path.exists() and path.suffix.lower() in IMAGE_SUFFIXES:
+        raise UsageError(
+            f"--plot {path}: names a file, but --plot takes a directory to write several PNG files into "
+            f"(--plot {path.parent})"
+        )
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:

@@ -229,13 +229,18 @@ def test_runs_that_failed_before_any_epoch_are_listed_by_a_metric_none_of_them_h
 def test_a_plot_directory_that_cannot_be_made_is_one_line_before_anything_is_printed(runs_root, tmp_path):
     a_file = tmp_path / "figures"
     a_file.write_text("not a directory\n")
-    cases = ((a_file, "a file, not a directory"), (a_file / "sub", "cannot make the directory"))
+    cases = (
+        (a_file, "a file, not a directory"),
+        (a_file / "sub", "cannot make the directory"),
+        (tmp_path / "figure.png", "names a file, but --plot takes a directory"),
+    )
     for target, reason in cases:
         result = compare(runs_root, "--plot", str(target))
         assert result.returncode == 2 and not result.stdout, result.stdout
         (line,) = result.stderr.strip().splitlines()
         assert line.startswith(f"error: --plot {target}: {reason}"), line
     assert a_file.read_text() == "not a directory\n"
+    assert not (tmp_path / "figure.png").exists()
 
 
 def test_a_path_that_is_a_file_is_named_as_such(runs_root, tmp_path):
