@@ -20,9 +20,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
+from optuna.trial import TrialState
 
 from hydra_plugins.optuna_pruning_sweeper.storage import release_interrupted_reads, set_trial_attrs
-from hydra_plugins.optuna_pruning_sweeper.trial_bridge import current_trial
+from hydra_plugins.optuna_pruning_sweeper.trial_bridge import JOB_END, current_trial, job_end
 from src.components import build_model, build_optimizer
 from src.config import EXECUTION_WHITELIST
 from src.cpu_share import CpuShare, job_cpus
@@ -288,11 +289,27 @@ def finishing_run(
             callback.on_run_end(status)
         if context.trial is not None:  # the study keeps the outcome even when metrics.json could not
             set_trial_attrs(
-                context.trial.storage, context.trial._trial_id, {key: end.summary[key] for key in TRIAL_ATTRS}
+                context.trial.storage,
+                context.trial._trial_id,
+                {key: end.summary[key] for key in TRIAL_ATTRS},
+                job_end_attr(cfg, end.summary),
             )
         context.log.info("%s: %s", status, context.run_dir)
         if unwritten:
             raise summary_error
+
+
+def job_end_attr(cfg: DictConfig, summary: dict[str, Any]) -> dict[str, Any]:
+    """How the run ended, as its sweep tells the study (the value this run returns, or pruned, or failed
+    with its reason), recorded on its trial by the run itself for a sweep that ended before telling it
+    (trial_bridge.job_end). An interrupted run records nothing: its trial is to run again."""
+    status, reason = summary[Summary.STATUS], summary[Summary.REASON]
+    if status == STATUS_COMPLETED:
+        return {JOB_END: job_end(TrialState.COMPLETE, [summary[cfg.optimized_metric]])}
+    if status in (STATUS_PRUNED, STATUS_FAILED):
+        state = TrialState.PRUNED if status == STATUS_PRUNED else TrialState.FAIL
+        return {JOB_END: job_end(state, reason=reason)}
+    return {}
 
 
 def write_summary_or_log(context: RunContext, summary: dict[str, Any]) -> OSError | None:

@@ -6,6 +6,8 @@ gone. So the sweep names its process in the environment its children inherit, an
 descendant of that process watches it and interrupts itself (as Ctrl-C would: status `interrupted`, files
 written) once it has ended. A job in the sweep's own process (the basic launcher), or one that is no
 descendant of it (a SLURM job, a run started by hand), is not watched: `nohup` and clusters keep working.
+A watched job takes SIGTERM as its Ctrl-C (src/interrupts.py): a joblib worker ignores both while its sweep's
+process lives, and ends as interrupted once that process has.
 """
 
 import _thread
@@ -17,6 +19,7 @@ import threading
 from collections.abc import Iterator
 
 from hydra_plugins.optuna_pruning_sweeper.processes import process_start_time, read_text
+from src.interrupts import stop_on_sigterm_as_on_ctrl_c
 
 SWEEP_PROCESS_ENV = "STEPLR_SWEEP_PROCESS"  # "<pid>.<start time>" of the process that runs the sweeper
 WATCH_THREAD = "sweep-process-watch"
@@ -59,7 +62,8 @@ def stopped_when_sweep_process_ends() -> Iterator[None]:
         yield
         return
     ended, job_done = threading.Event(), threading.Event()
-    sigint_handler = signal.getsignal(signal.SIGINT)
+    sigint_handler, sigterm_handler = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    stop_on_sigterm_as_on_ctrl_c()  # else a joblib worker dies at once of a SIGTERM sent to the sweep's group
     if sigint_handler is signal.SIG_IGN:
         # joblib's workers ignore Ctrl-C (their sweep handles it); they still do while the sweep lives.
         signal.signal(signal.SIGINT, lambda signum, frame: stop_if(ended))
@@ -72,6 +76,7 @@ def stopped_when_sweep_process_ends() -> Iterator[None]:
     finally:
         job_done.set()
         signal.signal(signal.SIGINT, sigint_handler)
+        signal.signal(signal.SIGTERM, sigterm_handler)
         if ended.is_set():
             logging.shutdown()
             os._exit(130)  # as after Ctrl-C

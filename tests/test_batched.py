@@ -614,6 +614,8 @@ def test_an_optuna_sweep_with_the_batched_launcher_tells_each_trial_its_own_valu
     for trial in completed:
         summary = read_json(REPO / trial.user_attrs["run_dir"] / "metrics.json")  # absolute outside REPO
         assert trial.value == summary["val_acc"]
+        # what the resumed sweep would tell the study, had this one been killed before it did
+        assert trial.system_attrs["job_end"] == {"state": "COMPLETE", "values": [trial.value], "reason": None}
         assert summary["hyperparameters"]["scheduler.gamma"] == pytest.approx(trial.params["scheduler.gamma"])
     compare = run_cli("src.compare", "--study", "steplr", "--storage", storage.split("=", 1)[1])
     assert compare.returncode == 0, compare.stderr
@@ -741,12 +743,24 @@ def test_a_batched_sweep_killed_in_the_middle_of_a_batch_resumes(tiny_mnist, tmp
 
 
 @pytest.mark.slow
-def test_ctrl_c_on_a_batched_sweep_ends_each_trial_of_the_batch_as_interrupted(tiny_mnist, tmp_path):
+@pytest.mark.parametrize(
+    ("signum", "to_group", "line"),
+    [
+        (signal.SIGINT, True, "interrupted (Ctrl-C)"),  # as a terminal sends it
+        # `timeout`, a service manager: before, every process of the batch died at once, no files written
+        (signal.SIGTERM, True, "interrupted (SIGTERM)"),
+        (signal.SIGTERM, False, "interrupted (SIGTERM)"),  # `kill PID`
+    ],
+)
+def test_ctrl_c_or_sigterm_on_a_batched_sweep_ends_each_trial_of_the_batch_as_interrupted(
+    tiny_mnist, tmp_path, signum, to_group, line
+):
     sweep, _ = sweep_in_the_middle_of_a_batch(tiny_mnist, tmp_path, 4, "hydra.launcher.processes=2")
-    os.killpg(sweep.pid, signal.SIGINT)  # as a terminal sends it: to the sweep, its launch process and child
+    # to the group: the sweep, its launch process and that one's child; else the sweep's process forwards it
+    (os.killpg if to_group else os.kill)(sweep.pid, signum)
     assert sweep.wait(120) == -signal.SIGINT  # as Python ends on an uncaught Ctrl-C
     stderr = (tmp_path / "sweep.stderr").read_text()
-    assert "Traceback" not in stderr and stderr.splitlines()[-1] == "interrupted (Ctrl-C)", stderr[-3000:]
+    assert "Traceback" not in stderr and stderr.splitlines()[-1] == line, stderr[-3000:]
     deadline = time.monotonic() + 60
     while live_processes_of_session(sweep.pid):
         assert time.monotonic() < deadline, "a process of the batch outlived the sweep"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers.cli import REPO, cli_env, run_cli, tiny_data_overrides
+from helpers.cli import REPO, cli_env, read_json, run_cli, tiny_data_overrides
 from helpers.sweeps import (
     MEDIAN_PRUNER,
     PRUNING_SWEEP,
@@ -108,6 +108,50 @@ def test_sweep_workers_submitted_as_slurm_jobs_finish_one_study(slurm, tiny_mnis
     check_study_finished_together(trials, 4, 2, tmp_path)
     assert len({t.user_attrs["worker"] for t in trials}) == 2
     assert {threads_logged(tmp_path / t.user_attrs["run_dir"]) for t in trials} == {1}
+
+
+def test_a_sweep_worker_cancelled_in_slurm_ends_its_trial_as_interrupted_and_queues_it_again(
+    slurm, tiny_mnist, tmp_path
+):
+    """scancel (and a job's time limit) sends SIGTERM, then SIGKILL after KillWait. Before, SIGTERM ended the
+    worker at once: its run had no metrics.json and its trial stayed RUNNING until another worker found it
+    stale. Now the worker ends as on Ctrl-C."""
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    command = sweep_command(
+        tiny_mnist,
+        f"hydra.sweeper.storage={storage}",
+        "hydra.sweeper.n_trials=2",
+        "trainer.epochs=500",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    )
+    env = {**cli_env(), "SLURM_CONF": str(slurm.conf)}
+    job = subprocess.run(
+        ["sbatch", "--parsable", "--cpus-per-task=1", "--mem=2G", f"--chdir={tmp_path}",
+         f"--output={tmp_path}/worker.log", f"--wrap={shlex.join(command)}"],
+        capture_output=True, text=True, check=True, env=env,
+    ).stdout.strip()  # fmt: skip
+    run_dir = tmp_path / "sweep" / "0"
+    deadline = time.monotonic() + 600
+    while not (
+        (run_dir / "metrics.csv").exists() and len((run_dir / "metrics.csv").read_text().splitlines()) > 2
+    ):
+        assert time.monotonic() < deadline and job in " ".join(slurm.queue()), "the job never trained"
+        time.sleep(0.5)
+    subprocess.run(["scancel", job], check=True, env=env)
+    while job in " ".join(slurm.queue()):
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    log = (tmp_path / "worker.log").read_text()
+    assert log.splitlines()[-1] == "interrupted (SIGTERM)" and "Traceback" not in log, log[-3000:]
+    metrics = read_json(run_dir / "metrics.json")
+    assert metrics["status"] == "interrupted" and 2 <= metrics["epochs_completed"] < 500
+    trials = optuna.load_study(study_name="steplr", storage=storage).trials
+    assert trials[0].state == optuna.trial.TrialState.FAIL and trials[0].user_attrs["interrupted"]
+    queued = trials[1]  # its parameters, to run again
+    assert (
+        queued.state == optuna.trial.TrialState.WAITING
+        and queued.system_attrs["fixed_params"] == trials[0].params
+    )
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 CPUs to give a run fewer than all")

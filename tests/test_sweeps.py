@@ -179,6 +179,38 @@ def test_killed_sweep_resumes_without_losing_or_repeating_finished_trials(tiny_m
     assert len(trial_dirs(tmp_path / "second")) == 6 - len(completed_before)
 
 
+def test_a_killed_sweep_keeps_the_trials_whose_jobs_ended_before_it_told_the_study(tiny_mnist, tmp_path):
+    """With n_jobs=2 the sweep tells the study after both jobs of a batch. Killed in the second job, the
+    first job's trial was still RUNNING: the resumed sweep takes the outcome that job recorded on it
+    instead of training it again. Before, it failed the trial as interrupted and trained it once more."""
+    extra = ("hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2", "trainer.epochs=300", "logger=none")
+    args = [sys.executable, "-m", "src.train", *optuna_sweep_args(tiny_mnist, tmp_path, "first", *extra)]
+    first = subprocess.Popen(
+        args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    done, running = tmp_path / "first" / "0", tmp_path / "first" / "1"
+    deadline = time.monotonic() + 300
+    while not ((done / "metrics.json").exists() and (running / "metrics.csv").exists()):
+        assert time.monotonic() < deadline and first.poll() is None
+        time.sleep(0.05)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    assert not (running / "metrics.json").exists()
+    assert [t.state for t in load_study(tmp_path).trials] == [TrialState.RUNNING] * 2
+
+    resumed = run_cli("src.train", *args[3:], f"hydra.sweep.dir={tmp_path / 'second'}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after = load_study(tmp_path).trials
+    assert (
+        after[0].state == TrialState.COMPLETE
+        and after[0].value == read_json(done / "metrics.json")["val_acc"]
+    )
+    assert f"Trial 0 completed with {after[0].value:g}, as its job recorded" in resumed.stdout
+    assert after[1].state == TrialState.FAIL and after[1].user_attrs["interrupted"]
+    assert len(after) == 3 and after[2].state == TrialState.COMPLETE and after[2].params == after[1].params
+    assert [p.name for p in trial_dirs(tmp_path / "second")] == ["0"]  # the interrupted trial's rerun only
+
+
 def test_ctrl_c_in_a_batch_keeps_the_run_it_stopped_and_no_directory_of_the_jobs_that_never_started(
     tiny_mnist, tmp_path
 ):
@@ -879,9 +911,12 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
-def test_killing_a_joblib_sweep_stops_its_workers_training(tiny_mnist, tmp_path):
+@pytest.mark.parametrize("stop", ["SIGKILL to the sweep's process", "SIGTERM to its process group"])
+def test_killing_a_joblib_sweep_stops_its_workers_training(tiny_mnist, tmp_path, stop):
     """SIGKILL reaches only the sweep's process: its joblib workers notice within seconds, record their run
-    as interrupted and end, instead of training on for nobody."""
+    as interrupted and end, instead of training on for nobody. SIGTERM to the whole group (`timeout`, a
+    service manager) is the sweep's Ctrl-C, and the workers wait for the sweep's end as on Ctrl-C (before,
+    they died at once and left their runs without metrics.json)."""
     from helpers.workers import start_worker
 
     sweep = start_worker(
@@ -911,8 +946,13 @@ def test_killing_a_joblib_sweep_stops_its_workers_training(tiny_mnist, tmp_path)
             time.sleep(0.5)
         workers = descendants(sweep.pid)
         assert workers
-        os.kill(sweep.pid, signal.SIGKILL)
-        sweep.wait()
+        if stop.startswith("SIGKILL"):
+            os.kill(sweep.pid, signal.SIGKILL)
+            sweep.wait()
+        else:
+            os.killpg(sweep.pid, signal.SIGTERM)
+            assert sweep.wait(120) == -signal.SIGINT  # as on Ctrl-C
+            assert "interrupted (SIGTERM)" in (tmp_path / "sweep.log").read_text().splitlines()
         deadline = time.monotonic() + 30
         while live := {pid for pid in workers if process_start_time(pid) is not None}:
             assert time.monotonic() < deadline, f"workers {live} still run 30 s after their sweep was killed"
@@ -1102,6 +1142,46 @@ def test_a_trial_given_up_before_its_values_were_drawn_is_not_queued_again_and_t
     assert "already was a retry" not in caplog.text
     waiting = study.get_trials(states=(TrialState.WAITING,))
     assert [t.system_attrs["fixed_params"] for t in waiting] == [valued.params]
+
+
+def test_a_trial_whose_job_recorded_its_end_gets_that_outcome_when_given_up(tmp_path, caplog):
+    """A job that ended before its worker could tell the study (the worker killed while the job ran in
+    another process) is not trained again: the sweep that gives it up tells the study what the job
+    recorded. A job that recorded nothing, or nothing the study can take, runs again as before."""
+    from hydra_plugins.optuna_pruning_sweeper.trial_bridge import JOB_END, job_end
+    from hydra_plugins.optuna_pruning_sweeper.workers import give_up
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", direction="maximize")
+    recorded = {
+        "completed": job_end(TrialState.COMPLETE, [92.5]),
+        "pruned": job_end(TrialState.PRUNED, reason="pruned at epoch 2"),
+        "failed": job_end(TrialState.FAIL, reason="TrainingDiverged: the loss is nan"),
+        "not finite": job_end(TrialState.COMPLETE, [float("nan")]),
+        "nothing": None,
+    }
+    trials = {}
+    for name, ended in recorded.items():
+        trials[name] = study.ask()
+        trials[name].suggest_float("x", 0, 1)
+        if ended is not None:
+            study._storage.set_trial_system_attr(trials[name]._trial_id, JOB_END, ended)
+    for trial in trials.values():
+        assert give_up(study, study._storage.get_trial(trial._trial_id), "interrupted: its worker ended")
+    ended = {name: study._storage.get_trial(trial._trial_id) for name, trial in trials.items()}
+    assert ended["completed"].state == TrialState.COMPLETE and ended["completed"].value == 92.5
+    assert ended["pruned"].state == TrialState.PRUNED
+    assert ended["failed"].state == TrialState.FAIL and "interrupted" not in ended["failed"].user_attrs
+    assert ended["failed"].user_attrs["fail_reason"] == "TrainingDiverged: the loss is nan"
+    for name in ("not finite", "nothing"):
+        assert ended[name].state == TrialState.FAIL and ended[name].user_attrs["interrupted"]
+    queued = [t.system_attrs["fixed_params"] for t in study.get_trials(states=(TrialState.WAITING,))]
+    assert queued == [trials["not finite"].params, trials["nothing"].params]
+    number = trials["completed"].number
+    assert (
+        f"Trial {number} completed with 92.5, as its job recorded before its worker could tell" in caplog.text
+    )
+    # Another worker that finds the trial ended already leaves it as it is.
+    assert not give_up(study, study._storage.get_trial(trials["completed"]._trial_id), "stale heartbeat")
 
 
 def test_numbered_job_directories_are_claimed_so_that_no_two_processes_get_one(tmp_path):

@@ -500,7 +500,23 @@ def test_an_explicit_run_directory_with_a_finished_run_is_refused_unless_overwri
     assert "scheduler.gamma=0.5" in read_json(tmp_path / "run" / "metrics.json")["overrides"]
 
 
-def test_ctrl_c_is_recorded_as_interrupted_and_never_ranked_as_completed(tiny_mnist, tmp_path):
+def ignore_ctrl_c() -> None:
+    """What a shell does to a command it starts in the background (`cmd &`, nohup)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize(
+    ("signum", "background", "line"),
+    [
+        (signal.SIGINT, False, "interrupted (Ctrl-C)"),
+        # `kill PID`, `timeout`: before, the run ended at once, without metrics.json
+        (signal.SIGTERM, False, "interrupted (SIGTERM)"),
+        (signal.SIGTERM, True, "interrupted (SIGTERM)"),  # a background job ignores Ctrl-C, not SIGTERM
+    ],
+)
+def test_ctrl_c_or_sigterm_is_recorded_as_interrupted_and_never_ranked_as_completed(
+    tiny_mnist, tmp_path, signum, background, line
+):
     run_dir = tmp_path / "run"
     stderr_file = tmp_path / "stderr.txt"
     with stderr_file.open("w") as stderr_out:
@@ -518,6 +534,7 @@ def test_ctrl_c_is_recorded_as_interrupted_and_never_ranked_as_completed(tiny_mn
             cwd=REPO,
             stdout=subprocess.DEVNULL,
             stderr=stderr_out,
+            preexec_fn=ignore_ctrl_c if background else None,
         )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -525,12 +542,12 @@ def test_ctrl_c_is_recorded_as_interrupted_and_never_ranked_as_completed(tiny_mn
         if csv_path.exists() and len(csv_path.read_text().strip().splitlines()) >= 3:  # 2 epochs done
             break
         time.sleep(0.05)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     # It ends as Python ends on an uncaught Ctrl-C (by SIGINT, so a shell loop stops too), with one line
     # after its log instead of a traceback.
     assert process.wait(120) == -signal.SIGINT
     stderr = stderr_file.read_text()
-    assert "Traceback" not in stderr and stderr.splitlines()[-1] == "interrupted (Ctrl-C)", stderr[-3000:]
+    assert "Traceback" not in stderr and stderr.splitlines()[-1] == line, stderr[-3000:]
     metrics = read_json(run_dir / "metrics.json")
     assert metrics["status"] == "interrupted" and "KeyboardInterrupt" in metrics["reason"]
     assert 2 <= metrics["epochs_completed"] < 500

@@ -68,8 +68,10 @@ def how_it_ended(status: int) -> str:
 
 def interrupt_once(signum: int, frame: Any) -> None:
     """SIGINT handler of a process that trials train in: Ctrl-C reaches it twice (from the terminal, and
-    forwarded by its parent); the second must not break off the files the first one has the trials write."""
+    forwarded by its parent); the second must not break off the files the first one has the trials write.
+    A SIGTERM that the command handles as Ctrl-C (src/interrupts.py) is such a second one too."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
@@ -258,6 +260,7 @@ def _serve(connection: Connection, work: Work, preload: Sequence[str], to_be_ado
                 _prepare(payload)
                 continue
             settings, batch, collected = payload, collected, []
+            sigterm_handler = signal.getsignal(signal.SIGTERM)
             signal.signal(signal.SIGINT, interrupt_once)
             try:
                 reply: tuple[str, Any] = (
@@ -274,6 +277,7 @@ def _serve(connection: Connection, work: Work, preload: Sequence[str], to_be_ado
                 code = 130
                 break
             signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, sigterm_handler)
     except KeyboardInterrupt:  # Ctrl-C between batches: the sweep's process stops too
         code = 130
     finally:

@@ -56,7 +56,7 @@ from .seeding import SeedPerTrialSampler
 from .storage import StorageError, describe, open_storage, release_interrupted_reads, set_trial_attrs
 from .sweep_owner import RESULTS_FILE, SweepDirectoryTaken, check_sweep_dir, claim_sweep_dir
 from .trial_bridge import RUN_DIR, instantiate_pruner, job_environment, run_dir_attr
-from .workers import FAIL_REASON, INTERRUPTED, Heartbeats, Worker, claim, fail_dead_trials, give_up
+from .workers import FAIL_REASON, INTERRUPTED, Heartbeats, Worker, claim, end_dead_trials, give_up, tell
 
 log = logging.getLogger(__name__)
 
@@ -73,16 +73,6 @@ SWEEP_CLAIM_PREFIX = "sweep_settings:"
 # How often a worker with nothing to ask looks again at the other workers' running trials.
 POLL_SECONDS = 1.0
 MAX_SAMPLER_SEED = 2**32 - 1  # numpy's RandomState, which the GridSampler and the QMCSampler seed
-
-
-def tell(study: optuna.Study, trial: optuna.Trial | int, **outcome: Any) -> None:
-    """study.tell(), where the GridSampler's end-of-grid study.stop() (an error outside optimize()) is
-    harmless: the trial is stored before it is raised."""
-    try:
-        study.tell(trial, **outcome)
-    except RuntimeError as error:
-        if "Study.stop" not in str(error):
-            raise
 
 
 def search_space_overrides(params: DictConfig | None) -> list[str]:
@@ -419,7 +409,7 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
     def _trials_to_ask(self, study: optuna.Study) -> AskBudget | None:
         """What to ask now: None when the study is done (n_trials finished, none running), a budget of
         size 0 when only other workers' trials are left running (one of them may yet have to run again)."""
-        fail_dead_trials(study, self.grace_period)
+        end_dead_trials(study, self.grace_period)
         trials = study.get_trials(deepcopy=False)
         finished = sum(map(counts_toward_n_trials, trials))
         running = sum(t.state == TrialState.RUNNING for t in trials)

@@ -3,16 +3,20 @@
 The sweeper hands each job two integers through `hydra.job.env_set` (the study's and the trial's ids,
 nothing that needs quoting or could be secret); the job opens the storage from its own Hydra config
 (hydra.sweeper.storage, exactly as the sweeper did). A task function calls current_trial() and, per
-epoch, trial.report(value, step) then trial.should_prune(), exactly as in Optuna's own examples.
+epoch, trial.report(value, step) then trial.should_prune(), exactly as in Optuna's own examples. As it
+ends, it may record how on the trial (job_end), for when its sweep cannot tell the study.
 """
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import optuna
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from optuna.storages import BaseStorage
+from optuna.trial import TrialState
 
 from .storage import open_storage
 
@@ -20,6 +24,7 @@ STUDY_ID_ENV = "HYDRA_OPTUNA_STUDY_ID"
 TRIAL_ID_ENV = "HYDRA_OPTUNA_TRIAL_ID"
 PRUNER_WHITELIST = ("optuna.pruners.*",)
 RUN_DIR = "run_dir"  # trial user attr: the job's output directory (see run_dir_attr)
+JOB_END = "job_end"  # trial system attr: how the job ended, recorded by the job itself (see job_end)
 # The storages this process opened for its jobs, by what names them (opening one costs ~70 ms per job), and
 # the studies it loaded, each with the sweep's pruner (one per study and process, as in study.optimize).
 _opened: dict[tuple, BaseStorage] = {}
@@ -32,6 +37,14 @@ def job_environment(study_id: int, trial_id: int) -> tuple[str, ...]:
         f"++hydra.job.env_set.{STUDY_ID_ENV}={study_id}",
         f"++hydra.job.env_set.{TRIAL_ID_ENV}={trial_id}",
     )
+
+
+def job_end(state: TrialState, values: Sequence[float] = (), reason: str | None = None) -> dict[str, Any]:
+    """What a job records on its trial as it ends (system attribute JOB_END): the outcome its sweep tells
+    the study from the job's return. A job can end after its sweep's process did (killed while the jobs of
+    a batch trained in another process, or while cluster jobs ran); the sweep that then finds the trial
+    tells the study this outcome instead of running the trial again (workers.give_up)."""
+    return {"state": state.name, "values": [float(v) for v in values], "reason": reason}
 
 
 def instantiate_pruner(pruner_cfg: object) -> optuna.pruners.BasePruner:

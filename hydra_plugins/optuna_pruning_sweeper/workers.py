@@ -12,15 +12,19 @@ certainly gone:
 
 Such a trial is marked FAIL with the reason (`fail_reason`, `interrupted: true`: it does not count
 toward n_trials) and its parameters are queued once to run again, as Optuna's
-RetryHeartbeatStaleTrialCallback(max_retry=1) does. A trial of a live worker is never touched.
+RetryHeartbeatStaleTrialCallback(max_retry=1) does. A trial of a live worker is never touched. A trial
+whose job had ended and recorded how (trial_bridge.job_end) before its worker could tell the study gets
+that outcome instead: its run is not lost, nor trained again.
 """
 
 import logging
+import math
 import os
 import socket
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
@@ -30,6 +34,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from .processes import process_start_time, read_text
 from .storage import set_trial_attrs
+from .trial_bridge import JOB_END
 
 log = logging.getLogger(__name__)
 
@@ -179,9 +184,18 @@ def why_dead(trial: FrozenTrial, stale: set[int], grace_period: float) -> str | 
     return None
 
 
-def fail_dead_trials(study: optuna.Study, grace_period: float) -> list[int]:
-    """FAIL the running trials of dead workers, each with its reason, and queue their parameters once
-    more; the numbers of the trials failed here."""
+def tell(study: optuna.Study, trial: optuna.Trial | int, **outcome: Any) -> None:
+    """study.tell(), where the GridSampler's end-of-grid study.stop() (an error outside optimize()) is
+    harmless: the trial is stored before it is raised."""
+    try:
+        study.tell(trial, **outcome)
+    except RuntimeError as error:
+        if "Study.stop" not in str(error):
+            raise
+
+
+def end_dead_trials(study: optuna.Study, grace_period: float) -> list[int]:
+    """End the running trials of dead workers (give_up); the numbers of the trials ended here."""
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     if not running:
         return []
@@ -195,8 +209,11 @@ def fail_dead_trials(study: optuna.Study, grace_period: float) -> list[int]:
 
 
 def give_up(study: optuna.Study, trial: FrozenTrial, reason: str) -> bool:
-    """Mark a trial FAIL as interrupted, with the reason, and queue it to run again (once). False when
-    it had finished meanwhile or another worker gave it up first."""
+    """End a trial whose worker will not tell the study its outcome: the outcome its job recorded as it
+    ended, if it did; else FAIL as interrupted, with the reason, and queued to run again (once). False when
+    it had finished meanwhile or another worker ended it first."""
+    if (outcome := recorded_outcome(study, trial)) is not None:
+        return tell_recorded(study, trial, outcome, reason)
     storage = study._storage
     try:
         storage.set_trial_user_attr(trial._trial_id, INTERRUPTED, True)
@@ -207,6 +224,46 @@ def give_up(study: optuna.Study, trial: FrozenTrial, reason: str) -> bool:
         return False
     log.warning(f"Trial {trial.number} failed: {reason}")
     requeue(study, storage.get_trial(trial._trial_id))
+    return True
+
+
+def recorded_outcome(study: optuna.Study, trial: FrozenTrial) -> dict[str, Any] | None:
+    """study.tell's arguments for the outcome the trial's job recorded (trial_bridge.job_end); None when
+    it recorded none, or none the study can take."""
+    ended = trial.system_attrs.get(JOB_END)
+    if not isinstance(ended, dict):
+        return None
+    if ended.get("state") == TrialState.COMPLETE.name:
+        values = ended.get("values")
+        if (
+            isinstance(values, list)
+            and len(values) == len(study.directions)
+            and all(isinstance(v, int | float) and math.isfinite(v) for v in values)
+        ):
+            return {"values": values}
+        return None
+    if ended.get("state") in (TrialState.PRUNED.name, TrialState.FAIL.name):
+        return {"state": TrialState[ended["state"]]}
+    return None
+
+
+def tell_recorded(study: optuna.Study, trial: FrozenTrial, outcome: dict[str, Any], reason: str) -> bool:
+    """Tell the study the outcome a trial's job recorded, as its worker would have; False when the trial
+    had been ended meanwhile."""
+    failed = outcome.get("state") == TrialState.FAIL
+    try:
+        if failed:
+            failure = trial.system_attrs[JOB_END].get("reason") or "the job failed"
+            study._storage.set_trial_user_attr(trial._trial_id, FAIL_REASON, failure)
+        tell(study, trial.number, **outcome)
+    except (UpdateFinishedTrialError, ValueError):  # ValueError: it is no longer RUNNING
+        return False
+    state = "completed" if "values" in outcome else outcome["state"].name.lower()
+    value = f" with {', '.join(f'{v:g}' for v in outcome['values'])}" if "values" in outcome else ""
+    log.warning(
+        f"Trial {trial.number} {state}{value}, as its job recorded before its worker could tell the study "
+        f"({reason})"
+    )
     return True
 
 
