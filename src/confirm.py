@@ -27,6 +27,7 @@ import fcntl
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -52,7 +53,7 @@ from src.compare import (
     render_text,
     sort_key,
 )
-from src.interrupts import report_interrupts_in_one_line
+from src.interrupts import report_interrupts_in_one_line, terminated
 from src.run_record import STATUS_COMPLETED, Summary
 from src.runs import OPERATIONAL_KEYS, RERUN_GROUP, Run, load_runs
 from src.seed_groups import SEED_KEY, Setting, group_by_setting
@@ -326,6 +327,8 @@ def rerun(settings: list[Setting], seeds: list[int], out: Path, overrides: list[
         try:
             returncode = reruns.wait()
         except KeyboardInterrupt:  # the reruns have it too: they end as interrupted, their files written
+            if terminated():  # a SIGTERM may have been sent to this process alone (kill PID)
+                reruns.send_signal(signal.SIGTERM)  # (they ignore a second one)
             reruns.wait()  # (subprocess.run would kill them after 0.25 s)
             raise
     if returncode == 2:  # src.train refused its command line or config, before any run

@@ -28,7 +28,7 @@ def report_interrupts_in_one_line() -> None:
 
     def hook(kind: type[BaseException], error: BaseException, traceback: TracebackType | None) -> None:
         if issubclass(kind, KeyboardInterrupt):
-            how = "(SIGTERM)" if _terminated else "(Ctrl-C)"
+            how = "(SIGTERM)" if terminated() else "(Ctrl-C)"
             print(f"interrupted: {error}" if str(error) else f"interrupted {how}", file=sys.stderr)
         else:
             previous(kind, error, traceback)
@@ -49,9 +49,17 @@ def stop_on_sigterm_as_on_ctrl_c() -> bool:
     return True
 
 
+def terminated() -> bool:
+    """Whether this process has had a SIGTERM (else an interruption is Ctrl-C's)."""
+    return _terminated
+
+
 def on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """Once: a process that is ending ignores a further SIGTERM (one sent to its group and one forwarded to
+    it by its parent, as src.confirm forwards it to its reruns)."""
     global _terminated
     _terminated = True
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)  # not SIG_IGN: see launch_process.ignored
     handler = signal.getsignal(signal.SIGINT)
     if callable(handler):
         handler(signal.SIGINT, frame)  # Python's default_int_handler raises KeyboardInterrupt

@@ -4,6 +4,7 @@ import fcntl
 import math
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -379,6 +380,45 @@ def test_a_confirmation_killed_alone_keeps_its_directory_locked_until_its_reruns
         pass
     wait_until(lambda: not reruns(), 120, "the end of the reruns")
     # Free once they have ended (the kernel closes an exiting process's last files a moment later).
+    wait_until(lambda: is_free(out / ".confirm.lock"), 10, "the lock after the reruns ended")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("to_group", [False, True])
+def test_sigterm_to_confirm_ends_its_reruns_as_interrupted_and_frees_its_directory(
+    tiny_mnist, tmp_path, to_group
+):
+    """`kill PID` of a confirmation: it forwards the SIGTERM to its reruns (a SIGTERM to the whole group
+    reaches them too, and they ignore the second one); they end as interrupted, their files written, and
+    confirm says so in one line. Before, confirm ended at once and its reruns trained on for nobody."""
+    for lr in ("0.001", "0.01"):
+        trained = run_cli(
+            "src.train",
+            f"hydra.run.dir={tmp_path / 'runs' / lr}",
+            f"optimizer.lr={lr}",
+            "trainer.epochs=300",
+            "logger=none",
+            *tiny_data_overrides(tiny_mnist),
+        )
+        assert trained.returncode == 0, trained.stderr[-3000:]
+    out = tmp_path / "runs-confirmation"
+    with (tmp_path / "confirm.stderr").open("w") as stderr:
+        confirm = subprocess.Popen(
+            [sys.executable, "-m", "src.confirm", "runs", "--seeds", "2"],
+            cwd=tmp_path,
+            env=cli_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            start_new_session=True,
+        )
+    wait_until(lambda: any(len(csv.read_text().splitlines()) > 2 for csv in out.glob("*/*/metrics.csv")), 300,
+               "a rerun's second epoch")  # fmt: skip
+    (os.killpg if to_group else os.kill)(confirm.pid, signal.SIGTERM)
+    assert confirm.wait(120) == -signal.SIGINT  # as on Ctrl-C
+    assert (tmp_path / "confirm.stderr").read_text().splitlines()[-1] == "interrupted (SIGTERM)"
+    wait_until(lambda: not live_processes_of_session(confirm.pid), 60, "the end of the reruns")
+    statuses = [read_json(path)["status"] for path in out.glob("*/*/metrics.json")]
+    assert "interrupted" in statuses, statuses  # the rerun it stopped
     wait_until(lambda: is_free(out / ".confirm.lock"), 10, "the lock after the reruns ended")
 
 

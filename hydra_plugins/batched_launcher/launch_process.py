@@ -70,9 +70,14 @@ def interrupt_once(signum: int, frame: Any) -> None:
     """SIGINT handler of a process that trials train in: Ctrl-C reaches it twice (from the terminal, and
     forwarded by its parent); the second must not break off the files the first one has the trials write.
     A SIGTERM that the command handles as Ctrl-C (src/interrupts.py) is such a second one too."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, ignored)
+    signal.signal(signal.SIGTERM, ignored)
     raise KeyboardInterrupt
+
+
+def ignored(signum: int, frame: Any) -> None:
+    """A handler that does nothing. Not SIG_IGN: a signal that has arrived but whose handler has not run yet
+    (the second of two sent together) would then raise "OSError: Signal 15 ignored due to race condition"."""
 
 
 def send_signal(pid: int, signum: int) -> None:
