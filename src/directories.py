@@ -40,8 +40,20 @@ def discard_if_never_started(run_dir: Path, in_date_directory: bool) -> None:
     goes too when it is the date directory `${unique_timestamp:}` made for it and nothing else is there;
     a parent the user named (`hydra.run.dir=mine/run1`) stays."""
     if run_dir.is_dir() and all(p.name == HYDRA_DIR or p.suffix == ".log" for p in run_dir.iterdir()):
-        logging.shutdown()  # the log file is closed before it is removed
+        close_logs_in(run_dir)
         shutil.rmtree(run_dir, ignore_errors=True)
         if in_date_directory:
             with contextlib.suppress(OSError):  # not empty: other runs of that day
                 run_dir.parent.rmdir()
+
+
+def close_logs_in(run_dir: Path) -> None:
+    """Close and detach the log handlers writing into run_dir (Hydra's job log), before it is removed: a sweep
+    whose process ran the job (basic launcher) logs on, and such a handler would open the file again."""
+    inside = run_dir.resolve()
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    for logger in loggers:
+        for handler in list(getattr(logger, "handlers", [])):
+            if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).is_relative_to(inside):
+                handler.close()
+                logger.removeHandler(handler)

@@ -15,8 +15,11 @@ process group (as `timeout` sends it): the processes a batch trains in ignore an
 while their trials write their files (interrupt_once), whichever signal comes first.
 """
 
+import contextlib
 import signal
 import sys
+import threading
+from collections.abc import Iterator
 from types import FrameType, TracebackType
 
 _terminated = False  # a SIGTERM arrived: the one line says so
@@ -67,3 +70,28 @@ def on_sigterm(signum: int, frame: FrameType | None) -> None:
     # Ctrl-C is ignored (a command started in the background with `&` or nohup inherits that), or left to
     # the system: SIGTERM still stops the command.
     raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM back until the block ends, then take the first as this process would have.
+    For imports of native libraries: a KeyboardInterrupt raised inside torch's import was sometimes lost (an
+    import that catches everything) or ended the process with SIGABRT. Only Python handlers are held; an
+    ignored or default signal stays so."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    for signum, handler in previous.items():
+        if callable(handler):
+            signal.signal(signum, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if held:
+            handler = previous[held[0]]
+            assert callable(handler)
+            handler(held[0], None)

@@ -557,6 +557,42 @@ def test_ctrl_c_or_sigterm_is_recorded_as_interrupted_and_never_ranked_as_comple
     assert [record["status"] for record in json.loads(listed.stdout)] == ["interrupted"]
 
 
+@pytest.mark.parametrize("multirun", [False, True])
+def test_a_run_interrupted_before_it_began_leaves_no_directory(tiny_mnist, tmp_path, multirun):
+    """Ctrl-C while the run still imports torch: before, its directory stayed with only Hydra's files, which
+    compare reported as a crashed run. In a sweep on the basic launcher the sweep's own process goes on
+    logging, and the job's log file, gone, is not opened again."""
+    where = (
+        f"hydra.sweep.dir={tmp_path / 'sweep'}" if multirun else f"hydra.run.dir={tmp_path / 'sweep' / '0'}"
+    )
+    sweep = [
+        "--multirun",
+        "hparams_search=steplr_optuna",
+        "hydra.sweeper.n_jobs=2",
+        "hydra.sweeper.storage=null",
+    ]
+    with (tmp_path / "stderr.txt").open("w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "src.train", *(sweep if multirun else []), where,
+             *tiny_data_overrides(tiny_mnist), "logger=none"],
+            cwd=REPO, stdout=stderr, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    written_last = tmp_path / "sweep" / "0" / ".hydra" / "overrides.yaml"
+    deadline = time.monotonic() + 120
+    while not written_last.exists():  # Hydra has written the job's files; the job imports torch now
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.01)
+    time.sleep(0.5)  # past Hydra's last steps before the task (ms); importing torch takes more than 1 s
+    process.send_signal(signal.SIGINT)
+    returncode = process.wait(120)
+    output = (tmp_path / "stderr.txt").read_text()
+    assert returncode == -signal.SIGINT, output[-3000:]
+    assert "Traceback" not in output and output.splitlines()[-1] == "interrupted (Ctrl-C)", output[-3000:]
+    assert not (tmp_path / "sweep" / "0").exists(), sorted(
+        p.name for p in (tmp_path / "sweep" / "0").rglob("*")
+    )
+
+
 def test_a_run_into_a_read_only_or_full_file_system_stops_with_one_line_before_writing(
     tiny_mnist, small_filesystem
 ):
