@@ -40,16 +40,11 @@ def report_interrupts_in_one_line() -> None:
     stop_on_sigterm_as_on_ctrl_c()
 
 
-def stop_on_sigterm_as_on_ctrl_c() -> bool:
+def stop_on_sigterm_as_on_ctrl_c() -> None:
     """Install the SIGTERM handler in this process, unless another one is installed (submitit's jobs have
-    their own); whether it is installed now."""
-    current = signal.getsignal(signal.SIGTERM)
-    if current is on_sigterm:
-        return True
-    if current is not signal.SIG_DFL:
-        return False
-    signal.signal(signal.SIGTERM, on_sigterm)
-    return True
+    their own)."""
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def terminated() -> bool:
