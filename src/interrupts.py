@@ -13,14 +13,22 @@ with it, their runs' files unwritten. Here SIGTERM does what the process's SIGIN
 so every process of a sweep ends as it does on Ctrl-C, whether the signal reaches it alone or its whole
 process group (as `timeout` sends it): the processes a batch trains in ignore any interruption after the first
 while their trials write their files (interrupt_once), whichever signal comes first.
+
+A KeyboardInterrupt that Python raises while a finalizer runs (a weakref callback, a __del__: garbage
+collection may run one at any line) cannot propagate: Python printed "Exception ignored in ..." and went on,
+and a sweep stopped by Ctrl-C ran its remaining jobs to the end. Such an interruption is raised again at the
+next line of ordinary code (redeliver_lost_interruption).
 """
 
+import _thread
 import contextlib
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from types import FrameType, TracebackType
+from typing import Any
 
 _terminated = False  # a SIGTERM arrived: the one line says so
 
@@ -37,7 +45,73 @@ def report_interrupts_in_one_line() -> None:
             previous(kind, error, traceback)
 
     sys.excepthook = hook
+    keep_interruptions_raised_in_finalizers()
     stop_on_sigterm_as_on_ctrl_c()
+
+
+def keep_interruptions_raised_in_finalizers() -> None:
+    """Install redeliver_lost_interruption as sys.unraisablehook (once: it wraps the hook it finds)."""
+    previous = sys.unraisablehook
+    if getattr(previous, "redelivers_interruptions", False):
+        return
+
+    def hook(unraisable: "sys.UnraisableHookArgs") -> None:
+        global _in_unraisable_hook
+        _in_unraisable_hook = True
+        try:
+            redelivered = redeliver_lost_interruption(unraisable.exc_value)
+        finally:
+            _in_unraisable_hook = False
+        if not redelivered:
+            previous(unraisable)
+
+    hook.redelivers_interruptions = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
+_lost: KeyboardInterrupt | None = None  # raised in a finalizer: to be raised again
+_handler_before_loss: signal.Handlers | Callable[[int, FrameType | None], Any] | None = None
+_in_unraisable_hook = False
+
+
+def redeliver_lost_interruption(error: BaseException | None) -> bool:
+    """If what a finalizer could not raise is an interruption of this process's main thread, raise it again
+    there at its first line of Python after the finalizer, whatever SIGINT's handler is by then (one that
+    ignores a second Ctrl-C, as interrupt_once installs, would otherwise drop it). True when so: nothing is
+    printed. Lost in a finalizer again, it comes back here.
+
+    A thread sends the SIGINT that raises it once this hook has returned: sent from here, Python would run
+    the handler at its next check, still in the hook, whose exceptions are lost too."""
+    global _lost, _handler_before_loss
+    if not isinstance(error, KeyboardInterrupt) or threading.current_thread() is not threading.main_thread():
+        return False
+    if _lost is None:
+        _handler_before_loss = signal.getsignal(signal.SIGINT)
+    _lost = error
+    signal.signal(signal.SIGINT, raise_lost_interruption)
+    try:
+        threading.Thread(target=interrupt_main_after_hook, name="lost-interruption", daemon=True).start()
+    except RuntimeError:  # no new thread: the interpreter is shutting down
+        return False
+    return True
+
+
+def interrupt_main_after_hook() -> None:
+    while _in_unraisable_hook:
+        time.sleep(0.001)
+    if _lost is not None:  # (a Ctrl-C meanwhile raised it)
+        _thread.interrupt_main(signal.SIGINT)
+
+
+def raise_lost_interruption(signum: int, frame: FrameType | None) -> None:
+    """SIGINT's handler while a lost interruption waits to be raised again."""
+    global _lost
+    if _in_unraisable_hook or _lost is None:  # a Ctrl-C meanwhile: the thread's SIGINT will raise it
+        return
+    error, _lost = _lost, None
+    before = _handler_before_loss
+    signal.signal(signal.SIGINT, signal.SIG_DFL if before is None else before)
+    raise error
 
 
 def stop_on_sigterm_as_on_ctrl_c() -> None:

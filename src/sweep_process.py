@@ -19,7 +19,7 @@ import threading
 from collections.abc import Iterator
 
 from hydra_plugins.optuna_pruning_sweeper.processes import process_start_time, read_text
-from src.interrupts import stop_on_sigterm_as_on_ctrl_c
+from src.interrupts import keep_interruptions_raised_in_finalizers, stop_on_sigterm_as_on_ctrl_c
 
 SWEEP_PROCESS_ENV = "STEPLR_SWEEP_PROCESS"  # "<pid>.<start time>" of the process that runs the sweeper
 WATCH_THREAD = "sweep-process-watch"
@@ -64,6 +64,7 @@ def stopped_when_sweep_process_ends() -> Iterator[None]:
     ended, job_done = threading.Event(), threading.Event()
     sigint_handler, sigterm_handler = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     stop_on_sigterm_as_on_ctrl_c()  # else a joblib worker dies at once of a SIGTERM sent to the sweep's group
+    keep_interruptions_raised_in_finalizers()  # joblib's workers start afresh: not from src.train's __main__
     if sigint_handler is signal.SIG_IGN:
         # joblib's workers ignore Ctrl-C (their sweep handles it); they still do while the sweep lives.
         signal.signal(signal.SIGINT, lambda signum, frame: stop_if(ended))
