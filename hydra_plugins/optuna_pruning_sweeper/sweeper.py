@@ -469,10 +469,8 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
             why = (
                 stop.reason if isinstance(stop, SweepError) else "interrupted: the sweep stopped while it ran"
             )
-            # Recorded outcomes are left to the next sweep: telling the study here, in the middle of Ctrl-C,
-            # once left SQLite locked and the sweep going on (cause not found)
             for trial in trials:
-                give_up(study, study._storage.get_trial(trial._trial_id), why, take_recorded=False)
+                give_up(study, study._storage.get_trial(trial._trial_id), why)
             raise
         self.job_idx += len(returns)
         for trial, job in zip(trials, returns, strict=True):

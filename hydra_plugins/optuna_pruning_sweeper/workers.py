@@ -208,11 +208,11 @@ def end_dead_trials(study: optuna.Study, grace_period: float) -> list[int]:
     return failed
 
 
-def give_up(study: optuna.Study, trial: FrozenTrial, reason: str, take_recorded: bool = True) -> bool:
+def give_up(study: optuna.Study, trial: FrozenTrial, reason: str) -> bool:
     """End a trial whose worker will not tell the study its outcome: the outcome its job recorded as it
-    ended, if it did (and take_recorded); else FAIL as interrupted, with the reason, and queued to run again
-    (once). False when it had finished meanwhile or another worker ended it first."""
-    if take_recorded and (outcome := recorded_outcome(study, trial)) is not None:
+    ended, if it did; else FAIL as interrupted, with the reason, and queued to run again (once). False when
+    it had finished meanwhile or another worker ended it first."""
+    if (outcome := recorded_outcome(study, trial)) is not None:
         return tell_recorded(study, trial, outcome, reason)
     storage = study._storage
     try:
