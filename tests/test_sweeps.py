@@ -179,24 +179,35 @@ def test_killed_sweep_resumes_without_losing_or_repeating_finished_trials(tiny_m
     assert len(trial_dirs(tmp_path / "second")) == 6 - len(completed_before)
 
 
-def test_a_killed_sweep_keeps_the_trials_whose_jobs_ended_before_it_told_the_study(tiny_mnist, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "Ctrl-C"])
+def test_a_killed_sweep_keeps_the_trials_whose_jobs_ended_before_it_told_the_study(
+    tiny_mnist, tmp_path, stop
+):
     """With n_jobs=2 the sweep tells the study after both jobs of a batch. Killed in the second job, the
     first job's trial was still RUNNING: the resumed sweep takes the outcome that job recorded on it
-    instead of training it again. Before, it failed the trial as interrupted and trained it once more."""
+    instead of training it again. Before, it failed the trial as interrupted and trained it once more.
+    Stopped by Ctrl-C, the sweep takes that outcome itself as it fails the interrupted trial."""
     extra = ("hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2", "trainer.epochs=300", "logger=none")
     args = [sys.executable, "-m", "src.train", *optuna_sweep_args(tiny_mnist, tmp_path, "first", *extra)]
     first = subprocess.Popen(
-        args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
     done, running = tmp_path / "first" / "0", tmp_path / "first" / "1"
     deadline = time.monotonic() + 300
     while not ((done / "metrics.json").exists() and (running / "metrics.csv").exists()):
         assert time.monotonic() < deadline and first.poll() is None
         time.sleep(0.05)
-    os.killpg(first.pid, signal.SIGKILL)
-    first.wait()
-    assert not (running / "metrics.json").exists()
-    assert [t.state for t in load_study(tmp_path).trials] == [TrialState.RUNNING] * 2
+    os.killpg(first.pid, stop)
+    output, _ = first.communicate(timeout=120)
+    assert first.returncode == -stop
+    if stop == signal.SIGKILL:
+        assert not (running / "metrics.json").exists()
+        assert [t.state for t in load_study(tmp_path).trials] == [TrialState.RUNNING] * 2
+    else:
+        assert read_json(running / "metrics.json")["status"] == "interrupted"
+        states = [t.state for t in load_study(tmp_path).trials]
+        assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING]  # trial 1 queued again
+        assert "Trial 0 completed with" in output and "as its job recorded" in output
 
     resumed = run_cli("src.train", *args[3:], f"hydra.sweep.dir={tmp_path / 'second'}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -205,7 +216,8 @@ def test_a_killed_sweep_keeps_the_trials_whose_jobs_ended_before_it_told_the_stu
         after[0].state == TrialState.COMPLETE
         and after[0].value == read_json(done / "metrics.json")["val_acc"]
     )
-    assert f"Trial 0 completed with {after[0].value:g}, as its job recorded" in resumed.stdout
+    if stop == signal.SIGKILL:
+        assert f"Trial 0 completed with {after[0].value:g}, as its job recorded" in resumed.stdout
     assert after[1].state == TrialState.FAIL and after[1].user_attrs["interrupted"]
     assert len(after) == 3 and after[2].state == TrialState.COMPLETE and after[2].params == after[1].params
     assert [p.name for p in trial_dirs(tmp_path / "second")] == ["0"]  # the interrupted trial's rerun only
