@@ -1,6 +1,7 @@
 """Ctrl-C ends this project's commands (`python -m src.train`, `src.confirm`, `src.compare`) with one line
 on stderr instead of a traceback, and SIGTERM (`kill PID`, `timeout`, a service manager or a SLURM time
-limit stopping the command) ends them as Ctrl-C does.
+limit stopping the command) and SIGHUP (the terminal closed, an ssh connection dropped) end them as Ctrl-C
+does. A command started with `nohup` ignores SIGHUP as before.
 
 What a Ctrl-C interrupted is logged already (a run's `interrupted: DIR`, a sweep's trials queued to run
 again), and its files say so. Python still runs the atexit handlers (the batched launcher's stops its launch
@@ -13,6 +14,9 @@ with it, their runs' files unwritten. Here SIGTERM does what the process's SIGIN
 so every process of a sweep ends as it does on Ctrl-C, whether the signal reaches it alone or its whole
 process group (as `timeout` sends it): the processes a batch trains in ignore any interruption after the first
 while their trials write their files (interrupt_once), whichever signal comes first.
+
+SIGHUP did the same as SIGTERM did, and a hung-up terminal sends it to the whole foreground process group.
+Both are STOP_SIGNALS, handled alike; the one line names the signal.
 
 A KeyboardInterrupt that Python raises while a finalizer runs (a weakref callback, a __del__: garbage
 collection may run one at any line) cannot propagate: Python printed "Exception ignored in ..." and went on,
@@ -30,23 +34,25 @@ from collections.abc import Callable, Iterator
 from types import FrameType, TracebackType
 from typing import Any
 
-_terminated = False  # a SIGTERM arrived: the one line says so
+# Handled as Ctrl-C, where Python's default would end the process at once
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+_stopped_by: str | None = None  # the name of the first of them that arrived: the one line says so
 
 
 def report_interrupts_in_one_line() -> None:
-    """Call first in a command's __main__: the processes it forks (a batch's) inherit the SIGTERM handler."""
+    """Call first in a command's __main__: the processes it forks (a batch's) inherit the handlers."""
     previous = sys.excepthook
 
     def hook(kind: type[BaseException], error: BaseException, traceback: TracebackType | None) -> None:
         if issubclass(kind, KeyboardInterrupt):
-            how = "(SIGTERM)" if terminated() else "(Ctrl-C)"
-            print(f"interrupted: {error}" if str(error) else f"interrupted {how}", file=sys.stderr)
+            how = _stopped_by or "Ctrl-C"
+            print(f"interrupted: {error}" if str(error) else f"interrupted ({how})", file=sys.stderr)
         else:
             previous(kind, error, traceback)
 
     sys.excepthook = hook
     keep_interruptions_raised_in_finalizers()
-    stop_on_sigterm_as_on_ctrl_c()
+    stop_on_signals_as_on_ctrl_c()
 
 
 def keep_interruptions_raised_in_finalizers() -> None:
@@ -114,44 +120,47 @@ def raise_lost_interruption(signum: int, frame: FrameType | None) -> None:
     raise error
 
 
-def stop_on_sigterm_as_on_ctrl_c() -> None:
-    """Install the SIGTERM handler in this process, unless another one is installed (submitit's jobs have
-    their own)."""
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, on_sigterm)
+def stop_on_signals_as_on_ctrl_c() -> None:
+    """Install on_stop_signal for each of STOP_SIGNALS that this process leaves to Python's default
+    (submitit's jobs have a SIGTERM handler of their own; `nohup` ignores SIGHUP)."""
+    for signum in STOP_SIGNALS:
+        if signal.getsignal(signum) is signal.SIG_DFL:
+            signal.signal(signum, on_stop_signal)
 
 
 def terminated() -> bool:
-    """Whether this process has had a SIGTERM (else an interruption is Ctrl-C's)."""
-    return _terminated
+    """Whether this process has had a SIGTERM or SIGHUP (else an interruption is Ctrl-C's)."""
+    return _stopped_by is not None
 
 
-def on_sigterm(signum: int, frame: FrameType | None) -> None:
-    """Once: a process that is ending ignores a further SIGTERM (one sent to its group and one forwarded to
-    it by its parent, as src.confirm forwards it to its reruns)."""
-    global _terminated
-    _terminated = True
-    signal.signal(signal.SIGTERM, lambda signum, frame: None)  # not SIG_IGN: see launch_process.ignored
+def on_stop_signal(signum: int, frame: FrameType | None) -> None:
+    """Once: a process that is ending ignores a further SIGTERM or SIGHUP (one sent to its group and one
+    forwarded to it by its parent, as src.confirm forwards SIGTERM to its reruns)."""
+    global _stopped_by
+    _stopped_by = signal.Signals(signum).name
+    for stop_signal in STOP_SIGNALS:
+        if signal.getsignal(stop_signal) is on_stop_signal:
+            signal.signal(stop_signal, lambda signum, frame: None)  # not SIG_IGN: see launch_process.ignored
     handler = signal.getsignal(signal.SIGINT)
     if callable(handler):
         handler(signal.SIGINT, frame)  # Python's default_int_handler raises KeyboardInterrupt
         return
     # Ctrl-C is ignored (a command started in the background with `&` or nohup inherits that), or left to
-    # the system: SIGTERM still stops the command.
+    # the system: SIGTERM or SIGHUP still stops the command.
     raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
 def interrupts_held() -> Iterator[None]:
-    """Hold Ctrl-C and SIGTERM back until the block ends, then take the first as this process would have.
-    For imports of native libraries: a KeyboardInterrupt raised inside torch's import was sometimes lost (an
-    import that catches everything) or ended the process with SIGABRT. Only Python handlers are held; an
-    ignored or default signal stays so."""
+    """Hold Ctrl-C, SIGTERM and SIGHUP back until the block ends, then take the first as this process would
+    have. For imports of native libraries: a KeyboardInterrupt raised inside torch's import was sometimes
+    lost (an import that catches everything) or ended the process with SIGABRT. Only Python handlers are
+    held; an ignored or default signal stays so."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     held: list[int] = []
-    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, *STOP_SIGNALS)}
     for signum, handler in previous.items():
         if callable(handler):
             signal.signal(signum, lambda signum, frame: held.append(signum))

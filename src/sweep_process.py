@@ -6,8 +6,8 @@ gone. So the sweep names its process in the environment its children inherit, an
 descendant of that process watches it and interrupts itself (as Ctrl-C would: status `interrupted`, files
 written) once it has ended. A job in the sweep's own process (the basic launcher), or one that is no
 descendant of it (a SLURM job, a run started by hand), is not watched: `nohup` and clusters keep working.
-A watched job takes SIGTERM as its Ctrl-C (src/interrupts.py): a joblib worker ignores both while its sweep's
-process lives, and ends as interrupted once that process has.
+A watched job takes SIGTERM (and SIGHUP) as its Ctrl-C (src/interrupts.py): a joblib worker ignores them
+while its sweep's process lives, and ends as interrupted once that process has.
 """
 
 import _thread
@@ -19,7 +19,7 @@ import threading
 from collections.abc import Iterator
 
 from hydra_plugins.optuna_pruning_sweeper.processes import process_start_time, read_text
-from src.interrupts import keep_interruptions_raised_in_finalizers, stop_on_sigterm_as_on_ctrl_c
+from src.interrupts import STOP_SIGNALS, keep_interruptions_raised_in_finalizers, stop_on_signals_as_on_ctrl_c
 
 SWEEP_PROCESS_ENV = "STEPLR_SWEEP_PROCESS"  # "<pid>.<start time>" of the process that runs the sweeper
 WATCH_THREAD = "sweep-process-watch"
@@ -62,10 +62,10 @@ def stopped_when_sweep_process_ends() -> Iterator[None]:
         yield
         return
     ended, job_done = threading.Event(), threading.Event()
-    sigint_handler, sigterm_handler = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    stop_on_sigterm_as_on_ctrl_c()  # else a joblib worker dies at once of a SIGTERM sent to the sweep's group
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, *STOP_SIGNALS)}
+    stop_on_signals_as_on_ctrl_c()  # else a joblib worker dies at once of a SIGTERM sent to the sweep's group
     keep_interruptions_raised_in_finalizers()  # joblib's workers start afresh: not from src.train's __main__
-    if sigint_handler is signal.SIG_IGN:
+    if handlers[signal.SIGINT] is signal.SIG_IGN:
         # joblib's workers ignore Ctrl-C (their sweep handles it); they still do while the sweep lives.
         signal.signal(signal.SIGINT, lambda signum, frame: stop_if(ended))
     watcher = threading.Thread(
@@ -76,8 +76,8 @@ def stopped_when_sweep_process_ends() -> Iterator[None]:
         yield
     finally:
         job_done.set()
-        signal.signal(signal.SIGINT, sigint_handler)
-        signal.signal(signal.SIGTERM, sigterm_handler)
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
         if ended.is_set():
             logging.shutdown()
             os._exit(130)  # as after Ctrl-C

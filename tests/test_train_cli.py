@@ -512,6 +512,7 @@ def ignore_ctrl_c() -> None:
         # `kill PID`, `timeout`: before, the run ended at once, without metrics.json
         (signal.SIGTERM, False, "interrupted (SIGTERM)"),
         (signal.SIGTERM, True, "interrupted (SIGTERM)"),  # a background job ignores Ctrl-C, not SIGTERM
+        (signal.SIGHUP, False, "interrupted (SIGHUP)"),  # `kill -HUP PID`; a closed terminal: test_interrupts
     ],
 )
 def test_ctrl_c_or_sigterm_is_recorded_as_interrupted_and_never_ranked_as_completed(

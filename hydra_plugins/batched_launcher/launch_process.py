@@ -66,12 +66,17 @@ def how_it_ended(status: int) -> str:
     return f"exited with code {os.waitstatus_to_exitcode(status)}"
 
 
+# Signals an app may take as Ctrl-C (src/interrupts.py does): ignored, as a second Ctrl-C is, once a batch is
+# interrupted
+LATER_STOPS = (signal.SIGTERM, signal.SIGHUP)
+
+
 def interrupt_once(signum: int, frame: Any) -> None:
     """SIGINT handler of a process that trials train in: Ctrl-C reaches it twice (from the terminal, and
     forwarded by its parent); the second must not break off the files the first one has the trials write.
-    A SIGTERM that the command handles as Ctrl-C (src/interrupts.py) is such a second one too."""
-    signal.signal(signal.SIGINT, ignored)
-    signal.signal(signal.SIGTERM, ignored)
+    A SIGTERM or SIGHUP that the command handles as Ctrl-C (src/interrupts.py) is such a second one too."""
+    for signum in (signal.SIGINT, *LATER_STOPS):
+        signal.signal(signum, ignored)
     raise KeyboardInterrupt
 
 
@@ -265,7 +270,7 @@ def _serve(connection: Connection, work: Work, preload: Sequence[str], to_be_ado
                 _prepare(payload)
                 continue
             settings, batch, collected = payload, collected, []
-            sigterm_handler = signal.getsignal(signal.SIGTERM)
+            stop_handlers = {signum: signal.getsignal(signum) for signum in LATER_STOPS}
             signal.signal(signal.SIGINT, interrupt_once)
             try:
                 reply: tuple[str, Any] = (
@@ -282,7 +287,8 @@ def _serve(connection: Connection, work: Work, preload: Sequence[str], to_be_ado
                 code = 130
                 break
             signal.signal(signal.SIGINT, signal.default_int_handler)
-            signal.signal(signal.SIGTERM, sigterm_handler)
+            for signum, handler in stop_handlers.items():
+                signal.signal(signum, handler)
     except KeyboardInterrupt:  # Ctrl-C between batches: the sweep's process stops too
         code = 130
     finally:
