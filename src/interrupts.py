@@ -45,7 +45,7 @@ def report_interrupts_in_one_line() -> None:
 
     def hook(kind: type[BaseException], error: BaseException, traceback: TracebackType | None) -> None:
         if issubclass(kind, KeyboardInterrupt):
-            how = _stopped_by or "Ctrl-C"
+            how = interruption_name()
             print(f"interrupted: {error}" if str(error) else f"interrupted ({how})", file=sys.stderr)
         else:
             previous(kind, error, traceback)
@@ -131,6 +131,11 @@ def stop_on_signals_as_on_ctrl_c() -> None:
 def terminated() -> bool:
     """Whether this process has had a SIGTERM or SIGHUP (else an interruption is Ctrl-C's)."""
     return _stopped_by is not None
+
+
+def interruption_name() -> str:
+    """What interrupted this process: SIGTERM, SIGHUP, else Ctrl-C."""
+    return _stopped_by or "Ctrl-C"
 
 
 def on_stop_signal(signum: int, frame: FrameType | None) -> None:

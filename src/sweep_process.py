@@ -6,8 +6,9 @@ gone. So the sweep names its process in the environment its children inherit, an
 descendant of that process watches it and interrupts itself (as Ctrl-C would: status `interrupted`, files
 written) once it has ended. A job in the sweep's own process (the basic launcher), or one that is no
 descendant of it (a SLURM job, a run started by hand), is not watched: `nohup` and clusters keep working.
-A watched job takes SIGTERM (and SIGHUP) as its Ctrl-C (src/interrupts.py): a joblib worker ignores them
-while its sweep's process lives, and ends as interrupted once that process has.
+A watched job takes Ctrl-C, SIGTERM and SIGHUP (src/interrupts.py) as a run does, once, and then ends with
+JobInterrupted, an Exception, for its launcher to hand back to the sweep (which waits for it, see
+hydra_plugins/optuna_pruning_sweeper/child_jobs.py).
 """
 
 import _thread
@@ -17,9 +18,15 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
+from types import FrameType
 
+from hydra_plugins.optuna_pruning_sweeper.child_jobs import JobInterrupted
 from hydra_plugins.optuna_pruning_sweeper.processes import process_start_time, read_text
-from src.interrupts import STOP_SIGNALS, keep_interruptions_raised_in_finalizers, stop_on_signals_as_on_ctrl_c
+from src.interrupts import (
+    interruption_name,
+    keep_interruptions_raised_in_finalizers,
+    stop_on_signals_as_on_ctrl_c,
+)
 
 SWEEP_PROCESS_ENV = "STEPLR_SWEEP_PROCESS"  # "<pid>.<start time>" of the process that runs the sweeper
 WATCH_THREAD = "sweep-process-watch"
@@ -47,10 +54,18 @@ def is_ancestor(ancestor: int, pid: int) -> bool:
     return False
 
 
+_interrupted = False  # this worker had Ctrl-C (or SIGTERM, SIGHUP): each job it gets from now on ends at once
+
+
 @contextlib.contextmanager
 def stopped_when_sweep_process_ends() -> Iterator[None]:
     """Run a job; if it runs in a descendant of its sweep's process, interrupt it once that process ends,
-    and end this process after the job has written its files (nobody will give it another job)."""
+    and end this process after the job has written its files (nobody will give it another job).
+
+    Such a job takes the first Ctrl-C (or SIGTERM, SIGHUP) as a run does, and then ends with JobInterrupted.
+    Its worker remembers it: a job it gets afterwards (the sweep waits for the jobs it had launched, also
+    those still queued, child_jobs.py) ends at once, as does one it gets after an interruption that reached
+    it between jobs."""
     pid_text, _, started = os.environ.get(SWEEP_PROCESS_ENV, "").partition(".")
     watched = (
         pid_text.isdigit()
@@ -61,31 +76,42 @@ def stopped_when_sweep_process_ends() -> Iterator[None]:
     if not watched:
         yield
         return
+    if _interrupted:
+        raise JobInterrupted(f"its worker was interrupted ({interruption_name()}) before the job began")
     ended, job_done = threading.Event(), threading.Event()
-    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, *STOP_SIGNALS)}
     stop_on_signals_as_on_ctrl_c()  # else a joblib worker dies at once of a SIGTERM sent to the sweep's group
     keep_interruptions_raised_in_finalizers()  # joblib's workers start afresh: not from src.train's __main__
-    if handlers[signal.SIGINT] is signal.SIG_IGN:
-        # joblib's workers ignore Ctrl-C (their sweep handles it); they still do while the sweep lives.
-        signal.signal(signal.SIGINT, lambda signum, frame: stop_if(ended))
+
+    def interrupt_once(signum: int, frame: FrameType | None) -> None:
+        """Ctrl-C, or SIGTERM or SIGHUP taken as Ctrl-C (the first of them): further ones must not break
+        off the files the run writes for the first."""
+        remember_interruption(signum, frame)
+        signal.signal(signal.SIGINT, remember_interruption)
+        raise KeyboardInterrupt("the sweep's process ended" if ended.is_set() else "")
+
+    signal.signal(signal.SIGINT, interrupt_once)
     watcher = threading.Thread(
         target=watch, args=(int(pid_text), started, ended, job_done), name=WATCH_THREAD, daemon=True
     )
     watcher.start()
     try:
         yield
+    except KeyboardInterrupt:
+        if ended.is_set():
+            raise
+        # joblib hands it back as the job's outcome, without aborting the other jobs (child_jobs.py)
+        raise JobInterrupted(f"the run stopped ({interruption_name()})") from None
     finally:
         job_done.set()
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
+        signal.signal(signal.SIGINT, remember_interruption)  # between jobs (SIGTERM, SIGHUP come here too)
         if ended.is_set():
             logging.shutdown()
             os._exit(130)  # as after Ctrl-C
 
 
-def stop_if(ended: threading.Event) -> None:
-    if ended.is_set():
-        raise KeyboardInterrupt("the sweep's process ended")
+def remember_interruption(signum: int, frame: FrameType | None) -> None:
+    global _interrupted
+    _interrupted = True
 
 
 def watch(sweep_pid: int, started: str, ended: threading.Event, job_done: threading.Event) -> None:

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from hydra_plugins.batched_launcher.collector import imports_without_collector
 from hydra_plugins.batched_launcher.deferral import deferring
 from hydra_plugins.batched_launcher.launcher import start_before_hydra
+from hydra_plugins.optuna_pruning_sweeper.child_jobs import JobInterrupted
 from src.command_line import check_command_line
 from src.config import EXECUTION_WHITELIST, validate
 from src.deferred_job import DeferredJob
@@ -51,9 +52,9 @@ def main(cfg: DictConfig) -> float:
                 discard_this_run_if_never_started()
             sys.exit(2 if isinstance(error, UserInputError) else 1)
         raise  # in a sweep, the sweeper records the job as failed and goes on
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM before the run began (importing torch, reading the data)
-        discard_this_run_if_never_started()  # else a directory with no outcome: compare warns of a crash
-        raise
+    except (KeyboardInterrupt, JobInterrupted):  # Ctrl-C or SIGTERM before the run began (importing torch,
+        discard_this_run_if_never_started()  # reading the data), else a directory with no outcome: compare
+        raise  # warns of a crash
     except OSError as error:
         if HydraConfig.get().mode != RunMode.RUN or not is_disk_full(error):
             raise

@@ -121,14 +121,15 @@ def wait_for(condition, seconds: float = 300) -> None:
         time.sleep(0.05)
 
 
-# Not on the joblib launcher: there a worker's run sometimes ends without metrics.json (2 of 9 tries), as it
-# does on Ctrl-C to a joblib sweep's group (4 of 10): joblib's abort, on the sweep's KeyboardInterrupt, has
-# loky SIGKILL the workers while they write their files. Not fixed yet.
-@pytest.mark.parametrize("launcher", ["basic", "batched"])
-def test_a_sweep_whose_terminal_hangs_up_ends_as_on_ctrl_c(tiny_mnist, tmp_path, launcher):
-    """The terminal closes (its window, or the ssh connection drops): its shell gets SIGHUP, and as it
-    ends the kernel sends SIGHUP to the command's process group. Before, the sweep died at once: its runs
-    left no metrics.json, its trials stayed RUNNING until another sweep found the worker gone."""
+@pytest.mark.parametrize("launcher", ["basic", "joblib", "batched"])
+@pytest.mark.parametrize("stop", ["Ctrl-C typed", "hang-up"])
+def test_a_sweep_stopped_from_its_terminal_ends_each_run_as_interrupted(tiny_mnist, tmp_path, launcher, stop):
+    """Ctrl-C typed in the terminal (SIGINT to its foreground process group), or the terminal closing (its
+    window, or the ssh connection dropping: its shell gets SIGHUP, and as it ends the kernel sends SIGHUP
+    to the command's process group). Before, on a hang-up the sweep died at once: its runs left no
+    metrics.json, its trials stayed RUNNING until another sweep found the worker gone. With joblib, a run
+    was left without metrics.json on Ctrl-C too (4 of 10 tries): the sweep's KeyboardInterrupt made joblib
+    abort the batch, and loky SIGKILLed the workers while they wrote their files (child_jobs.py)."""
     extra = (f"hydra/launcher={launcher}", "hydra.sweeper.n_jobs=2", "trainer.epochs=300", "logger=none")
     command = [sys.executable, "-m", "src.train", *optuna_sweep_args(tiny_mnist, tmp_path, "sweep", *extra)]
     shell, master = start_in_a_terminal(command, tmp_path)
@@ -140,11 +141,17 @@ def test_a_sweep_whose_terminal_hangs_up_ends_as_on_ctrl_c(tiny_mnist, tmp_path,
         )
     )
     sweep_pid = int(subprocess.run(["pgrep", "-P", str(shell.pid)], capture_output=True, text=True).stdout)
-    os.close(master)  # the terminal hangs up
-    assert shell.wait(60) == -signal.SIGHUP
-    wait_for(lambda: process_ended(sweep_pid), 120)
+    if stop == "Ctrl-C typed":
+        os.write(master, b"\x03")  # the terminal's interrupt character
+        wait_for(lambda: process_ended(sweep_pid), 120)
+        os.close(master)
+    else:
+        os.close(master)  # the terminal hangs up
+        assert shell.wait(60) == -signal.SIGHUP
+        wait_for(lambda: process_ended(sweep_pid), 120)
     runs = trial_dirs(tmp_path / "sweep")  # the basic launcher's second job never started: no directory
-    assert runs and all(read_json(run / "metrics.json")["status"] == "interrupted" for run in runs)
+    assert [p.name for p in runs] == started
+    assert all(read_json(run / "metrics.json")["status"] == "interrupted" for run in runs)
     trials = load_study(tmp_path).trials
     assert [t.state for t in trials] == [TrialState.FAIL] * 2 + [TrialState.WAITING] * 2  # queued again
     assert all(t.user_attrs["interrupted"] for t in trials[:2])

@@ -977,6 +977,40 @@ def test_killing_a_joblib_sweep_stops_its_workers_training(tiny_mnist, tmp_path,
         assert 0 < metrics["epochs_completed"] < 400
 
 
+def test_sigterm_to_one_joblib_worker_requeues_its_trial_and_the_sweep_goes_on(tiny_mnist, tmp_path):
+    """`kill PID` on one worker: its run ends as interrupted (files written), its job hands back
+    JobInterrupted (not a KeyboardInterrupt, which made joblib abort the whole batch), and the sweep fails
+    that trial as interrupted, queues it again and finishes its n_trials. Before, the worker ignored the
+    signal while its sweep lived."""
+    from helpers.workers import finish, start_worker
+
+    extra = ("hydra/launcher=joblib", "hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=4")
+    sweep = start_worker(
+        [sys.executable, "-m", "src.train", *optuna_sweep_args(tiny_mnist, tmp_path, "sweep", *extra),
+         "trainer.epochs=300", "trainer.prefix_cache=null", "logger=none"],
+        tmp_path,
+        "sweep.log",
+    )  # fmt: skip
+    first_log = tmp_path / "sweep" / "0" / "train.log"
+    deadline = time.monotonic() + 300
+    while not (first_log.parent / "metrics.csv").exists():
+        assert sweep.poll() is None and time.monotonic() < deadline, (tmp_path / "sweep.log").read_text()
+        time.sleep(0.05)
+    worker = next(  # the worker that runs job 0 writes its log
+        pid
+        for pid in descendants(sweep.pid)
+        for fd in Path(f"/proc/{pid}/fd").glob("*")
+        if os.path.realpath(fd) == str(first_log)
+    )
+    os.kill(worker, signal.SIGTERM)
+    assert finish(sweep) == 0, (tmp_path / "sweep.log").read_text()[-3000:]
+    assert read_json(first_log.parent / "metrics.json")["status"] == "interrupted"
+    trials = load_study(tmp_path).trials
+    assert trials[0].state == TrialState.FAIL and trials[0].user_attrs["interrupted"]
+    assert trials[0].user_attrs["fail_reason"] == "interrupted: the run stopped (SIGTERM)"
+    assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 4
+
+
 def test_opening_a_storage_retries_when_another_worker_created_its_tables_first():
     """PostgreSQL reports the lost race as DuplicateTable, a ProgrammingError (seen in CI: two workers started
     together, one stopped with 'relation "studies" already exists'); SQLite as a locked database."""

@@ -50,6 +50,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hydra_plugins.optuna_pruning_sweeper.grammar import override_error_reason
 
 from . import config as registered_configs  # noqa: F401  (registers the configs)
+from .child_jobs import JobInterrupted, interruptions_passed_to_child_jobs
 from .disk import unwritable_reason
 from .job_dirs import NumberedDirectories, first_job_number, shared_directory
 from .seeding import SeedPerTrialSampler
@@ -461,7 +462,8 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
             numbered = list(enumerate(overrides, start=self.job_idx))
             if reason := shared_directory(self.config, numbered, self._is_group):
                 raise SweepError(reason)
-            returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
+            with interruptions_passed_to_child_jobs(self.launcher):
+                returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
         except BaseException as stop:  # Ctrl-C or a launcher crash: never leave these trials RUNNING
             release_interrupted_reads(stop)
             if claimed is not None:
@@ -560,6 +562,8 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
             if isinstance(error, optuna.TrialPruned):
                 log.info(f"Trial {trial.number} pruned: {error}")
                 tell(study, trial, state=TrialState.PRUNED)
+            elif isinstance(error, JobInterrupted):  # its worker alone was stopped: run it again
+                give_up(study, study._storage.get_trial(trial._trial_id), f"interrupted: {error}")
             else:
                 self._fail(study, trial, f"{type(error).__name__}: {error}")
             return
