@@ -52,9 +52,11 @@ def main(cfg: DictConfig) -> float:
                 discard_this_run_if_never_started()
             sys.exit(2 if isinstance(error, UserInputError) else 1)
         raise  # in a sweep, the sweeper records the job as failed and goes on
-    except (KeyboardInterrupt, JobInterrupted):  # Ctrl-C or SIGTERM before the run began (importing torch,
-        discard_this_run_if_never_started()  # reading the data), else a directory with no outcome: compare
-        raise  # warns of a crash
+    # Ctrl-C or SIGTERM before the run began (importing torch, reading the data), or a joblib worker's job
+    # refused after an interruption: else a directory with no outcome, which compare warns of as a crash
+    except (KeyboardInterrupt, JobInterrupted):
+        discard_this_run_if_never_started()
+        raise
     except OSError as error:
         if HydraConfig.get().mode != RunMode.RUN or not is_disk_full(error):
             raise
