@@ -1044,12 +1044,16 @@ def test_opening_a_storage_retries_when_another_worker_created_its_tables_first(
         )
 
 
-def test_a_study_can_be_written_right_after_ctrl_c_stopped_one_of_its_reads(tmp_path):
+@pytest.mark.parametrize("when", ["after its statement ran", "while its rows become objects"])
+def test_a_study_can_be_written_right_after_ctrl_c_stopped_one_of_its_reads(tmp_path, monkeypatch, when):
     """Ctrl-C in the middle of a read (a trial's report, a pruning check) leaves an open SQLite statement in
     the traceback's frames; its shared lock blocked every write of the process, the trial's status
     `interrupted` among them, for the whole busy timeout (seen: a batch's process hung after its sweep
-    died)."""
+    died), and every other process's writes until this one ended. The second case is where a Ctrl-C landed
+    in a joblib worker whose sweep then hung: SQLAlchemy builds the row's objects in a comprehension, whose
+    function's closure keeps the result alive after its frame is cleared."""
     import sqlalchemy
+    import sqlalchemy.orm.loading
 
     from hydra_plugins.optuna_pruning_sweeper.storage import release_interrupted_reads
 
@@ -1057,14 +1061,31 @@ def test_a_study_can_be_written_right_after_ctrl_c_stopped_one_of_its_reads(tmp_
         f"sqlite:///{tmp_path / 'optuna.db'}", engine_kwargs={"connect_args": {"timeout": 3}}
     )
     trial_id = optuna.create_study(storage=storage).ask()._trial_id
+    other_process = optuna.storages.RDBStorage(  # a connection of its own, as another process has
+        f"sqlite:///{tmp_path / 'optuna.db'}", engine_kwargs={"connect_args": {"timeout": 1}}
+    )
     stopped_reads = []
 
-    @sqlalchemy.event.listens_for(storage.engine, "after_cursor_execute")
-    def ctrl_c_during_a_read(connection, cursor, statement, *args):
-        if statement.lstrip().upper().startswith("SELECT") and not stopped_reads:
-            stopped_reads.append(statement)
+    def ctrl_c_once() -> None:
+        if not stopped_reads:
+            stopped_reads.append(when)
             raise KeyboardInterrupt
 
+    if when == "after its statement ran":
+
+        @sqlalchemy.event.listens_for(storage.engine, "after_cursor_execute")
+        def ctrl_c_during_a_read(connection, cursor, statement, *args):
+            if statement.lstrip().upper().startswith("SELECT"):
+                ctrl_c_once()
+
+    else:
+        make_loader = sqlalchemy.orm.loading._instance_processor
+
+        def ctrl_c_while_loading(*args, **kwargs):
+            ctrl_c_once()
+            return make_loader(*args, **kwargs)
+
+        monkeypatch.setattr(sqlalchemy.orm.loading, "_instance_processor", ctrl_c_while_loading)
     try:
         storage.get_trial(trial_id)
     except KeyboardInterrupt as stop:
@@ -1072,7 +1093,9 @@ def test_a_study_can_be_written_right_after_ctrl_c_stopped_one_of_its_reads(tmp_
         started = time.monotonic()
         storage.set_trial_user_attr(trial_id, "status", "interrupted")
         assert time.monotonic() - started < 2  # not after waiting out the busy timeout
-    assert stopped_reads and storage.get_trial(trial_id).user_attrs["status"] == "interrupted"
+        other_process.set_trial_user_attr(trial_id, "seen by", "another process")  # else "database is locked"
+    assert stopped_reads == [when]
+    assert storage.get_trial(trial_id).user_attrs == {"status": "interrupted", "seen by": "another process"}
 
 
 def test_each_trial_records_its_fixed_values_once_as_the_numbers_they_are_and_gets_them_as_overrides():

@@ -12,10 +12,12 @@ config), so nothing about the storage reaches a job through a file Hydra writes:
 show URLs with the password masked (`describe`).
 """
 
+import gc
 import os
 import random
 import time
 import traceback
+import types
 import warnings
 import weakref
 from collections.abc import Callable
@@ -62,9 +64,23 @@ def release_interrupted_reads(stop: BaseException) -> None:
 
     The stopped read's cursor stays alive in the locals of the frames its traceback keeps, and an open
     SQLite statement holds the database's shared lock. A write on another connection of the same process
-    then waits for that lock, up to the 60 s busy timeout, for each write. Clearing the finished frames
-    ends the statement; the traceback still names every line.
+    then waits for that lock, up to the 60 s busy timeout, for each write, and a write of another process
+    waits until this process ends. So every open result in those frames is closed, and then the finished
+    frames are cleared (the traceback still names every line). Clearing alone left one: on Python 3.11 a
+    comprehension's frame keeps its function, whose closure holds the result (SQLAlchemy's
+    `loading.instances` reads rows in one). A Ctrl-C there left a joblib worker holding the lock after its
+    job had ended, and the sweep, telling its trials, hung until the worker was killed.
     """
+    for frame, _ in traceback.walk_tb(stop.__traceback__):
+        # A finished frame's values, without frame.f_locals: its snapshot of them would outlive clear()
+        for value in gc.get_referents(frame):
+            if isinstance(value, types.CellType):
+                try:
+                    value = value.cell_contents
+                except ValueError:  # an empty cell
+                    continue
+            if isinstance(value, sqlalchemy.engine.CursorResult):
+                value.close()
     traceback.clear_frames(stop.__traceback__)
 
 
