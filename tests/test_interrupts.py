@@ -122,14 +122,17 @@ def wait_for(condition, seconds: float = 300) -> None:
 
 
 @pytest.mark.parametrize("launcher", ["basic", "joblib", "batched"])
-@pytest.mark.parametrize("stop", ["Ctrl-C typed", "hang-up"])
+@pytest.mark.parametrize("stop", ["Ctrl-C typed", "hang-up", "SIGTERM to all"])
 def test_a_sweep_stopped_from_its_terminal_ends_each_run_as_interrupted(tiny_mnist, tmp_path, launcher, stop):
-    """Ctrl-C typed in the terminal (SIGINT to its foreground process group), or the terminal closing (its
+    """Ctrl-C typed in the terminal (SIGINT to its foreground process group), the terminal closing (its
     window, or the ssh connection dropping: its shell gets SIGHUP, and as it ends the kernel sends SIGHUP
-    to the command's process group). Before, on a hang-up the sweep died at once: its runs left no
-    metrics.json, its trials stayed RUNNING until another sweep found the worker gone. With joblib, a run
-    was left without metrics.json on Ctrl-C too (4 of 10 tries): the sweep's KeyboardInterrupt made joblib
-    abort the batch, and loky SIGKILLed the workers while they wrote their files (child_jobs.py)."""
+    to the command's process group), or SIGTERM to the shell's process group, the command's too (`kill
+    -TERM -PGID`, a session's processes stopped at shutdown): the shell ends at once, and the kernel sends
+    SIGHUP after the SIGTERM. Before, on a hang-up the sweep died at once: its runs left no metrics.json,
+    its trials stayed RUNNING until another sweep found the worker gone. With joblib, a run was left without
+    metrics.json on Ctrl-C too (4 of 10 tries): the sweep's KeyboardInterrupt made joblib abort the batch,
+    and loky SIGKILLed the workers while they wrote their files (child_jobs.py); and on SIGTERM to all
+    (4 of 6), whose SIGHUP the sweep took for a second interruption."""
     extra = (f"hydra/launcher={launcher}", "hydra.sweeper.n_jobs=2", "trainer.epochs=300", "logger=none")
     command = [sys.executable, "-m", "src.train", *optuna_sweep_args(tiny_mnist, tmp_path, "sweep", *extra)]
     shell, master = start_in_a_terminal(command, tmp_path)
@@ -145,10 +148,15 @@ def test_a_sweep_stopped_from_its_terminal_ends_each_run_as_interrupted(tiny_mni
         os.write(master, b"\x03")  # the terminal's interrupt character
         wait_for(lambda: process_ended(sweep_pid), 120)
         os.close(master)
-    else:
+    elif stop == "hang-up":
         os.close(master)  # the terminal hangs up
         assert shell.wait(60) == -signal.SIGHUP
         wait_for(lambda: process_ended(sweep_pid), 120)
+    else:
+        os.killpg(shell.pid, signal.SIGTERM)  # the command is in the shell's group (no job control in it)
+        assert shell.wait(60) == -signal.SIGTERM
+        wait_for(lambda: process_ended(sweep_pid), 120)
+        os.close(master)
     runs = trial_dirs(tmp_path / "sweep")  # the basic launcher's second job never started: no directory
     assert [p.name for p in runs] == started
     assert all(read_json(run / "metrics.json")["status"] == "interrupted" for run in runs)

@@ -6,7 +6,11 @@ their runs' files and end with JobInterrupted; the sweep waits for that, then st
 once. Raised at once, the sweep's KeyboardInterrupt made joblib abort the batch, and loky SIGKILLed the
 workers while they wrote their files: in 4 of 10 tries a run was left without metrics.json. A signal that
 reached the sweep's process alone (`kill PID`) is passed on to its children as SIGTERM, which the jobs take
-as Ctrl-C (loky's resource tracker ignores it). A second interruption stops the sweep at once.
+as Ctrl-C (loky's resource tracker ignores it). A second Ctrl-C or SIGTERM stops the sweep at once. A
+SIGHUP after the first interruption does not: it is the terminal hanging up, not someone insisting. A shell
+killed with its command (SIGTERM to the terminal's foreground process group, as `kill -TERM -PGID` sends it)
+ends first, and the kernel then sends SIGHUP to the group. Taken as a second interruption, it aborted the
+batch as above: a run lost its files in 3 to 5 of 10 such stops.
 """
 
 import contextlib
@@ -46,6 +50,8 @@ def interruptions_passed_to_child_jobs(launcher: Any) -> Iterator[None]:
             signal.signal(signum, handler)
 
     def hold(signum: int, frame: Any) -> None:
+        if arrived and signum == signal.SIGHUP:
+            return  # the terminal hanging up after the first: see the module
         arrived.append(signum)
         if len(arrived) == 1:
             signal_children(signal.SIGTERM)
