@@ -22,7 +22,7 @@ from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
-from hydra_plugins.optuna_pruning_sweeper.storage import release_interrupted_reads, set_trial_attrs
+from hydra_plugins.optuna_pruning_sweeper.storage import release_interrupted_access, set_trial_attrs
 from hydra_plugins.optuna_pruning_sweeper.trial_bridge import JOB_END, current_trial, job_end
 from src.components import build_model, build_optimizer
 from src.config import EXECUTION_WHITELIST
@@ -252,7 +252,8 @@ def finishing_run(
         raise
     except BaseException as stop:  # Ctrl-C (KeyboardInterrupt), or an exit asked from outside
         status, reason = STATUS_INTERRUPTED, f"{type(stop).__name__}: stopped from outside"
-        release_interrupted_reads(stop)  # it may have come in the middle of a report to the study
+        # it may have come in the middle of a report to the study
+        release_interrupted_access(stop, context.trial.storage if context.trial is not None else None)
         raise
     finally:
         history = next(c for c in callbacks if isinstance(c, History))
@@ -288,12 +289,19 @@ def finishing_run(
         for callback in callbacks:
             callback.on_run_end(status)
         if context.trial is not None:  # the study keeps the outcome even when metrics.json could not
-            set_trial_attrs(
-                context.trial.storage,
-                context.trial._trial_id,
-                {key: end.summary[key] for key in TRIAL_ATTRS},
-                job_end_attr(cfg, end.summary),
-            )
+            try:
+                set_trial_attrs(
+                    context.trial.storage,
+                    context.trial._trial_id,
+                    {key: end.summary[key] for key in TRIAL_ATTRS},
+                    job_end_attr(cfg, end.summary),
+                )
+            except Exception as error:
+                if status == STATUS_COMPLETED:
+                    raise
+                # What is being raised (Ctrl-C, the pruning, the failure) tells the sweep the outcome; raised
+                # instead, this error made a sweep stopped by Ctrl-C run on, one more failed trial
+                context.log.error("outcome not recorded on the trial: %s: %s", type(error).__name__, error)
         context.log.info("%s: %s", status, context.run_dir)
         if unwritten:
             raise summary_error

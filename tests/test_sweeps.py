@@ -1055,7 +1055,7 @@ def test_a_study_can_be_written_right_after_ctrl_c_stopped_one_of_its_reads(tmp_
     import sqlalchemy
     import sqlalchemy.orm.loading
 
-    from hydra_plugins.optuna_pruning_sweeper.storage import release_interrupted_reads
+    from hydra_plugins.optuna_pruning_sweeper.storage import release_interrupted_access
 
     storage = optuna.storages.RDBStorage(
         f"sqlite:///{tmp_path / 'optuna.db'}", engine_kwargs={"connect_args": {"timeout": 3}}
@@ -1089,13 +1089,98 @@ def test_a_study_can_be_written_right_after_ctrl_c_stopped_one_of_its_reads(tmp_
     try:
         storage.get_trial(trial_id)
     except KeyboardInterrupt as stop:
-        release_interrupted_reads(stop)
+        release_interrupted_access(stop, storage)
         started = time.monotonic()
         storage.set_trial_user_attr(trial_id, "status", "interrupted")
         assert time.monotonic() - started < 2  # not after waiting out the busy timeout
         other_process.set_trial_user_attr(trial_id, "seen by", "another process")  # else "database is locked"
     assert stopped_reads == [when]
     assert storage.get_trial(trial_id).user_attrs == {"status": "interrupted", "seen by": "another process"}
+
+
+def interrupt_a_session_close_once(monkeypatch, armed: list[bool]) -> None:
+    """Ctrl-C inside SQLAlchemy's Session.close (as one landed there in a sweep on the basic launcher): after
+    the session's identity map is invalidated, before the new one is made. Each RDBStorage access ends with
+    that close; the first one once `armed` holds True is interrupted."""
+    import sqlalchemy.orm.identity
+
+    make_identity_map = sqlalchemy.orm.identity._WeakInstanceDict
+
+    def interrupted_while_closing(*args, **kwargs):
+        if armed and armed.pop():
+            raise KeyboardInterrupt
+        return make_identity_map(*args, **kwargs)
+
+    monkeypatch.setattr(sqlalchemy.orm.identity, "_WeakInstanceDict", interrupted_while_closing)
+
+
+def test_a_study_can_be_written_after_ctrl_c_stopped_its_session_closing(tmp_path, monkeypatch):
+    """Optuna keeps one session per thread and closes it after each access; interrupted in that close, it
+    was left unusable ("this identity map is no longer valid") for every later access of the thread."""
+    from hydra_plugins.optuna_pruning_sweeper.storage import release_interrupted_access
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    trial_id = optuna.create_study(storage=storage).ask()._trial_id
+    armed: list[bool] = []
+    interrupt_a_session_close_once(monkeypatch, armed)
+    storage.get_trial(trial_id)  # (the thread's session exists: the next identity map made is in close)
+    armed.append(True)
+    with pytest.raises(KeyboardInterrupt) as stop:
+        storage.get_trial(trial_id)
+    assert not armed
+    release_interrupted_access(stop.value, storage)
+    storage.set_trial_user_attr(trial_id, "status", "interrupted")
+    assert storage.get_trial(trial_id).user_attrs == {"status": "interrupted"}
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["outcome recorded", "recording fails"])
+def test_ctrl_c_during_a_trials_report_ends_the_run_as_interrupted_with_its_outcome_on_the_trial(
+    tiny_mnist, tmp_path, monkeypatch, caplog, recorded
+):
+    """The run's end reaches the trial after that Ctrl-C. Should recording it fail all the same, the Ctrl-C
+    is what the run raises: raised instead, the recording's error made a sweep on the basic launcher take
+    the Ctrl-C for one failed trial and run on to its end (1 of 16 Ctrl-Cs in a loop)."""
+    from helpers.cli import compose_run
+
+    import src.run
+    from hydra_plugins.optuna_pruning_sweeper.trial_bridge import job_environment
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    trial = study.ask()
+    for override in job_environment(study._study_id, trial._trial_id):
+        name, value = override.removeprefix("++hydra.job.env_set.").split("=", 1)
+        monkeypatch.setenv(name, value.strip("'"))
+    armed: list[bool] = []
+    interrupt_a_session_close_once(monkeypatch, armed)
+    report = optuna.Trial.report
+
+    def report_then_ctrl_c_at_epoch_2(self, value, step):
+        armed.append(step == 2)  # the report's own session close is interrupted
+        report(self, value, step)
+
+    monkeypatch.setattr(optuna.Trial, "report", report_then_ctrl_c_at_epoch_2)
+    if not recorded:
+
+        def database_gone(*args, **kwargs):
+            raise optuna.exceptions.StorageInternalError("the database went away")
+
+        monkeypatch.setattr(src.run, "set_trial_attrs", database_gone)
+    run_dir = tmp_path / "run"
+    cfg = compose_run(
+        [*tiny_data_overrides(tiny_mnist), "hparams_search=steplr_optuna", f"hydra.sweeper.storage={storage}",
+         "trainer.epochs=5", "logger=none", "trainer.prefix_cache=null"],
+        run_dir,
+    )  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        src.run.train(cfg)
+    assert read_json(run_dir / "metrics.json")["status"] == "interrupted"
+    attrs = study._storage.get_trial(trial._trial_id).user_attrs
+    expected = ("interrupted", 2) if recorded else (None, None)
+    assert (attrs.get("status"), attrs.get("epochs_completed")) == expected
+    assert recorded or "outcome not recorded on the trial: StorageInternalError: the database went away" in {
+        record.getMessage() for record in caplog.records
+    }
 
 
 def test_each_trial_records_its_fixed_values_once_as_the_numbers_they_are_and_gets_them_as_overrides():

@@ -12,6 +12,7 @@ config), so nothing about the storage reaches a job through a file Hydra writes:
 show URLs with the password masked (`describe`).
 """
 
+import contextlib
 import gc
 import os
 import random
@@ -58,18 +59,23 @@ def _own_connections_in_forked_child() -> None:
 os.register_at_fork(after_in_child=_own_connections_in_forked_child)
 
 
-def release_interrupted_reads(stop: BaseException) -> None:
-    """Call after Ctrl-C, or any exception, stopped this process in the middle of a database read, before
-    it writes to the study again.
+def release_interrupted_access(stop: BaseException, storage: BaseStorage | None) -> None:
+    """Call after Ctrl-C, or any exception, stopped this process in the middle of a database access, before
+    it writes to the study (in `storage`, if it is given) again.
 
-    The stopped read's cursor stays alive in the locals of the frames its traceback keeps, and an open
-    SQLite statement holds the database's shared lock. A write on another connection of the same process
-    then waits for that lock, up to the 60 s busy timeout, for each write, and a write of another process
-    waits until this process ends. So every open result in those frames is closed, and then the finished
-    frames are cleared (the traceback still names every line). Clearing alone left one: on Python 3.11 a
-    comprehension's frame keeps its function, whose closure holds the result (SQLAlchemy's
-    `loading.instances` reads rows in one). A Ctrl-C there left a joblib worker holding the lock after its
-    job had ended, and the sweep, telling its trials, hung until the worker was killed.
+    - A stopped read's cursor stays alive in the locals of the frames its traceback keeps, and an open
+      SQLite statement holds the database's shared lock. A write on another connection of the same process
+      then waits for that lock, up to the 60 s busy timeout, for each write, and a write of another process
+      waits until this process ends. So every open result in those frames is closed, and then the finished
+      frames are cleared (the traceback still names every line). Clearing alone left one: on Python 3.11 a
+      comprehension's frame keeps its function, whose closure holds the result (SQLAlchemy's
+      `loading.instances` reads rows in one). A Ctrl-C there left a joblib worker holding the lock after its
+      job had ended, and the sweep, telling its trials, hung until the worker was killed.
+    - Optuna's RDBStorage gives each thread one SQLAlchemy session, closed after each access and used again
+      for the next. A Ctrl-C inside that close left it unusable ("this identity map is no longer valid"): the
+      run's own status failed to reach the study, and that error replaced the Ctrl-C (1 of 16 Ctrl-Cs on
+      the basic launcher, the sweep then ran on). This thread's session is dropped: the next access opens a
+      new one.
     """
     for frame, _ in traceback.walk_tb(stop.__traceback__):
         # A finished frame's values, without frame.f_locals: its snapshot of them would outlive clear()
@@ -82,6 +88,11 @@ def release_interrupted_reads(stop: BaseException) -> None:
             if isinstance(value, sqlalchemy.engine.CursorResult):
                 value.close()
     traceback.clear_frames(stop.__traceback__)
+    backend = getattr(storage, "_backend", storage)  # Optuna wraps an RDBStorage in a _CachedStorage
+    if isinstance(backend, RDBStorage):
+        with contextlib.suppress(Exception):  # (it may be as broken as above)
+            backend.scoped_session.remove()
+        backend.scoped_session.registry.clear()
 
 
 def set_trial_attrs(

@@ -54,7 +54,7 @@ from .child_jobs import JobInterrupted, interruptions_passed_to_child_jobs
 from .disk import unwritable_reason
 from .job_dirs import NumberedDirectories, first_job_number, shared_directory
 from .seeding import SeedPerTrialSampler
-from .storage import StorageError, describe, open_storage, release_interrupted_reads, set_trial_attrs
+from .storage import StorageError, describe, open_storage, release_interrupted_access, set_trial_attrs
 from .sweep_owner import RESULTS_FILE, SweepDirectoryTaken, check_sweep_dir, claim_sweep_dir
 from .trial_bridge import RUN_DIR, instantiate_pruner, job_environment, run_dir_attr
 from .workers import FAIL_REASON, INTERRUPTED, Heartbeats, Worker, claim, end_dead_trials, give_up, tell
@@ -465,7 +465,7 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
             with interruptions_passed_to_child_jobs(self.launcher):
                 returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
         except BaseException as stop:  # Ctrl-C or a launcher crash: never leave these trials RUNNING
-            release_interrupted_reads(stop)
+            release_interrupted_access(stop, study._storage)
             if claimed is not None:
                 claimed.release_unused(self.job_idx, len(trials), self.launcher)
             why = (
