@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import optuna
 
 from hydra_plugins.optuna_pruning_sweeper.storage import report_together
+from src.interrupts import interrupts_held
 from src.run_files import write_epochs, write_step_lrs
 from src.run_record import EpochRecord
 
@@ -113,9 +114,11 @@ class ReportToOptuna:
     reported_epoch: int = 0  # the last epoch report_epoch_together recorded for this trial
 
     def on_epoch_end(self, record: EpochRecord, step_lrs: list[float]) -> None:
-        if record.epoch != self.reported_epoch:
-            self.trial.report(record.val_acc, record.epoch)
-        if record.epoch >= self.prune_from_epoch and self.trial.should_prune():
+        with interrupts_held():  # a Ctrl-C is taken once the study's reply is in
+            if record.epoch != self.reported_epoch:
+                self.trial.report(record.val_acc, record.epoch)
+            pruned = record.epoch >= self.prune_from_epoch and self.trial.should_prune()
+        if pruned:
             raise optuna.TrialPruned(f"pruned by the Optuna pruner after epoch {record.epoch}")
 
     def on_run_end(self, status: str) -> None:
@@ -132,6 +135,8 @@ def report_epoch_together(callbacks: list[list[EpochCallback]], records: list[Ep
         for callback in run_callbacks
         if isinstance(callback, ReportToOptuna)
     ]
-    if reporters and report_together([(r.trial, record.val_acc, record.epoch) for r, record in reporters]):
+    with interrupts_held():
+        reported = reporters and report_together([(r.trial, rec.val_acc, rec.epoch) for r, rec in reporters])
+    if reported:
         for reporter, record in reporters:
             reporter.reported_epoch = record.epoch

@@ -158,9 +158,13 @@ def on_stop_signal(signum: int, frame: FrameType | None) -> None:
 @contextlib.contextmanager
 def interrupts_held() -> Iterator[None]:
     """Hold Ctrl-C, SIGTERM and SIGHUP back until the block ends, then take the first as this process would
-    have. For imports of native libraries: a KeyboardInterrupt raised inside torch's import was sometimes
-    lost (an import that catches everything) or ended the process with SIGABRT. Only Python handlers are
-    held; an ignored or default signal stays so."""
+    have. Only Python handlers are held; an ignored or default signal stays so. For:
+    - imports of native libraries: a KeyboardInterrupt raised inside torch's import was sometimes lost (an
+      import that catches everything) or ended the process with SIGABRT;
+    - a run's accesses to its study (a few milliseconds; at most the database's busy timeout while another
+      worker holds its lock): raised inside SQLAlchemy, the KeyboardInterrupt became the AssertionError of
+      a transaction's cleanup, and a sweep took the Ctrl-C for one failed trial and ran on (1 in 100 Ctrl-Cs
+      in a loop), or it left the thread's session unusable for the run's last write."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return

@@ -30,6 +30,7 @@ from src.cpu_share import CpuShare, job_cpus
 from src.data import MnistSplits, load_mnist
 from src.epoch_callbacks import EpochCallback, History, ProgressLog, ReportToOptuna, RunContext
 from src.hardware import resolve_device, threads_for_this_job
+from src.interrupts import interrupts_held
 from src.loop import fit
 from src.pruning import first_prunable_epoch
 from src.rerun import given_overrides
@@ -115,11 +116,13 @@ def command_line_config_dirs(hydra_cfg: DictConfig) -> list[Path]:
 def run_context(cfg: DictConfig) -> RunContext:
     """This job's context from Hydra's config (the run or sweep job being executed)."""
     hydra_cfg = HydraConfig.get()
+    with interrupts_held():  # it opens the study and records the run's directory on the trial
+        trial = current_trial()
     return RunContext(
         run_dir=Path(hydra_cfg.runtime.output_dir),
         job=str(hydra_cfg.job.num) if hydra_cfg.mode == RunMode.MULTIRUN else "run",
         overrides=given_overrides(hydra_cfg.overrides.task, command_line_config_dirs(hydra_cfg)),
-        trial=current_trial(),
+        trial=trial,
         log=log,
     )
 
@@ -290,12 +293,13 @@ def finishing_run(
             callback.on_run_end(status)
         if context.trial is not None:  # the study keeps the outcome even when metrics.json could not
             try:
-                set_trial_attrs(
-                    context.trial.storage,
-                    context.trial._trial_id,
-                    {key: end.summary[key] for key in TRIAL_ATTRS},
-                    job_end_attr(cfg, end.summary),
-                )
+                with interrupts_held():  # whole, for the sweep to tell the study (give_up reads it)
+                    set_trial_attrs(
+                        context.trial.storage,
+                        context.trial._trial_id,
+                        {key: end.summary[key] for key in TRIAL_ATTRS},
+                        job_end_attr(cfg, end.summary),
+                    )
             except Exception as error:
                 if status == STATUS_COMPLETED:
                     raise

@@ -1183,6 +1183,48 @@ def test_ctrl_c_during_a_trials_report_ends_the_run_as_interrupted_with_its_outc
     }
 
 
+def test_a_ctrl_c_while_a_run_reports_to_its_study_is_taken_once_the_report_is_written(tiny_mnist, tmp_path):
+    """SIGINT sent to the run's process while its epoch-2 report is in SQLAlchemy's hands (between the
+    INSERT and the commit): the report is written whole, then the run stops as interrupted. Before, the
+    KeyboardInterrupt was raised there, and SQLAlchemy's cleanup could replace it (an AssertionError from
+    its transaction's commit): the run failed instead, and its sweep ran on (1 in 100 Ctrl-Cs)."""
+    import sqlalchemy
+    from helpers.cli import compose_run
+
+    import src.run
+    from hydra_plugins.optuna_pruning_sweeper.trial_bridge import current_trial
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    trial = study.ask()
+    env = {"HYDRA_OPTUNA_STUDY_ID": str(study._study_id), "HYDRA_OPTUNA_TRIAL_ID": str(trial._trial_id)}
+    run_dir = tmp_path / "run"
+    cfg = compose_run(
+        [*tiny_data_overrides(tiny_mnist), "hparams_search=steplr_optuna", f"hydra.sweeper.storage={storage}",
+         "trainer.epochs=5", "logger=none", "trainer.prefix_cache=null"],
+        run_dir,
+    )  # fmt: skip
+    sent = []
+
+    def ctrl_c_in_the_epoch_2_report(connection, cursor, statement, parameters, *args):
+        if "INSERT INTO trial_intermediate_values" in statement and 2 in parameters and not sent:
+            sent.append(statement)
+            os.kill(os.getpid(), signal.SIGINT)  # Python runs the handler at its next line: still in here
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        engine = current_trial().storage._backend.engine  # (the run's own connection to its study)
+        sqlalchemy.event.listen(engine, "after_cursor_execute", ctrl_c_in_the_epoch_2_report)
+        with pytest.raises(KeyboardInterrupt):
+            src.run.train(cfg)
+    assert sent
+    assert read_json(run_dir / "metrics.json")["status"] == "interrupted"
+    written = study._storage.get_trial(trial._trial_id)
+    assert written.intermediate_values.keys() == {1, 2}
+    assert (written.user_attrs["status"], written.user_attrs["epochs_completed"]) == ("interrupted", 2)
+
+
 def test_each_trial_records_its_fixed_values_once_as_the_numbers_they_are_and_gets_them_as_overrides():
     from optuna.distributions import FloatDistribution
 
