@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from types import FrameType
@@ -114,6 +115,23 @@ def remember_interruption(signum: int, frame: FrameType | None) -> None:
     _interrupted = True
 
 
+def remember_interruptions_until_the_first_job_runs() -> None:
+    """In a joblib worker, as its first job arrives (unpickling the job imports this module): Ctrl-C,
+    SIGTERM or SIGHUP are remembered until the job's function runs, which then ends at once with
+    JobInterrupted, its directory removed. Hydra makes that directory in between; there, Ctrl-C raised a
+    KeyboardInterrupt outside any job (joblib aborted the batch, and loky SIGKILLed the other workers while
+    they wrote their runs' files), and SIGTERM or SIGHUP ended the worker: the directory stayed with
+    Hydra's files only (1 of 3 hang-ups as the jobs began)."""
+    multiprocessing = sys.modules.get("multiprocessing")  # loaded in a worker: loky runs it
+    process = multiprocessing.current_process() if multiprocessing is not None else None
+    in_a_worker = type(process).__name__ == "LokyProcess" and SWEEP_PROCESS_ENV in os.environ
+    if not in_a_worker or threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, remember_interruption)
+    stop_on_signals_as_on_ctrl_c()  # SIGTERM and SIGHUP as that Ctrl-C
+
+
 def watch(sweep_pid: int, started: str, ended: threading.Event, job_done: threading.Event) -> None:
     while process_start_time(sweep_pid) == started:
         if job_done.wait(POLL_SECONDS):
@@ -121,3 +139,6 @@ def watch(sweep_pid: int, started: str, ended: threading.Event, job_done: thread
     log.warning("the sweep's process %d ended: stopping this job", sweep_pid)
     ended.set()
     _thread.interrupt_main()
+
+
+remember_interruptions_until_the_first_job_runs()

@@ -5,6 +5,7 @@ import contextlib
 import fcntl
 import os
 import pty
+import select
 import shlex
 import signal
 import subprocess
@@ -78,34 +79,49 @@ def test_other_errors_in_finalizers_are_still_reported_and_ignored_as_python_doe
     assert "Exception ignored in" in result.stderr and "ValueError: from a finalizer" in result.stderr
 
 
-def start_in_a_terminal(command: list[str], tmp_path: Path, before: str = "") -> tuple[subprocess.Popen, int]:
+class Terminal:
     """`command` run by a shell in a terminal of its own (a pseudo-terminal: its output, the shell its session
-    leader), as a user starts it from a terminal or over ssh. Returns the shell and the terminal's master end;
-    closing that end hangs the terminal up. A thread reads the terminal's output into tmp_path/terminal.txt
-    (a terminal nobody reads would stop the command once its buffer is full)."""
-    master, slave = pty.openpty()
-    exit_code = shlex.quote(str(tmp_path / "exit_code"))
-    script = f"{before}\n{shlex.join(command)}\necho $? > {exit_code}"  # the shell waits for the command
-    shell = subprocess.Popen(
-        ["bash", "-c", script],
-        cwd=REPO,
-        stdin=slave,
-        stdout=slave,
-        stderr=slave,
-        start_new_session=True,
-        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),  # the terminal becomes the session's
-    )
-    os.close(slave)
-    output = (tmp_path / "terminal.txt").open("wb")
+    leader), as a user starts it from a terminal or over ssh. A thread reads the terminal's output into
+    tmp_path/terminal.txt (a terminal nobody reads would stop the command once its buffer is full), and owns
+    the terminal's master end: closing it hangs the terminal up. Closed by another thread while this one
+    waits in a read, the end stayed open until the command next wrote (seconds, while a job imports torch)."""
 
-    def read() -> None:
-        with contextlib.suppress(OSError):
-            while (chunk := os.read(master, 65536)) and not output.closed:
-                output.write(chunk)
-                output.flush()
+    def __init__(self, command: list[str], tmp_path: Path, before: str = "") -> None:
+        self.master, slave = pty.openpty()
+        exit_code = shlex.quote(str(tmp_path / "exit_code"))
+        script = f"{before}\n{shlex.join(command)}\necho $? > {exit_code}"  # the shell waits for the command
+        self.shell = subprocess.Popen(
+            ["bash", "-c", script],
+            cwd=REPO,
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            start_new_session=True,
+            preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),  # the terminal becomes the session's
+        )
+        os.close(slave)
+        self.output = tmp_path / "terminal.txt"
+        self.closing = threading.Event()
+        self.reader = threading.Thread(target=self.read, daemon=True)
+        self.reader.start()
 
-    threading.Thread(target=read, daemon=True).start()
-    return shell, master
+    def read(self) -> None:
+        with self.output.open("wb") as output, contextlib.suppress(OSError):
+            while not self.closing.is_set():
+                if select.select([self.master], [], [], 0.02)[0]:
+                    if not (chunk := os.read(self.master, 65536)):
+                        break
+                    output.write(chunk)
+                    output.flush()
+        os.close(self.master)
+
+    def type(self, keys: bytes) -> None:
+        os.write(self.master, keys)
+
+    def hang_up(self) -> None:
+        self.closing.set()
+        self.reader.join(10)
+        assert not self.reader.is_alive()
 
 
 def process_ended(pid: int) -> bool:
@@ -121,8 +137,28 @@ def wait_for(condition, seconds: float = 300) -> None:
         time.sleep(0.05)
 
 
+STOPS = ["Ctrl-C typed", "hang-up", "SIGTERM to all"]
+
+
+def stop_from_the_terminal(terminal: Terminal, stop: str) -> None:
+    """Stop the command in `terminal` as `stop` says, and wait for its process to end."""
+    command_pid = int(
+        subprocess.run(["pgrep", "-P", str(terminal.shell.pid)], capture_output=True, text=True).stdout
+    )
+    if stop == "Ctrl-C typed":
+        terminal.type(b"\x03")  # the terminal's interrupt character: SIGINT to its foreground process group
+    elif stop == "hang-up":
+        terminal.hang_up()
+        assert terminal.shell.wait(60) == -signal.SIGHUP
+    else:
+        os.killpg(terminal.shell.pid, signal.SIGTERM)  # the command is in the shell's group (no job control)
+        assert terminal.shell.wait(60) == -signal.SIGTERM
+    wait_for(lambda: process_ended(command_pid), 120)
+    terminal.hang_up()
+
+
 @pytest.mark.parametrize("launcher", ["basic", "joblib", "batched"])
-@pytest.mark.parametrize("stop", ["Ctrl-C typed", "hang-up", "SIGTERM to all"])
+@pytest.mark.parametrize("stop", STOPS)
 def test_a_sweep_stopped_from_its_terminal_ends_each_run_as_interrupted(tiny_mnist, tmp_path, launcher, stop):
     """Ctrl-C typed in the terminal (SIGINT to its foreground process group), the terminal closing (its
     window, or the ssh connection dropping: its shell gets SIGHUP, and as it ends the kernel sends SIGHUP
@@ -135,28 +171,15 @@ def test_a_sweep_stopped_from_its_terminal_ends_each_run_as_interrupted(tiny_mni
     (4 of 6), whose SIGHUP the sweep took for a second interruption."""
     extra = (f"hydra/launcher={launcher}", "hydra.sweeper.n_jobs=2", "trainer.epochs=300", "logger=none")
     command = [sys.executable, "-m", "src.train", *optuna_sweep_args(tiny_mnist, tmp_path, "sweep", *extra)]
-    shell, master = start_in_a_terminal(command, tmp_path)
+    terminal = Terminal(command, tmp_path)
     started = ["0"] if launcher == "basic" else ["0", "1"]  # the jobs that train at once have begun
     wait_for(
         lambda: (
             all((tmp_path / "sweep" / name / "metrics.csv").exists() for name in started)
-            and shell.poll() is None
+            and terminal.shell.poll() is None
         )
     )
-    sweep_pid = int(subprocess.run(["pgrep", "-P", str(shell.pid)], capture_output=True, text=True).stdout)
-    if stop == "Ctrl-C typed":
-        os.write(master, b"\x03")  # the terminal's interrupt character
-        wait_for(lambda: process_ended(sweep_pid), 120)
-        os.close(master)
-    elif stop == "hang-up":
-        os.close(master)  # the terminal hangs up
-        assert shell.wait(60) == -signal.SIGHUP
-        wait_for(lambda: process_ended(sweep_pid), 120)
-    else:
-        os.killpg(shell.pid, signal.SIGTERM)  # the command is in the shell's group (no job control in it)
-        assert shell.wait(60) == -signal.SIGTERM
-        wait_for(lambda: process_ended(sweep_pid), 120)
-        os.close(master)
+    stop_from_the_terminal(terminal, stop)
     runs = trial_dirs(tmp_path / "sweep")  # the basic launcher's second job never started: no directory
     assert [p.name for p in runs] == started
     assert all(read_json(run / "metrics.json")["status"] == "interrupted" for run in runs)
@@ -166,14 +189,70 @@ def test_a_sweep_stopped_from_its_terminal_ends_each_run_as_interrupted(tiny_mni
     assert [t.system_attrs["fixed_params"] for t in trials[2:]] == [t.params for t in trials[:2]]
 
 
+@pytest.mark.parametrize("stop", STOPS)
+def test_a_joblib_sweep_stopped_while_its_jobs_import_torch_leaves_no_directory_without_a_run(
+    tiny_mnist, tmp_path, stop
+):
+    """Stopped as its jobs begin (their directories made, torch being imported): each job ends without a
+    run, its directory removed, its trial failed as interrupted and queued again. Before, the workers'
+    imports were outside the job's handling of interruptions: Ctrl-C aborted the batch, SIGTERM and SIGHUP
+    ended the workers, and both directories stayed with Hydra's files only (5 of 5 Ctrl-Cs)."""
+    extra = ("hydra/launcher=joblib", "hydra.sweeper.n_jobs=2", "trainer.epochs=300", "logger=none")
+    command = [sys.executable, "-m", "src.train", *optuna_sweep_args(tiny_mnist, tmp_path, "sweep", *extra)]
+    terminal = Terminal(command, tmp_path)
+    began = [tmp_path / "sweep" / name / ".hydra" for name in ("0", "1")]
+    wait_for(lambda: all(path.exists() for path in began) and terminal.shell.poll() is None)
+    assert not (tmp_path / "sweep" / "0" / "metrics.csv").exists()  # (no epoch yet: still importing)
+    stop_from_the_terminal(terminal, stop)
+    assert trial_dirs(tmp_path / "sweep") == []
+    trials = load_study(tmp_path).trials
+    assert [t.state for t in trials] == [TrialState.FAIL] * 2 + [TrialState.WAITING] * 2
+    assert all(t.user_attrs["interrupted"] for t in trials[:2])
+
+
 def test_a_run_started_with_sighup_ignored_goes_on_after_its_terminal_hangs_up(tiny_mnist, tmp_path):
     """`nohup` (or the shell's `trap '' HUP`) makes a command outlive its terminal: that stays so."""
     run = tmp_path / "run"
     command = [sys.executable, "-m", "src.train", f"hydra.run.dir={run}", *tiny_data_overrides(tiny_mnist),
                "trainer.epochs=40", "trainer.batch_size=8", "logger=none"]  # fmt: skip
-    shell, master = start_in_a_terminal(command, tmp_path, before="trap '' HUP")
-    wait_for(lambda: (run / "metrics.csv").exists() and shell.poll() is None)
-    os.close(master)
-    shell.wait(300)  # the shell ignores SIGHUP too, and waits for the run
+    terminal = Terminal(command, tmp_path, before="trap '' HUP")
+    wait_for(lambda: (run / "metrics.csv").exists() and terminal.shell.poll() is None)
+    terminal.hang_up()
+    terminal.shell.wait(300)  # the shell ignores SIGHUP too, and waits for the run
     assert (tmp_path / "exit_code").read_text() == "0\n"
     assert read_json(run / "metrics.json")["status"] == "completed"
+
+
+# A joblib worker as its first job arrives: unpickling the job imports src.sweep_process, then Hydra makes
+# the job's directory, then the job's function runs.
+FIRST_JOB = """
+import os, signal, sys, time
+import joblib
+from src.sweep_process import SWEEP_PROCESS_ENV
+os.environ[SWEEP_PROCESS_ENV] = "{pid}.0"  # as the sweeper names its process for its workers
+
+def first_job(signum):
+    import src.sweep_process
+    os.kill(os.getpid(), signum)  # before the job's function would run
+    time.sleep(0.2)
+    return src.sweep_process._interrupted
+
+print("remembered", joblib.Parallel(n_jobs=2)(joblib.delayed(first_job)(int(sys.argv[1])) for _ in range(1)))
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+def test_a_joblib_worker_remembers_an_interruption_that_comes_before_its_first_job_runs(signum):
+    """...for that job to end at once (stopped_when_sweep_process_ends). Before, SIGTERM and SIGHUP ended the
+    worker, and Ctrl-C raised a KeyboardInterrupt outside any job: either way joblib aborted the batch (loky
+    SIGKILLs the other workers, which may be writing their runs' files), and the job's directory stayed
+    with Hydra's files only."""
+    result = subprocess.run(
+        [sys.executable, "-c", FIRST_JOB.format(pid=os.getpid()), str(int(signum))],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "remembered [True]"
