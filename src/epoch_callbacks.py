@@ -14,8 +14,8 @@ from typing import Any, Protocol
 
 import optuna
 
+from hydra_plugins.optuna_pruning_sweeper.child_jobs import interrupts_held
 from hydra_plugins.optuna_pruning_sweeper.storage import report_together
-from src.interrupts import interrupts_held
 from src.run_files import write_epochs, write_step_lrs
 from src.run_record import EpochRecord
 

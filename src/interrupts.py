@@ -25,12 +25,11 @@ next line of ordinary code (redeliver_lost_interruption).
 """
 
 import _thread
-import contextlib
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from types import FrameType, TracebackType
 from typing import Any
 
@@ -153,32 +152,3 @@ def on_stop_signal(signum: int, frame: FrameType | None) -> None:
     # Ctrl-C is ignored (a command started in the background with `&` or nohup inherits that), or left to
     # the system: SIGTERM or SIGHUP still stops the command.
     raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def interrupts_held() -> Iterator[None]:
-    """Hold Ctrl-C, SIGTERM and SIGHUP back until the block ends, then take the first as this process would
-    have. Only Python handlers are held; an ignored or default signal stays so. For:
-    - imports of native libraries: a KeyboardInterrupt raised inside torch's import was sometimes lost (an
-      import that catches everything) or ended the process with SIGABRT;
-    - a run's accesses to its study (a few milliseconds; at most the database's busy timeout while another
-      worker holds its lock): raised inside SQLAlchemy, the KeyboardInterrupt became the AssertionError of
-      a transaction's cleanup, and a sweep took the Ctrl-C for one failed trial and ran on (1 in 100 Ctrl-Cs
-      in a loop), or it left the thread's session unusable for the run's last write."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held: list[int] = []
-    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, *STOP_SIGNALS)}
-    for signum, handler in previous.items():
-        if callable(handler):
-            signal.signal(signum, lambda signum, frame: held.append(signum))
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        if held:
-            handler = previous[held[0]]
-            assert callable(handler)
-            handler(held[0], None)

@@ -22,6 +22,7 @@ from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
+from hydra_plugins.optuna_pruning_sweeper.child_jobs import interrupts_held
 from hydra_plugins.optuna_pruning_sweeper.storage import release_interrupted_access, set_trial_attrs
 from hydra_plugins.optuna_pruning_sweeper.trial_bridge import JOB_END, current_trial, job_end
 from src.components import build_model, build_optimizer
@@ -30,7 +31,6 @@ from src.cpu_share import CpuShare, job_cpus
 from src.data import MnistSplits, load_mnist
 from src.epoch_callbacks import EpochCallback, History, ProgressLog, ReportToOptuna, RunContext
 from src.hardware import resolve_device, threads_for_this_job
-from src.interrupts import interrupts_held
 from src.loop import fit
 from src.pruning import first_prunable_epoch
 from src.rerun import given_overrides

@@ -18,14 +18,14 @@ from omegaconf import DictConfig
 from hydra_plugins.batched_launcher.collector import imports_without_collector
 from hydra_plugins.batched_launcher.deferral import deferring
 from hydra_plugins.batched_launcher.launcher import start_before_hydra
-from hydra_plugins.optuna_pruning_sweeper.child_jobs import JobInterrupted
+from hydra_plugins.optuna_pruning_sweeper.child_jobs import JobInterrupted, interrupts_held
 from src.command_line import check_command_line
 from src.config import EXECUTION_WHITELIST, validate
 from src.deferred_job import DeferredJob
 from src.directories import TIMESTAMP, discard_if_never_started
 from src.errors import TrainingDiverged, UserInputError, is_disk_full
 from src.fast_exit import run_then_exit
-from src.interrupts import interrupts_held, report_interrupts_in_one_line
+from src.interrupts import report_interrupts_in_one_line
 from src.sweep_process import stopped_when_sweep_process_ends
 
 

@@ -256,3 +256,25 @@ def test_a_joblib_worker_remembers_an_interruption_that_comes_before_its_first_j
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "remembered [True]"
+
+
+def test_an_error_that_ends_a_sweep_after_a_ctrl_c_arrived_ends_it_as_that_ctrl_c():
+    """A library that turns the KeyboardInterrupt raised in its middle into an error of its own (OmegaConf
+    did, as Hydra composed a job's config): the sweep still ends as interrupted, not with that error's
+    traceback and exit 1. Without an interruption, an error stays what it is; the handler is restored."""
+    from hydra_plugins.optuna_pruning_sweeper.child_jobs import interruptions_kept_as_such
+
+    def library_work() -> None:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+        except KeyboardInterrupt:
+            raise AttributeError("'NoneType' object has no attribute '_invalidate_flags_cache'") from None
+
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt) as stop, interruptions_kept_as_such():
+        library_work()
+    assert isinstance(stop.value.__cause__, AttributeError)
+    with pytest.raises(AttributeError), interruptions_kept_as_such():
+        raise AttributeError("a sweep's own error")
+    assert signal.getsignal(signal.SIGINT) is before

@@ -78,3 +78,64 @@ def signal_children(signum: int) -> None:
         for child in (read_text(str(tasks / "children")) or "").split():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(child), signum)
+
+
+@contextlib.contextmanager
+def interruptions_kept_as_such() -> Iterator[None]:
+    """Around a sweep: an error that ends it after an interruption arrived (Ctrl-C, or SIGTERM or SIGHUP,
+    which src/interrupts.py takes as Ctrl-C) ends it as that interruption, a KeyboardInterrupt. Raised in
+    the middle of a library's work, a KeyboardInterrupt sometimes became another error there (OmegaConf, as
+    Hydra composed a job's config: "'NoneType' object has no attribute '_invalidate_flags_cache'"), and the
+    command printed that, with a traceback, and exited 1 instead of `interrupted (Ctrl-C)` (2 of 16 Ctrl-Cs
+    at random moments of a sweep). The trials are given up as interrupted either way."""
+    previous = signal.getsignal(signal.SIGINT)
+    if not callable(previous) or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived: list[int] = []
+
+    def noted(signum: int, frame: Any) -> None:
+        arrived.append(signum)
+        previous(signum, frame)
+
+    signal.signal(signal.SIGINT, noted)
+    try:
+        yield
+    except Exception as error:
+        if arrived:
+            raise KeyboardInterrupt from error
+        raise
+    finally:
+        if signal.getsignal(signal.SIGINT) is noted:
+            signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Hold Ctrl-C, SIGTERM and SIGHUP back until the block ends, then take the first as this process would
+    have. Only Python handlers are held; an ignored or default signal stays so. For:
+    - a sweep's accesses to its study as it asks a batch's trials and tells their outcomes: a Ctrl-C there
+      left trials RUNNING (until a later sweep found this one gone), or became an error of SQLAlchemy's;
+    - imports of native libraries: a KeyboardInterrupt raised inside torch's import was sometimes lost (an
+      import that catches everything) or ended the process with SIGABRT;
+    - a run's accesses to its study (a few milliseconds; at most the database's busy timeout while another
+      worker holds its lock): raised inside SQLAlchemy, the KeyboardInterrupt became the AssertionError of
+      a transaction's cleanup, and a sweep took the Ctrl-C for one failed trial and ran on (1 in 100 Ctrl-Cs
+      in a loop), or it left the thread's session unusable for the run's last write."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {signum: signal.getsignal(signum) for signum in HELD_SIGNALS}
+    for signum, handler in previous.items():
+        if callable(handler):
+            signal.signal(signum, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if held:
+            handler = previous[held[0]]
+            assert callable(handler)
+            handler(held[0], None)

@@ -50,7 +50,12 @@ from optuna.trial import FrozenTrial, TrialState
 from hydra_plugins.optuna_pruning_sweeper.grammar import override_error_reason
 
 from . import config as registered_configs  # noqa: F401  (registers the configs)
-from .child_jobs import JobInterrupted, interruptions_passed_to_child_jobs
+from .child_jobs import (
+    JobInterrupted,
+    interruptions_kept_as_such,
+    interruptions_passed_to_child_jobs,
+    interrupts_held,
+)
 from .disk import unwritable_reason
 from .job_dirs import NumberedDirectories, first_job_number, shared_directory
 from .seeding import SeedPerTrialSampler
@@ -287,6 +292,10 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
         self.cwd = Path(config.hydra.runtime.cwd)
 
     def sweep(self, arguments: list[str]) -> None:
+        with interruptions_kept_as_such():
+            self._sweep(arguments)
+
+    def _sweep(self, arguments: list[str]) -> None:
         self._check_settings()
         self._process_searchspace_config()
         distributions, fixed_params, fixed_overrides = search_space(
@@ -433,28 +442,27 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
         if reason := unwritable_reason(Path(self.sweep_dir)):  # before any trial is asked for it
             raise SweepError(f"hydra.sweep.dir={self.sweep_dir} cannot be written: {reason}")
         trials: list[optuna.Trial] = []
-        while not trials or not budget.filled([t.number for t in trials]):
-            # Optuna expects heartbeats inside optimize() only; this loop records them itself.
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
-                trial = study.ask()
-            heartbeats.add(trial._trial_id)
-            claim(study, trial, worker)
-            trials.append(trial)
-        if len(trials) < budget.size:
-            log.info(
-                f"Asked {len(trials)} of {budget.size} trials: other workers' new trials fill "
-                f"n_trials={self.n_trials}"
-            )
         claimed: NumberedDirectories | None = None  # the batch's directories, once made
         try:
+            while not trials or not budget.filled([t.number for t in trials]):
+                with interrupts_held():  # asked and claimed, or neither: a Ctrl-C is taken after, below
+                    # Optuna expects heartbeats inside optimize() only; this loop records them itself.
+                    with warnings.catch_warnings():
+                        warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
+                        trial = study.ask()
+                    heartbeats.add(trial._trial_id)
+                    claim(study, trial, worker)
+                    trials.append(trial)
+            if len(trials) < budget.size:
+                log.info(
+                    f"Asked {len(trials)} of {budget.size} trials: other workers' new trials fill "
+                    f"n_trials={self.n_trials}"
+                )
+            with interrupts_held():  # the trials' parameters and fixed values, written whole
+                configured = self._configure_trials(trials, distributions, fixed_params, fixed_overrides)
             overrides = [
                 (*trial_overrides, *job_environment(study._study_id, trial._trial_id))
-                for trial, trial_overrides in zip(
-                    trials,
-                    self._configure_trials(trials, distributions, fixed_params, fixed_overrides),
-                    strict=True,
-                )
+                for trial, trial_overrides in zip(trials, configured, strict=True)
             ]
             if self.numbered is not None:  # other workers may write into this sweep directory too
                 self.job_idx = self.numbered.claim(self.job_idx, len(overrides))
@@ -475,15 +483,16 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
                 give_up(study, study._storage.get_trial(trial._trial_id), why)
             raise
         self.job_idx += len(returns)
-        for trial, job in zip(trials, returns, strict=True):
-            try:
-                self._tell(study, trial, job)
-            except UpdateFinishedTrialError:
-                log.warning(
-                    f"Trial {trial.number} had been given up by another worker (its heartbeat went stale): "
-                    "its result is not recorded in the study"
-                )
-            heartbeats.discard(trial._trial_id)
+        with interrupts_held():  # every outcome told: a Ctrl-C here left trials RUNNING (1 of 32 at random)
+            for trial, job in zip(trials, returns, strict=True):
+                try:
+                    self._tell(study, trial, job)
+                except UpdateFinishedTrialError:
+                    log.warning(
+                        f"Trial {trial.number} had been given up by another worker (its heartbeat went "
+                        "stale): its result is not recorded in the study"
+                    )
+                heartbeats.discard(trial._trial_id)
 
     def _configure_trials(
         self,
