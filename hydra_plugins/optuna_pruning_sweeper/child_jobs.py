@@ -1,5 +1,7 @@
-"""Ctrl-C, SIGTERM or SIGHUP while a launcher runs a batch's jobs in child processes of the sweep's process
-(joblib's workers).
+"""Where a sweep and its jobs take Ctrl-C, SIGTERM and SIGHUP (src/interrupts.py makes the latter two act
+as Ctrl-C): interrupts_held, around work that must not be broken off in its middle (a study's database
+access, torch's import); interruptions_kept_as_such, around a whole sweep; and, below, a batch whose jobs
+run in child processes of the sweep's process (joblib's workers).
 
 The jobs stop on their own (they got the signal too, from the terminal or with their process group), write
 their runs' files and end with JobInterrupted; the sweep waits for that, then stops as it would have at
