@@ -1133,16 +1133,11 @@ def test_a_study_can_be_written_after_ctrl_c_stopped_its_session_closing(tmp_pat
     assert storage.get_trial(trial_id).user_attrs == {"status": "interrupted"}
 
 
-@pytest.mark.parametrize("recorded", [True, False], ids=["outcome recorded", "recording fails"])
-def test_ctrl_c_during_a_trials_report_ends_the_run_as_interrupted_with_its_outcome_on_the_trial(
-    tiny_mnist, tmp_path, monkeypatch, caplog, recorded
-):
-    """The run's end reaches the trial after that Ctrl-C. Should recording it fail all the same, the Ctrl-C
-    is what the run raises: raised instead, the recording's error made a sweep on the basic launcher take
-    the Ctrl-C for one failed trial and run on to its end (1 of 16 Ctrl-Cs in a loop)."""
+def a_trial_and_its_run(tiny_mnist, tmp_path, monkeypatch):
+    """A running trial of a SQLite study, and the config of a 5-epoch run as its sweep's job (its
+    environment set as the sweeper sets a job's): the study, the trial, the config, the run's directory."""
     from helpers.cli import compose_run
 
-    import src.run
     from hydra_plugins.optuna_pruning_sweeper.trial_bridge import job_environment
 
     storage = f"sqlite:///{tmp_path / 'study.db'}"
@@ -1151,6 +1146,25 @@ def test_ctrl_c_during_a_trials_report_ends_the_run_as_interrupted_with_its_outc
     for override in job_environment(study._study_id, trial._trial_id):
         name, value = override.removeprefix("++hydra.job.env_set.").split("=", 1)
         monkeypatch.setenv(name, value.strip("'"))
+    run_dir = tmp_path / "run"
+    cfg = compose_run(
+        [*tiny_data_overrides(tiny_mnist), "hparams_search=steplr_optuna", f"hydra.sweeper.storage={storage}",
+         "trainer.epochs=5", "logger=none", "trainer.prefix_cache=null"],
+        run_dir,
+    )  # fmt: skip
+    return study, trial, cfg, run_dir
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["outcome recorded", "recording fails"])
+def test_ctrl_c_during_a_trials_report_ends_the_run_as_interrupted_with_its_outcome_on_the_trial(
+    tiny_mnist, tmp_path, monkeypatch, caplog, recorded
+):
+    """The run's end reaches the trial after that Ctrl-C. Should recording it fail all the same, the Ctrl-C
+    is what the run raises: raised instead, the recording's error made a sweep on the basic launcher take
+    the Ctrl-C for one failed trial and run on to its end (1 of 16 Ctrl-Cs in a loop)."""
+    import src.run
+
+    study, trial, cfg, run_dir = a_trial_and_its_run(tiny_mnist, tmp_path, monkeypatch)
     armed: list[bool] = []
     interrupt_a_session_close_once(monkeypatch, armed)
     report = optuna.Trial.report
@@ -1166,12 +1180,6 @@ def test_ctrl_c_during_a_trials_report_ends_the_run_as_interrupted_with_its_outc
             raise optuna.exceptions.StorageInternalError("the database went away")
 
         monkeypatch.setattr(src.run, "set_trial_attrs", database_gone)
-    run_dir = tmp_path / "run"
-    cfg = compose_run(
-        [*tiny_data_overrides(tiny_mnist), "hparams_search=steplr_optuna", f"hydra.sweeper.storage={storage}",
-         "trainer.epochs=5", "logger=none", "trainer.prefix_cache=null"],
-        run_dir,
-    )  # fmt: skip
     with pytest.raises(KeyboardInterrupt):
         src.run.train(cfg)
     assert read_json(run_dir / "metrics.json")["status"] == "interrupted"
@@ -1183,27 +1191,19 @@ def test_ctrl_c_during_a_trials_report_ends_the_run_as_interrupted_with_its_outc
     }
 
 
-def test_a_ctrl_c_while_a_run_reports_to_its_study_is_taken_once_the_report_is_written(tiny_mnist, tmp_path):
+def test_a_ctrl_c_while_a_run_reports_to_its_study_is_taken_once_the_report_is_written(
+    tiny_mnist, tmp_path, monkeypatch
+):
     """SIGINT sent to the run's process while its epoch-2 report is in SQLAlchemy's hands (between the
     INSERT and the commit): the report is written whole, then the run stops as interrupted. Before, the
     KeyboardInterrupt was raised there, and SQLAlchemy's cleanup could replace it (an AssertionError from
     its transaction's commit): the run failed instead, and its sweep ran on (1 in 100 Ctrl-Cs)."""
     import sqlalchemy
-    from helpers.cli import compose_run
 
     import src.run
     from hydra_plugins.optuna_pruning_sweeper.trial_bridge import current_trial
 
-    storage = f"sqlite:///{tmp_path / 'study.db'}"
-    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
-    trial = study.ask()
-    env = {"HYDRA_OPTUNA_STUDY_ID": str(study._study_id), "HYDRA_OPTUNA_TRIAL_ID": str(trial._trial_id)}
-    run_dir = tmp_path / "run"
-    cfg = compose_run(
-        [*tiny_data_overrides(tiny_mnist), "hparams_search=steplr_optuna", f"hydra.sweeper.storage={storage}",
-         "trainer.epochs=5", "logger=none", "trainer.prefix_cache=null"],
-        run_dir,
-    )  # fmt: skip
+    study, trial, cfg, run_dir = a_trial_and_its_run(tiny_mnist, tmp_path, monkeypatch)
     sent = []
 
     def ctrl_c_in_the_epoch_2_report(connection, cursor, statement, parameters, *args):
@@ -1211,13 +1211,10 @@ def test_a_ctrl_c_while_a_run_reports_to_its_study_is_taken_once_the_report_is_w
             sent.append(statement)
             os.kill(os.getpid(), signal.SIGINT)  # Python runs the handler at its next line: still in here
 
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in env.items():
-            patch.setenv(name, value)
-        engine = current_trial().storage._backend.engine  # (the run's own connection to its study)
-        sqlalchemy.event.listen(engine, "after_cursor_execute", ctrl_c_in_the_epoch_2_report)
-        with pytest.raises(KeyboardInterrupt):
-            src.run.train(cfg)
+    engine = current_trial().storage._backend.engine  # (the run's own connection to its study)
+    sqlalchemy.event.listen(engine, "after_cursor_execute", ctrl_c_in_the_epoch_2_report)
+    with pytest.raises(KeyboardInterrupt):
+        src.run.train(cfg)
     assert sent
     assert read_json(run_dir / "metrics.json")["status"] == "interrupted"
     written = study._storage.get_trial(trial._trial_id)
