@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
@@ -81,6 +82,14 @@ class DeferredJob:
             return BatchedRun.for_job(self)
         except Exception as error:
             return error
+
+    def abandoned(self) -> None:
+        """Called in the sweep's process when its batch stopped (Ctrl-C, SIGTERM, SIGHUP) before this job's
+        run began (its launch process still importing torch): the job's directory holds Hydra's files only,
+        which compare would report as a crashed run, and goes (a run that began keeps its own)."""
+        from src.directories import discard_if_never_started
+
+        discard_if_never_started(Path(self.hydra.hydra.runtime.output_dir), in_date_directory=False)
 
     @classmethod
     def run_together(cls, jobs: list["DeferredJob"], settings: BatchSettings) -> list[Any]:

@@ -189,15 +189,18 @@ def test_a_sweep_stopped_from_its_terminal_ends_each_run_as_interrupted(tiny_mni
     assert [t.system_attrs["fixed_params"] for t in trials[2:]] == [t.params for t in trials[:2]]
 
 
+@pytest.mark.parametrize("launcher", ["joblib", "batched"])
 @pytest.mark.parametrize("stop", STOPS)
-def test_a_joblib_sweep_stopped_while_its_jobs_import_torch_leaves_no_directory_without_a_run(
-    tiny_mnist, tmp_path, stop
+def test_a_sweep_stopped_while_its_jobs_import_torch_leaves_no_directory_without_a_run(
+    tiny_mnist, tmp_path, launcher, stop
 ):
-    """Stopped as its jobs begin (their directories made, torch being imported): each job ends without a
-    run, its directory removed, its trial failed as interrupted and queued again. Before, the workers'
-    imports were outside the job's handling of interruptions: Ctrl-C aborted the batch, SIGTERM and SIGHUP
-    ended the workers, and both directories stayed with Hydra's files only (5 of 5 Ctrl-Cs)."""
-    extra = ("hydra/launcher=joblib", "hydra.sweeper.n_jobs=2", "trainer.epochs=300", "logger=none")
+    """Stopped as its jobs begin (their directories made, torch being imported in the processes they train
+    in): each job ends without a run, its directory removed, its trial failed as interrupted and queued
+    again. Before, both directories stayed with Hydra's files only, which compare reports as crashed runs.
+    joblib: the workers' imports were outside the job's handling of interruptions; Ctrl-C aborted the
+    batch, SIGTERM and SIGHUP ended the workers (5 of 5 Ctrl-Cs). batched: the jobs' directories are made in
+    the sweep's process, and nothing removed them (3 of 10 Ctrl-Cs at random moments)."""
+    extra = (f"hydra/launcher={launcher}", "hydra.sweeper.n_jobs=2", "trainer.epochs=300", "logger=none")
     command = [sys.executable, "-m", "src.train", *optuna_sweep_args(tiny_mnist, tmp_path, "sweep", *extra)]
     terminal = Terminal(command, tmp_path)
     began = [tmp_path / "sweep" / name / ".hydra" for name in ("0", "1")]

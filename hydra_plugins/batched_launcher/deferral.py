@@ -31,7 +31,8 @@ class BatchSettings:
 
 @dataclass(frozen=True)
 class Deferred:
-    """What the task function returns for a deferred job, until the launcher fills in its real value."""
+    """What the task function returns for a deferred job, until the launcher fills in its real value. A work
+    with an `abandoned()` method has it called in the sweep's process when a Ctrl-C stops the batch."""
 
     work: Any
 

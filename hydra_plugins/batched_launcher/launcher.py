@@ -151,18 +151,26 @@ class BatchedLauncher(Launcher):
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         log.info(f"Launching {len(job_overrides)} jobs, trained together where they can be")
         runs: list[JobReturn] = []
-        with collecting() as collected:
-            for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
-                log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
-                sweep_config = self.composer.compose(overrides)
-                with open_dict(sweep_config):
-                    sweep_config.hydra.job.id = str(idx)
-                    sweep_config.hydra.job.num = idx
-                runs.append(run_job(self.task_function, sweep_config, self.hydra_context))
-                self._configure_hydra_logging()
-                if self.launch_process is not None:
-                    self.launch_process.hand_over(collected)
-        results = self._run_deferred(collected)
+        collected: list[Deferred] = []
+        try:
+            with collecting() as collected:
+                for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+                    log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+                    sweep_config = self.composer.compose(overrides)
+                    with open_dict(sweep_config):
+                        sweep_config.hydra.job.id = str(idx)
+                        sweep_config.hydra.job.num = idx
+                    runs.append(run_job(self.task_function, sweep_config, self.hydra_context))
+                    self._configure_hydra_logging()
+                    if self.launch_process is not None:
+                        self.launch_process.hand_over(collected)
+            results = self._run_deferred(collected)
+        except KeyboardInterrupt:  # the launch process has ended the batch's runs (LaunchProcess.run)
+            for deferred in collected:
+                abandoned = getattr(deferred.work, "abandoned", None)  # its own clean-up, if it has one
+                if abandoned is not None:
+                    abandoned()
+            raise
         position = {id(deferred): index for index, deferred in enumerate(collected)}
         for run in runs:
             if run.status is JobStatus.COMPLETED and isinstance(run._return_value, Deferred):
