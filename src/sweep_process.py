@@ -21,7 +21,10 @@ import threading
 from collections.abc import Iterator
 from types import FrameType
 
-from hydra_plugins.optuna_pruning_sweeper.child_jobs import JobInterrupted
+from hydra_plugins.optuna_pruning_sweeper.child_jobs import (
+    JobInterrupted,
+    start_resource_trackers_deaf_to_hangups,
+)
 from hydra_plugins.optuna_pruning_sweeper.processes import process_start_time, read_text
 from src.interrupts import (
     interruption_name,
@@ -130,6 +133,7 @@ def remember_interruptions_until_the_first_job_runs() -> None:
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, remember_interruption)
     stop_on_signals_as_on_ctrl_c()  # SIGTERM and SIGHUP as that Ctrl-C
+    start_resource_trackers_deaf_to_hangups()
 
 
 def watch(sweep_pid: int, started: str, ended: threading.Event, job_done: threading.Event) -> None:

@@ -281,3 +281,26 @@ def test_an_error_that_ends_a_sweep_after_a_ctrl_c_arrived_ends_it_as_that_ctrl_
     with pytest.raises(AttributeError), interruptions_kept_as_such():
         raise AttributeError("a sweep's own error")
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_the_resource_trackers_outlive_a_hang_up():
+    """loky's and multiprocessing's ignore Ctrl-C and SIGTERM; a SIGHUP killed them, and the ones started in
+    their place printed a traceback for each resource joblib's workers let go, after the sweep's
+    `interrupted (SIGHUP)`."""
+    script = textwrap.dedent("""
+        import os, signal, time
+        from pathlib import Path
+        from hydra_plugins.optuna_pruning_sweeper import child_jobs
+        child_jobs.start_resource_trackers_deaf_to_hangups()
+        tasks = Path("/proc/self/task").iterdir()
+        trackers = [int(pid) for task in tasks for pid in (task / "children").read_text().split()]
+        for tracker in trackers:
+            os.kill(tracker, signal.SIGHUP)
+        time.sleep(0.5)
+        print(*(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] for pid in trackers))
+    """)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() in (["S", "S"], ["S", "R"], ["R", "S"], ["R", "R"])  # alive, not zombies

@@ -44,6 +44,7 @@ def interruptions_passed_to_child_jobs(launcher: Any) -> Iterator[None]:
     if name != JOBLIB_LAUNCHER or threading.current_thread() is not threading.main_thread():
         yield
         return
+    start_resource_trackers_deaf_to_hangups()
     previous = {signum: signal.getsignal(signum) for signum in HELD_SIGNALS}
     arrived: list[int] = []
 
@@ -72,6 +73,27 @@ def interruptions_passed_to_child_jobs(launcher: Any) -> Iterator[None]:
             handler = previous[arrived[0]]
             assert callable(handler)
             handler(arrived[0], None)  # as this process would have taken it (a KeyboardInterrupt)
+
+
+def start_resource_trackers_deaf_to_hangups() -> None:
+    """Start this process's resource trackers (loky's and multiprocessing's: processes that clean up after
+    joblib's workers), if they are not running yet, with SIGHUP blocked, which they keep. They ignore SIGINT
+    and SIGTERM, but a hang-up (or SIGHUP to the sweep's process group) killed them; each was started again,
+    and the new one printed a KeyError traceback for each resource let go: some twenty after
+    `interrupted (SIGHUP)`, 8 of 10 times. Called in the sweep's process and in each joblib worker."""
+    import multiprocessing.resource_tracker
+
+    trackers = [multiprocessing.resource_tracker.ensure_running]
+    with contextlib.suppress(ImportError):  # (another joblib: its tracker as it comes)
+        from joblib.externals.loky.backend import resource_tracker
+
+        trackers.append(resource_tracker.ensure_running)
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})  # a SIGHUP meanwhile: taken after
+    try:
+        for ensure_running in trackers:
+            ensure_running()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def signal_children(signum: int) -> None:
