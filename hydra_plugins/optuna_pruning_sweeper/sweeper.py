@@ -483,7 +483,7 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
                 give_up(study, study._storage.get_trial(trial._trial_id), why)
             raise
         self.job_idx += len(returns)
-        with interrupts_held():  # every outcome told: a Ctrl-C here left trials RUNNING (1 of 32 at random)
+        with interrupts_held():  # every outcome told: a Ctrl-C here left trials RUNNING (2 of 32, at random)
             for trial, job in zip(trials, returns, strict=True):
                 try:
                     self._tell(study, trial, job)
