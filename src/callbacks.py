@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from hydra.utils import to_absolute_path
@@ -157,6 +158,11 @@ class CheckConfigFirst(Callback):
     """
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Hydra sets its HydraConfig only as the run's job starts. Set here, a value such as the Optuna
+        # presets' `${hydra:sweep.dir}/.prefix_cache` resolves; before, the check ended on it with Hydra's
+        # warning, and a bad value was caught only after the run's directory was made.
+        if not HydraConfig.initialized():
+            HydraConfig.instance().set_config(config)
         self._check(config, check_run_dir)
         CpuShare(job_cpus()).register()
 

@@ -159,27 +159,43 @@ def merge_keys(tree: dict[str, Any], more: dict[str, Any]) -> None:
             tree[key] = value
 
 
-def check_setting_exists(key: str, chosen: dict[str, tuple[str, ...]], argument: str) -> None:
-    """`trainer.epoch=3` names a key the composed config will have. Hydra answers a typo in five lines, and
-    suggests adding the key with `+`, which for trainer's settings we refuse and for a class's arguments
-    moves the failure to the class. Paths into a list or a value are left to Hydra."""
+def missing_part(key: str, chosen: dict[str, tuple[str, ...]]) -> tuple[int, list[str]] | None:
+    """Where `scheduler.step_size` leaves the keys a composed config of these options can have: the index
+    of its first part that is not there and the keys there are beside it; None when the key is there, or
+    its path goes into a list or a value (left to Hydra)."""
     node: Any = config_keys(tuple((group, options) for group, options in chosen.items()))
     parts = key.split(".")
     for depth, part in enumerate(parts):
         if not isinstance(node, dict) or ".".join(parts[depth:]) in node:
-            return
+            return None
         if part not in node:
-            parent = ".".join(parts[:depth])
-            owner = f"{parent}={','.join(chosen[parent])}" if chosen.get(parent) else parent or "the config"
-            keys = sorted(map(str, node))
-            if close := difflib.get_close_matches(part, keys, n=1):
-                hint = f"did you mean {'.'.join([*parts[:depth], close[0]])}?"
-            else:
-                hint = f"it has {', '.join(keys)}"
-                if parts[0] in CLASS_GROUPS:
-                    hint += f"; +{key}=... passes a new argument"
-            raise UserInputError(f"{argument} is not allowed: {owner} has no key {part} ({hint})")
+            return depth, sorted(map(str, node))
         node = node[part]
+    return None
+
+
+def owner_of(parts: list[str], chosen: dict[str, tuple[str, ...]]) -> str:
+    """What a missing key would be part of: `scheduler=cosine` for a group's option, else the node."""
+    parent = ".".join(parts)
+    return f"{parent}={','.join(chosen[parent])}" if chosen.get(parent) else parent or "the config"
+
+
+def check_setting_exists(key: str, chosen: dict[str, tuple[str, ...]], argument: str) -> None:
+    """`trainer.epoch=3` names a key the composed config will have. Hydra answers a typo in five lines, and
+    suggests adding the key with `+`, which for trainer's settings we refuse and for a class's arguments
+    moves the failure to the class."""
+    if (missing := missing_part(key, chosen)) is None:
+        return
+    depth, keys = missing
+    parts = key.split(".")
+    if close := difflib.get_close_matches(parts[depth], keys, n=1):
+        hint = f"did you mean {'.'.join([*parts[:depth], close[0]])}?"
+    else:
+        hint = f"it has {', '.join(keys)}"
+        if parts[0] in CLASS_GROUPS:
+            hint += f"; +{key}=... passes a new argument"
+    owner = owner_of(parts[:depth], chosen)
+    raise UserInputError(f"{argument} is not allowed: {owner} has no key {parts[depth]} ({hint})")
 
 
 def check_target(key: str, value: str) -> None:
@@ -303,6 +319,44 @@ def check_search_space_setting(argument: str, override: Any, chosen: dict[str, t
         )
 
 
+def leaf_keys(tree: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys of a tree's values: {scheduler: {gamma: ...}} gives scheduler.gamma."""
+    keys = []
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        keys += leaf_keys(value, f"{path}.") if isinstance(value, dict) else [path]
+    return keys
+
+
+def presets_searching(group: str) -> list[str]:
+    """The hparams_search presets whose search space chooses among a group's options."""
+    presets = conf_files.group_options("hparams_search")
+    return [p for p in presets if group in leaf_keys(search_space_keys({"hparams_search": (p,)}) or {})]
+
+
+def check_searched_keys_exist(arguments: Sequence[str], chosen: dict[str, tuple[str, ...]]) -> None:
+    """Each key a sweep's preset searches (less those `~hydra.sweeper.params.KEY` drops) is one its runs
+    have. `scheduler=cosine` under hparams_search=steplr_optuna, which searches StepLR's step_size, used to
+    open the study, fail its first trials with Hydra's five lines and queue them again, and exit 1."""
+    if not given(arguments, "--multirun") or not (space := search_space_keys(chosen)):
+        return
+    dropped = [a[1:].partition("=")[0].removeprefix(SEARCH_SPACE) for a in arguments if a.startswith("~")]
+    for key in leaf_keys(space):
+        if conf_files.is_group(key) or any(key == d or key.startswith(f"{d}.") for d in dropped):
+            continue  # a group's options (`scheduler: choice(...)`) are left to Hydra
+        if (missing := missing_part(key, chosen)) is None:
+            continue
+        parts = key.split(".")
+        owner = owner_of(parts[: missing[0]], chosen)
+        searching = presets_searching(parts[0])
+        across = f"; hparams_search={searching[0]} searches across them" if searching else ""
+        presets = ",".join(chosen["hparams_search"])
+        raise UserInputError(
+            f"hparams_search={presets} searches {key}, which {owner} does not have "
+            f"(drop it from the search with ~{SEARCH_SPACE}{key}, or choose a {parts[0]} that has it{across})"
+        )
+
+
 # Hydra's plugin groups whose settings (hydra.sweeper.n_trials) are checked by name and type.
 PLUGIN_GROUPS = ("sweeper", "launcher")
 
@@ -421,3 +475,4 @@ def check_command_line(arguments: Sequence[str]) -> None:
             check_search_space_setting(argument, overrides[argument], chosen)
         elif plain and len(parts) > 2 and parts[0] == "hydra" and parts[1] in PLUGIN_GROUPS:
             check_plugin_setting(argument, overrides[argument], arguments, chosen, parts[1])
+    check_searched_keys_exist(arguments, chosen)

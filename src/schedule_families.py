@@ -10,7 +10,7 @@ an entry is tried at its YAML defaults.
 import optuna
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra_plugins.hydra_optuna_sweeper._impl import create_optuna_distribution_from_override
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from src.runs import FAMILIES_KEY
@@ -20,7 +20,10 @@ FAMILY_PARAM = "scheduler"
 
 def family_parameters(config: DictConfig, trial: optuna.Trial) -> None:
     """Suggest the parameters of the family this trial chose (called by the sweeper for each trial)."""
-    space = config.get(FAMILIES_KEY, {}).get(trial.params[FAMILY_PARAM]) or {}
+    # The family the trial chose, or the one the command line fixed for the whole sweep (`scheduler=step_lr`)
+    fixed = OmegaConf.select(config, f"hydra.runtime.choices.{FAMILY_PARAM}")
+    family = trial.params.get(FAMILY_PARAM) or fixed
+    space = config.get(FAMILIES_KEY, {}).get(family) or {}
     parser = OverridesParser.create()
     for key, text in space.items():
         distribution = create_optuna_distribution_from_override(parser.parse_override(f"{key}={text}"))

@@ -116,3 +116,34 @@ def test_a_search_over_schedule_families_tunes_each_family_and_ranks_them(tiny_m
     assert [f"scheduler={family}" in row for row, family in zip(rows, ranking, strict=True)] == [True] * len(
         best
     )
+
+
+def test_a_search_over_schedule_families_with_the_family_fixed_tunes_that_familys_parameters(
+    tiny_mnist, tmp_path
+):
+    """`scheduler=step_lr` on the command line fixes the family: its own parameters are searched. Before,
+    the family was read from the trial's parameters only, and the sweep ended with a KeyError traceback."""
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    for family, searched in (("step_lr", {"scheduler.step_size", "scheduler.gamma"}), ("cosine", set())):
+        sweep = run_cli(
+            "src.train",
+            "--multirun",
+            "hparams_search=schedule_families_optuna",
+            f"scheduler={family}",
+            "hydra.sweeper.n_trials=2",
+            "trainer.epochs=2",
+            "logger=none",
+            f"hydra.sweeper.study_name=fixed_{family}",
+            f"hydra.sweep.dir={tmp_path / family}",
+            f"hydra.sweeper.storage={storage}",
+            *tiny_data_overrides(tiny_mnist),
+        )
+        assert sweep.returncode == 0, sweep.stderr[-3000:]
+        study = optuna.load_study(study_name=f"fixed_{family}", storage=storage)
+        completed = study.get_trials(states=(TrialState.COMPLETE,))
+        assert len(completed) == 2 and all(set(t.params) == searched for t in completed)
+        assert all(
+            f"scheduler={family}"
+            in read_json(tmp_path / family / str(t.number) / "metrics.json")["overrides"]
+            for t in completed
+        )

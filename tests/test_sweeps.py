@@ -701,6 +701,20 @@ BAD_SWEEPER_SETTINGS = [
         "scheduler.gamma=intervl(0.1,0.5) is not allowed: Unknown function 'intervl' "
         "(available: bool,choice,extend_list,float,glob,int,interval,json_str,range,shuffle,sort,str,tag)",
     ),
+    # A scheduler without the keys the preset searches: before, the study was opened, its first trials
+    # failed with Hydra's five lines and were queued again, and the sweep ended with exit 1.
+    (
+        "scheduler=cosine",
+        "hparams_search=steplr_optuna searches scheduler.step_size, which scheduler=cosine does not have "
+        "(drop it from the search with ~hydra.sweeper.params.scheduler.step_size, or choose a scheduler that "
+        "has it; hparams_search=schedule_families_optuna searches across them)",
+    ),
+    (
+        "scheduler=plateau",
+        "hparams_search=steplr_optuna searches scheduler.step_size, which scheduler=plateau does not have "
+        "(drop it from the search with ~hydra.sweeper.params.scheduler.step_size, or choose a scheduler that "
+        "has it; hparams_search=schedule_families_optuna searches across them)",
+    ),
     (
         "hydra/sweeper/sampler=grid",
         "hydra/sweeper/sampler=grid is not allowed with a continuous range (scheduler.gamma): give each "
