@@ -102,6 +102,7 @@ def check_sweep_dir(config: DictConfig) -> None:
 
 def check_sweep_dir_and_launcher(config: DictConfig) -> None:
     check_sweep_dir(config)
+    check_objective(config)
     launcher = config.hydra.launcher
     if launcher.get("_target_") == BATCHED_LAUNCHER:
         max_batch = launcher.get("max_batch")
@@ -117,6 +118,23 @@ def check_sweep_dir_and_launcher(config: DictConfig) -> None:
         preload = launcher.get("preload")
         if not is_module_list(preload):
             raise ConfigError("hydra.launcher.preload", preload, "a list of module names, e.g. [torch]")
+
+
+def check_objective(config: DictConfig) -> None:
+    """An Optuna sweep of these runs maximizes the one value each returns, an accuracy (optimized_metric).
+    `direction=minimize` used to pick the worst run as best, and a list of directions (which the sweeper
+    takes for several objectives) failed every trial: Optuna takes no per-epoch report then."""
+    sweeper = config.hydra.sweeper
+    if sweeper.get("_target_") != RESUMING_SWEEPER:
+        return
+    direction = sweeper.get("direction")
+    if direction != "maximize" and list(direction or []) != ["maximize"]:
+        shown = direction if isinstance(direction, str) else f"[{', '.join(map(str, direction or []))}]"
+        raise ConfigError(
+            "hydra.sweeper.direction",
+            shown,
+            f"maximize (each run returns one value, optimized_metric={config.optimized_metric}, an accuracy)",
+        )
 
 
 def check_machine_and_data(config: DictConfig) -> None:

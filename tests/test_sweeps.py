@@ -632,10 +632,18 @@ BAD_SWEEPER_SETTINGS = [
         "hydra.sweeper.grace_period=5",
         "hydra.sweeper.grace_period=5 is not allowed: an integer number of seconds > heartbeat_interval (10)",
     ),
-    (
-        "hydra.sweeper.direction=up",
-        "hydra.sweeper.direction='up' is not allowed: maximize or minimize (a list of them for several "
-        "objectives)",
+    # The runs return one accuracy: minimize picked the worst run, and several directions failed every trial.
+    *(
+        (
+            f"hydra.sweeper.direction={given}",
+            f"hydra.sweeper.direction='{shown}' is not allowed: maximize (each run returns one value, "
+            "optimized_metric=val_acc, an accuracy)",
+        )
+        for given, shown in (
+            ("up", "up"),
+            ("minimize", "minimize"),
+            ("[maximize,maximize]", "[maximize, maximize]"),
+        )
     ),
     (
         "hydra.sweeper.params.scheduler.gamma='interval(0.9,0.1)'",
