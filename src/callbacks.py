@@ -7,6 +7,7 @@ at. This callback checks the config, and the directory a run or sweep is about t
 a process that will train into the machine's CPU share (src/cpu_share.py) before its first job.
 """
 
+import itertools
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -185,10 +186,16 @@ class CheckConfigFirst(Callback):
         CpuShare(job_cpus()).register()
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        grid = grid_jobs(config)  # a plain grid's jobs, each job's config as it will run
+        first = next(grid, None)
         with numbered_as_job(0):  # the sweep's config, with the values a job's resolves to
-            self._check(config, check_sweep_dir_and_launcher)
+            if first is None:
+                self._check(config, check_sweep_dir_and_launcher)
+            else:  # its values are the jobs' (the swept keys at their defaults are no job's: `steps.
+                # warmup_epochs=6 trainer.epochs=8,9` was refused for the default of 5 epochs)
+                self._check(config, check_sweep_dir_and_launcher, values=False)
         jobs = []
-        for job in grid_jobs(config):  # a plain grid's values, each job's as it will run
+        for job in itertools.chain([first] if first else [], grid):
             with numbered_as_job(job.number):
                 self._check(job.config)
             jobs.append((job.number, job.overrides))
@@ -220,12 +227,16 @@ class CheckConfigFirst(Callback):
             raise SystemExit(1)
 
     @staticmethod
-    def _check(config: DictConfig, check_directory: Callable[[DictConfig], None] | None = None) -> None:
+    def _check(
+        config: DictConfig, check_directory: Callable[[DictConfig], None] | None = None, values: bool = True
+    ) -> None:
         try:
-            validate(config)
+            if values:
+                validate(config)
             if check_directory is not None:
                 check_directory(config)
-            check_machine_and_data(config)
+            if values:
+                check_machine_and_data(config)
         except UserInputError as error:
             stop_with(error)
 

@@ -53,6 +53,7 @@ from src.compare import (
     render_text,
     sort_key,
 )
+from src.errors import UserInputError
 from src.interrupts import report_interrupts_in_one_line, terminated
 from src.run_record import STATUS_COMPLETED, Summary
 from src.runs import OPERATIONAL_KEYS, RERUN_GROUP, Run, load_runs
@@ -124,6 +125,14 @@ def check_rerun_overrides(overrides: Sequence[str]) -> None:
             several = False
         if several:
             raise ConfirmError(f"{text} is not allowed: one value (each seed's reruns share one directory)")
+    # The reruns' command names its own config directory, where src.train leaves names to Hydra: checked
+    # here as a plain multirun (`hydra/launcher=nope` was Hydra's fourteen lines, then "failed")
+    from src.command_line import check_command_line
+
+    try:
+        check_command_line(["--multirun", *overrides])
+    except UserInputError as error:
+        raise ConfirmError(str(error)) from None
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -343,8 +352,13 @@ def one_confirmation_at_a_time(out: Path) -> Iterator[int]:
     other's unfinished runs as interrupted ones: the second stops in one line instead. The lock is the
     open file's: the reruns' process is handed it too (rerun()), so a confirmation killed alone keeps its
     directory locked until its reruns end. Yields the lock's file descriptor."""
-    out.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise ConfirmError(
+            f"{relative(out)} cannot be written ({error.strerror}): give --out a directory that can"
+        ) from None
     try:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -33,8 +33,12 @@ def swept_values(config: DictConfig) -> list[list[tuple[Override, object, str]]]
     """Per swept key, (its override, each value, the job's override line for it), as the basic sweeper reads
     hydra.sweeper.params and the command line; None when a sweep changes what is composed (a config group,
     a package, a deletion) or sweeps over dicts or lists."""
-    params = config.hydra.sweeper.get("params") or {}
-    lines = [f"{key}={value}" for key, value in params.items()] + list(config.hydra.overrides.task)
+    # As written: an override's text is not an interpolation (`trainer.seed=${hydra.job.num}` is refused
+    # by the job's check; resolving the line itself failed on it, and Hydra took that for a warning)
+    params = config.hydra.sweeper.get("params")
+    params = OmegaConf.to_container(params, resolve=False) if params else {}
+    task = OmegaConf.to_container(config.hydra.overrides.task, resolve=False)
+    lines = [f"{key}={value}" for key, value in params.items()] + list(task)
     by_key: dict[str, Override] = {}  # in the sweeper's order: a key's place is its first, its value its last
     for override in OverridesParser.create().parse_overrides(lines):
         by_key[override.get_key_element()] = override

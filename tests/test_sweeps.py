@@ -468,6 +468,25 @@ def test_a_bad_value_of_a_plain_grid_stops_it_before_any_job(tiny_mnist, tmp_pat
     assert not (tmp_path / "grid").exists()
 
 
+def test_a_plain_grid_whose_every_job_is_valid_runs_though_its_swept_keys_defaults_are_not(
+    tiny_mnist, tmp_path
+):
+    """A warmup of 6 epochs is fewer than each swept trainer.epochs (7, 8), not than the default 5 the
+    sweep's own config holds: before, the grid was refused for that config, which no job runs."""
+    grid = [
+        "--multirun",
+        f"hydra.sweep.dir={tmp_path / 'grid'}",
+        *tiny_data_overrides(tiny_mnist),
+        "logger=none",
+    ]
+    result = run_cli(
+        "src.train", *grid, "scheduler=warmup_cosine", "steps.warmup_epochs=6", "trainer.epochs=7,8"
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    runs = [read_json(tmp_path / "grid" / str(job) / "metrics.json") for job in (0, 1)]
+    assert [run["epochs_completed"] for run in runs] == [7, 8]
+
+
 def test_grid_jobs_are_checked_as_they_will_run_and_only_for_a_plain_grid_of_values(tiny_mnist):
     """Every job up to MAX_CHECKED_JOBS; beyond, each value of each key beside the first of the others.
     Values valid only together with another key's (a warmup shorter than every epochs value swept) are
