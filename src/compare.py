@@ -31,7 +31,7 @@ from src.interrupts import report_interrupts_in_one_line
 from src.run_record import DATA_SIZES, OPTIMIZED_METRICS, STATUS_COMPLETED, STATUSES, Summary
 from src.runs import COMPARABILITY_KEYS, METRIC_KEYS, OPERATIONAL_KEYS, Run, load_runs, setting_overrides
 from src.seed_groups import AGGREGATED_METRICS, Setting, group_by_setting
-from src.study_runs import StudyError, add_study_arguments, study_run_dirs
+from src.study_runs import StudyError, add_study_arguments, check_study_arguments, study_run_dirs
 
 DEFAULT_ROOTS = (Path("outputs"), Path("multirun"))
 # Columns of results (shown to 2 decimals); every other column is a parameter (shown to tell values apart).
@@ -400,6 +400,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "with each metric's mean and standard deviation over the seeds",
     )
     args = parser.parse_args(argv)
+    check_study_arguments(parser, args)
     if args.top is not None and args.top < 1:
         parser.error(f"--top {args.top}: must be at least 1")
     if args.over_seeds and args.status:

@@ -58,7 +58,7 @@ from src.interrupts import report_interrupts_in_one_line, terminated
 from src.run_record import STATUS_COMPLETED, Summary
 from src.runs import OPERATIONAL_KEYS, RERUN_GROUP, Run, load_runs
 from src.seed_groups import SEED_KEY, Setting, group_by_setting
-from src.study_runs import StudyError, add_study_arguments, study_run_dirs
+from src.study_runs import StudyError, add_study_arguments, check_study_arguments, study_run_dirs
 from src.verdict import judge, setting_names
 
 CONFIRMATION_FILE = "confirmation.yaml"
@@ -172,6 +172,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"--seeds {args.seeds}: at least 2 (an interval needs two values)")
     if bool(args.study) == bool(args.sources):
         parser.error("name the sweep: its directories, or --study NAME (with --storage)")
+    check_study_arguments(parser, args)
     return args
 
 

@@ -17,9 +17,15 @@ def add_study_arguments(parser: argparse.ArgumentParser, study_help: str) -> Non
     parser.add_argument("--study", metavar="NAME", help=study_help)
     parser.add_argument(
         "--storage",
-        default=DEFAULT_STORAGE,
         help=f"the study's storage: a URL or an Optuna journal file (default {DEFAULT_STORAGE})",
     )
+
+
+def check_study_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--storage says where --study is: given alone, it was ignored and the runs read from elsewhere."""
+    if args.storage is not None and not args.study:
+        parser.error(f"--storage {args.storage}: give --study NAME too (the study whose runs to read)")
+    args.storage = args.storage or DEFAULT_STORAGE
 
 
 class StudyError(Exception):

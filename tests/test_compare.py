@@ -402,6 +402,23 @@ def test_a_storage_that_is_not_there_is_one_line_and_reading_creates_no_database
     default = compare(tmp_path, "--study", "steplr")  # no multirun/optuna.db here: none is made
     assert default.returncode == 2 and "no such database file (multirun/optuna.db)" in default.stderr
     assert not (tmp_path / "multirun").exists()
+    # --storage says where --study is: alone it was ignored, and every run under outputs/ and multirun/ listed
+    for module in ("src.compare", "src.confirm"):
+        alone = run_cli(
+            module,
+            *([] if module == "src.compare" else ["multirun"]),
+            "--storage",
+            f"sqlite:///{missing}",
+            cwd=runs_root,
+        )
+        assert alone.returncode == 2 and not alone.stdout
+        assert (
+            alone.stderr.strip()
+            .splitlines()[-1]
+            .endswith(
+                f"error: --storage sqlite:///{missing}: give --study NAME too (the study whose runs to read)"
+            )
+        )
 
 
 def test_a_quoted_glob_reads_every_matching_sweep_directory(runs_root):
