@@ -151,6 +151,9 @@ def check_machine_and_data(config: DictConfig) -> None:
 
         if not torch.cuda.is_available():
             raise ConfigError("trainer.device", "cuda", "auto or cpu: this machine has no CUDA device")
+    cache = config.trainer.get("prefix_cache")  # made by a run at its first epoch: there, a traceback
+    if cache and (reason := unwritable_reason(Path(to_absolute_path(str(cache))))):
+        raise ConfigError("trainer.prefix_cache", str(cache), f"a directory that can be written ({reason})")
     count = training_images(root)
     if count is not None and not 0 < config.data.val_size < count:
         raise ConfigError(

@@ -728,6 +728,12 @@ BAD_SWEEPER_SETTINGS = [
         "scheduler.gamma=intervl(0.1,0.5) is not allowed: Unknown function 'intervl' "
         "(available: bool,choice,extend_list,float,glob,int,interval,json_str,range,shuffle,sort,str,tag)",
     ),
+    # Every trial failed at its first epoch with FileNotFoundError, and the sweep stopped on the failure rate
+    (
+        "trainer.prefix_cache=/etc/passwd/cache",
+        "trainer.prefix_cache='/etc/passwd/cache' is not allowed: a directory that can be written "
+        "(/etc/passwd is not a directory)",
+    ),
     # A scheduler without the keys the preset searches: before, the study was opened, its first trials
     # failed with Hydra's five lines and were queued again, and the sweep ended with exit 1.
     (

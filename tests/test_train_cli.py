@@ -104,6 +104,11 @@ BAD_INPUTS = [
     ("data.val_size=1200", "data.val_size=1200", "between 1 and 1199 (the training set in"),
     ("scheduler.interval=batch", "scheduler.interval='batch'", "epoch or step"),
     (
+        "trainer.prefix_cache=/etc/passwd/cache",
+        "trainer.prefix_cache='/etc/passwd/cache'",
+        "a directory that can be written (/etc/passwd is not a directory)",
+    ),
+    (
         "scheduler=warmup_cosine",
         "steps.warmup_epochs=1",
         "fewer than trainer.epochs=1 (a warmup ends before the run)",
