@@ -78,6 +78,35 @@ def test_an_optuna_sweep_runs_its_trials_as_slurm_jobs_that_report_and_get_prune
         assert threads_logged(Path(trial.user_attrs["run_dir"])) == 1
 
 
+def test_a_batch_slurm_refuses_ends_the_sweep_in_one_line_and_the_same_command_resumes_it(
+    slurm, tiny_mnist, tmp_path
+):
+    """sbatch refusing the array (here a partition the cluster lacks) ended the sweep with submitit's
+    traceback, and its trials said the sweep had been stopped while they ran."""
+    args = optuna_sweep_args(
+        tiny_mnist, tmp_path, "sweep", "trainer.epochs=1", "hydra.sweeper.n_trials=2", "hydra/launcher=slurm"
+    )
+    command = [sys.executable, "-m", "src.train", *args, "hydra.sweeper.n_jobs=2"]
+    env = {**cli_env(), "SLURM_CONF": str(slurm.conf)}
+    refused = subprocess.run(
+        [*command, "hydra.launcher.partition=nope"], cwd=REPO, capture_output=True, text=True, env=env
+    )
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    failure = "hydra/launcher=slurm failed: FailedJobError: sbatch: error: invalid partition specified: nope"
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"error: {failure}; its trials are queued again: run the same command to resume"
+    )
+    study = optuna.load_study(study_name="steplr", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert [(t.state.name, t.user_attrs.get("fail_reason")) for t in study.trials[:2]] == [
+        ("FAIL", failure)
+    ] * 2
+    assert [t.state.name for t in study.trials[2:]] == ["WAITING"] * 2
+    resumed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    study = optuna.load_study(study_name="steplr", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert [t.state.name for t in study.trials[2:]] == ["COMPLETE"] * 2
+
+
 def test_sweep_workers_submitted_as_slurm_jobs_finish_one_study(slurm, tiny_mnist, tmp_path):
     command = sweep_command(
         tiny_mnist, f"hydra.sweeper.storage=sqlite:///{tmp_path / 'optuna.db'}", "hydra.sweeper.n_trials=4"

@@ -265,7 +265,10 @@ def test_an_error_that_ends_a_sweep_after_a_ctrl_c_arrived_ends_it_as_that_ctrl_
     """A library that turns the KeyboardInterrupt raised in its middle into an error of its own (OmegaConf
     did, as Hydra composed a job's config): the sweep still ends as interrupted, not with that error's
     traceback and exit 1. Without an interruption, an error stays what it is; the handler is restored."""
-    from hydra_plugins.optuna_pruning_sweeper.child_jobs import interruptions_kept_as_such
+    from hydra_plugins.optuna_pruning_sweeper.child_jobs import (
+        interruption_arrived,
+        interruptions_kept_as_such,
+    )
 
     def library_work() -> None:
         try:
@@ -278,7 +281,9 @@ def test_an_error_that_ends_a_sweep_after_a_ctrl_c_arrived_ends_it_as_that_ctrl_
     with pytest.raises(KeyboardInterrupt) as stop, interruptions_kept_as_such():
         library_work()
     assert isinstance(stop.value.__cause__, AttributeError)
+    assert interruption_arrived()  # what the sweeper asks before it takes a launcher's error for a failure
     with pytest.raises(AttributeError), interruptions_kept_as_such():
+        assert not interruption_arrived()
         raise AttributeError("a sweep's own error")
     assert signal.getsignal(signal.SIGINT) is before
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from helpers.cli import REPO, files_of, read_json, run_cli, tiny_data_overrides
+from helpers.cli import REPO, cli_env, files_of, read_json, run_cli, tiny_data_overrides
 from helpers.sweeps import STUDY, composed, load_study, optuna_sweep_args, trial_dirs
 from optuna.trial import TrialState
 
@@ -1496,3 +1496,38 @@ def test_workers_that_count_the_study_at_once_overshoot_n_trials_by_one_trial_ea
     assert AskBudget(size=3, new=10, counted=5).filled([5, 6, 7])  # n_jobs caps the batch
     assert not AskBudget(size=3, new=0, counted=5).filled([2, 3])  # queued trials are taken up to size
     assert AskBudget(size=3, new=0, counted=5).filled([2, 5])  # ... but none of them was left for this one
+
+
+def test_a_killed_joblib_worker_ends_the_sweep_in_one_line_and_its_trials_say_so(tiny_mnist, tmp_path):
+    """loky's TerminatedWorkerError (a worker SIGKILLed: the kernel's OOM killer) ended the sweep with a
+    traceback, and the batch's trials said the sweep had been stopped while they ran. They are queued
+    again."""
+    args = optuna_sweep_args(
+        tiny_mnist, tmp_path, "sweep", "trainer.epochs=300", "hydra.sweeper.n_trials=2", "logger=none"
+    )
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "src.train", *args, "hydra/launcher=joblib", "hydra.sweeper.n_jobs=2"],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+    )
+    deadline = time.monotonic() + 300
+    while not list((tmp_path / "sweep").glob("*/metrics.csv")):  # a job has trained an epoch
+        assert time.monotonic() < deadline and sweep.poll() is None
+        time.sleep(0.05)
+    children = " ".join(p.read_text() for p in Path(f"/proc/{sweep.pid}/task").glob("*/children")).split()
+    workers = [pid for pid in children if "popen_loky" in Path(f"/proc/{pid}/cmdline").read_text()]
+    os.kill(int(workers[0]), signal.SIGKILL)
+    _, stderr = sweep.communicate(timeout=300)
+    assert sweep.returncode == 1 and "Traceback" not in stderr
+    failure = "hydra/launcher=joblib failed: TerminatedWorkerError: A worker process managed by the executor"
+    assert stderr.strip().splitlines()[-1].startswith(f"error: {failure}")
+    assert stderr.strip().endswith(
+        "(The exit codes of the workers are {SIGKILL(-9)}); its trials are queued again: "
+        "run the same command to resume"
+    )
+    trials = load_study(tmp_path).trials
+    assert [t.state for t in trials] == [TrialState.FAIL] * 2 + [TrialState.WAITING] * 2
+    assert all(t.user_attrs["fail_reason"].startswith(failure) for t in trials[:2])

@@ -104,6 +104,15 @@ def signal_children(signum: int) -> None:
                 os.kill(int(child), signum)
 
 
+# The interruptions the running sweep has taken (interruptions_kept_as_such notes them)
+ARRIVED: list[int] = []
+
+
+def interruption_arrived() -> bool:
+    """Whether the running sweep has been interrupted: an error then is the interruption's doing."""
+    return bool(ARRIVED)
+
+
 @contextlib.contextmanager
 def interruptions_kept_as_such() -> Iterator[None]:
     """Around a sweep: an error that ends it after an interruption arrived (Ctrl-C, or SIGTERM or SIGHUP,
@@ -116,17 +125,17 @@ def interruptions_kept_as_such() -> Iterator[None]:
     if not callable(previous) or threading.current_thread() is not threading.main_thread():
         yield
         return
-    arrived: list[int] = []
+    ARRIVED.clear()
 
     def noted(signum: int, frame: Any) -> None:
-        arrived.append(signum)
+        ARRIVED.append(signum)
         previous(signum, frame)
 
     signal.signal(signal.SIGINT, noted)
     try:
         yield
     except Exception as error:
-        if arrived:
+        if ARRIVED:
             raise KeyboardInterrupt from error
         raise
     finally:

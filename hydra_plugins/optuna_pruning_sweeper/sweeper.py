@@ -52,6 +52,7 @@ from hydra_plugins.optuna_pruning_sweeper.grammar import override_error_reason
 from . import config as registered_configs  # noqa: F401  (registers the configs)
 from .child_jobs import (
     JobInterrupted,
+    interruption_arrived,
     interruptions_kept_as_such,
     interruptions_passed_to_child_jobs,
     interrupts_held,
@@ -59,7 +60,14 @@ from .child_jobs import (
 from .disk import unwritable_reason
 from .job_dirs import NumberedDirectories, first_job_number, shared_directory
 from .seeding import SeedPerTrialSampler
-from .storage import StorageError, describe, open_storage, release_interrupted_access, set_trial_attrs
+from .storage import (
+    StorageError,
+    describe,
+    one_line,
+    open_storage,
+    release_interrupted_access,
+    set_trial_attrs,
+)
 from .sweep_owner import RESULTS_FILE, SweepDirectoryTaken, check_sweep_dir, claim_sweep_dir
 from .trial_bridge import RUN_DIR, instantiate_pruner, job_environment, run_dir_attr
 from .workers import FAIL_REASON, INTERRUPTED, Heartbeats, Worker, claim, end_dead_trials, give_up, tell
@@ -471,7 +479,12 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
             if reason := shared_directory(self.config, numbered, self._is_group):
                 raise SweepError(reason)
             with interruptions_passed_to_child_jobs(self.launcher):
-                returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
+                try:
+                    returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
+                except Exception as error:  # sbatch refused the array, a joblib worker was killed, ...
+                    if interruption_arrived():  # a Ctrl-C that became another error in a library
+                        raise KeyboardInterrupt from error
+                    raise self._launch_failed(error) from error
         except BaseException as stop:  # Ctrl-C or a launcher crash: never leave these trials RUNNING
             release_interrupted_access(stop, study._storage)
             if claimed is not None:
@@ -493,6 +506,18 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
                         "stale): its result is not recorded in the study"
                     )
                 heartbeats.discard(trial._trial_id)
+
+    def _launch_failed(self, error: Exception) -> SweepError:
+        """The launcher's own failure (its jobs report theirs in their returns) as one line, which the
+        batch's trials also record as the reason they failed (before: a traceback, and trials that said the
+        sweep was stopped). The trials are queued again, so the same command resumes."""
+        launcher = (self.config.hydra.runtime.get("choices") or {}).get("hydra/launcher", "?")
+        failure = f"hydra/launcher={launcher} failed: {type(error).__name__}: {one_line(error).rstrip('.')}"
+        if codes := [line for line in str(error).splitlines()[1:] if "exit code" in line]:
+            failure += f" ({codes[0].strip().rstrip('.')})"  # loky's: which signal ended its workers
+        error = SweepError(f"{failure}; its trials are queued again: run the same command to resume")
+        error.reason = failure
+        return error
 
     def _configure_trials(
         self,
