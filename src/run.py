@@ -250,6 +250,10 @@ def finishing_run(
     except optuna.TrialPruned as pruned:
         status, reason = STATUS_PRUNED, str(pruned)
         raise
+    except optuna.exceptions.UpdateFinishedTrialError:  # at an epoch's report
+        # Its sweep ended the trial: stopped (the trial is queued again), or it took this job for dead
+        status, reason = STATUS_INTERRUPTED, "its sweep ended its trial (stopped, or took this job for dead)"
+        raise
     except Exception as error:
         status, reason = STATUS_FAILED, f"{type(error).__name__}: {error}"
         raise

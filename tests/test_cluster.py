@@ -4,6 +4,7 @@
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -105,6 +106,70 @@ def test_a_batch_slurm_refuses_ends_the_sweep_in_one_line_and_the_same_command_r
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     study = optuna.load_study(study_name="steplr", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     assert [t.state.name for t in study.trials[2:]] == ["COMPLETE"] * 2
+
+
+def test_ctrl_c_on_a_sweep_cancels_its_batchs_slurm_jobs_which_end_as_interrupted(
+    slurm, tiny_mnist, tmp_path
+):
+    """submitit left the batch's array in SLURM when the sweep was stopped: its running jobs failed at their
+    next report, and pending ones started later, for trials the study had already queued again."""
+    args = optuna_sweep_args(
+        tiny_mnist,
+        tmp_path,
+        "sweep",
+        "trainer.epochs=500",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.n_jobs=3",
+        "hydra/launcher=slurm",
+        "hydra.launcher.array_parallelism=2",  # the third waits in SLURM's queue
+    )
+    env = {**cli_env(), "SLURM_CONF": str(slurm.conf)}
+    with (tmp_path / "sweep.stdout").open("w") as stdout, (tmp_path / "sweep.stderr").open("w") as stderr:
+        sweep = subprocess.Popen(
+            [sys.executable, "-m", "src.train", *args],
+            cwd=REPO,
+            stdout=stdout,
+            stderr=stderr,
+            env=env,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + 600
+    started = [tmp_path / "sweep" / str(n) / "metrics.csv" for n in range(2)]
+    while not all(path.exists() and len(path.read_text().splitlines()) > 2 for path in started):
+        assert time.monotonic() < deadline and sweep.poll() is None, "the jobs never trained"
+        time.sleep(0.5)
+    assert len(slurm.queue()) == 3  # two running, one pending
+    os.kill(sweep.pid, signal.SIGINT)
+    assert sweep.wait(120) == -signal.SIGINT
+    stderr = (tmp_path / "sweep.stderr").read_text()
+    assert "Traceback" not in stderr and stderr.splitlines()[-1] == "interrupted (Ctrl-C)", stderr[-3000:]
+    deadline = time.monotonic() + 60  # scancel's SIGTERM: each job writes its run's files and ends
+    while slurm.queue():
+        assert time.monotonic() < deadline, f"jobs left in SLURM: {slurm.queue()}"
+        time.sleep(0.5)
+    assert "Cancelled the batch's SLURM jobs" in (tmp_path / "sweep.stdout").read_text()
+    for path in started:  # each ran to the end of its run, on SLURM's SIGTERM
+        summary = read_json(path.parent / "metrics.json")
+        assert summary["status"] == "interrupted" and 2 <= summary["epochs_completed"] < 500
+    # the pending one never started
+    assert not list((tmp_path / "sweep" / ".submitit").glob("*_2/*_log.out"))
+    assert not list((tmp_path / "sweep" / "2").iterdir())
+    study = optuna.load_study(study_name="steplr", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["FAIL"] * 3 + ["WAITING"] * 3  # queued again
+
+
+def test_the_arrays_to_cancel_are_those_whose_task_folders_appeared_during_the_launch(tmp_path):
+    from hydra_plugins.optuna_pruning_sweeper.slurm_launcher import submitted_arrays
+
+    for name in ("7_0", "7_1", "7"):  # an earlier batch's array
+        (tmp_path / name).mkdir()
+    before = {path.name for path in tmp_path.iterdir()}
+    for name in ("12_0", "12_1", "12", "13_0"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "14_0_submitted.pkl").touch()  # submitit's files in one folder
+    (tmp_path / "notes").mkdir()
+    assert submitted_arrays(tmp_path, before) == ["12", "13", "14"]
+    assert submitted_arrays(tmp_path / "missing", set()) == []
 
 
 def test_sweep_workers_submitted_as_slurm_jobs_finish_one_study(slurm, tiny_mnist, tmp_path):

@@ -36,8 +36,9 @@ JOBLIB_LAUNCHER = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLau
 BATCHED_LAUNCHER = "hydra_plugins.batched_launcher.launcher.BatchedLauncher"
 # Launchers none of whose jobs can start once launch() has returned or raised (they run in this process, or in
 # processes that end with it): a stopped batch's claimed directories that no job wrote into can be given back.
-# A job of another launcher may start later (submitit's SLURM jobs go on after the sweep stops) and write into
-# its directory, which must then still be its own.
+# A job of another launcher may start later (submitit's SLURM jobs go on after the sweep stops;
+# hydra/launcher=slurm cancels them, but one may be starting as it does) and write into its directory, which
+# must then still be its own.
 LAUNCHERS_ENDING_THEIR_JOBS = (BASIC_LAUNCHER, JOBLIB_LAUNCHER, BATCHED_LAUNCHER)
 JOB_NUMBER = re.compile(r"\$\{hydra[.:]job\.num\}")  # in hydra.sweep.subdir, as Hydra's default writes it
 

@@ -1,0 +1,59 @@
+"""hydra/launcher=slurm: submitit's SLURM launcher, with the batch's job array cancelled when the sweep stops.
+
+Stopped by Ctrl-C, SIGTERM or SIGHUP, or ended by the launcher's own failure, the sweep gives the batch's
+trials up and queues them again (sweeper.py), but submitit left the array in SLURM: its running jobs failed at
+their next report (the trial had ended), and its pending ones started later, to fail the same way (a sweep
+stopped while its array waited for resources left it queued for good). The launcher cancels the array with
+scancel, which sends a running job SIGTERM: it ends as interrupted, its run's files written. Then the
+interruption (or failure) goes on as before.
+"""
+
+import logging
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+from hydra.core.utils import JobReturn
+
+try:  # hydra-submitit-launcher is the optional [cluster] dependency; Hydra's plugin scan imports this module
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
+except ImportError:  # pragma: no cover
+    SlurmLauncher = None
+
+log = logging.getLogger(__name__)
+
+
+def submitted_arrays(folder: Path, before: set[str]) -> list[str]:
+    """The SLURM job ids of the arrays whose tasks' folders (submitit's `%j`: `ARRAY_TASK`), or files in one
+    folder (`ARRAY_TASK_submitted.pkl`), are new."""
+    names = {path.name for path in folder.iterdir()} - before if folder.is_dir() else set()
+    return sorted({name.split("_")[0] for name in names if name.split("_")[0].isdigit()})
+
+
+def cancel(arrays: list[str]) -> None:
+    if not arrays:
+        return
+    try:
+        done = subprocess.run(["scancel", *arrays], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        log.warning(f"Could not cancel SLURM jobs {', '.join(arrays)}: {error}")
+        return
+    if done.returncode != 0:
+        log.warning(f"scancel {' '.join(arrays)}: {done.stderr.strip()}")
+    else:
+        log.info(f"Cancelled the batch's SLURM jobs: {', '.join(arrays)}")
+
+
+if SlurmLauncher is not None:
+
+    class StoppableSlurmLauncher(SlurmLauncher):
+        def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+            folder = Path(str(self.params["submitit_folder"]))
+            if "%j" in folder.name:  # a folder per job (ours): they appear beside each other
+                folder = folder.parent
+            before = {path.name for path in folder.iterdir()} if folder.is_dir() else set()
+            try:
+                return super().launch(job_overrides, initial_job_idx)
+            except BaseException:  # stopped, or a job's failure ends the sweep: its trials are queued again
+                cancel(submitted_arrays(folder, before))
+                raise
