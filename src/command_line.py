@@ -40,20 +40,30 @@ def target_place(node: str) -> str | None:
 
 def check_group_option(key: str, value: str) -> None:
     """`group=option` for one of this app's config groups (conf/<group>/) names an existing option; so does
-    each option of a sweep over the group (`scheduler=step_lr,onecycle`). Sweep functions such as
-    `choice(...)` are left to Hydra."""
+    each option of a sweep over the group (`scheduler=step_lr,onecycle`, `scheduler=choice(step_lr,cosine)`).
+    Other sweep functions are left to Hydra."""
     if conf_files.is_group(key):
         check_option(key, value, conf_files.group_options(key), f" (conf/{key}/)")
 
 
+def named_options(key: str, value: str) -> list[str]:
+    """The options a value names: one, a sweep's `a,b`, or a `choice(a,b)` (which a search draws from: an
+    option that is not one used to open the study and fail its trials); none for other sweep functions."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ChoiceSweep
+
+    if "(" not in value:
+        return [option.strip() for option in value.split(",")]
+    sweep = OverridesParser.create().parse_overrides([f"{key}={value}"])[0].value()
+    return [str(option) for option in sweep.list] if isinstance(sweep, ChoiceSweep) else []
+
+
 def check_option(key: str, value: str, options: list[str], where: str = "") -> None:
-    """Each option of `value` (one, or a sweep's `a,b`) is one of `options` (Hydra refuses `model=null` and
-    `model=` with a traceback or a dozen lines); sweep functions such as `choice(...)` are left to Hydra."""
-    if "(" in value:
-        return
-    for option in value.split(","):
-        if option.strip() not in options:  # in a sweep, the option that is not one
-            raise ConfigError(key, option.strip(), f"one of {', '.join(options)}{where}")
+    """Each option of `value` (one, or a sweep's) is one of `options` (Hydra refuses `model=null` and
+    `model=` with a traceback or a dozen lines)."""
+    for option in named_options(key, value):
+        if option not in options:  # in a sweep, the option that is not one
+            raise ConfigError(key, option, f"one of {', '.join(options)}{where}")
 
 
 def hydra_group_options(group: str) -> list[str]:
@@ -119,7 +129,7 @@ CLASS_GROUPS = ("model", "optimizer", "scheduler")
 
 def chosen_options(arguments: Sequence[str]) -> dict[str, tuple[str, ...]]:
     """The options of each of conf/'s groups a run or sweep of this command line may compose: the default of
-    conf/train.yaml, or what the command line chooses (every option for a sweep function)."""
+    conf/train.yaml, or what the command line chooses (every option for glob)."""
     chosen = {
         group: () if option is None else (option,) for group, option in conf_files.primary_choices().items()
     }
@@ -130,10 +140,8 @@ def chosen_options(arguments: Sequence[str]) -> dict[str, tuple[str, ...]]:
         value = value.strip().strip("'\"")
         if argument.startswith("~"):
             chosen[key] = ()
-        elif "(" in value:  # a sweep function: any of the options
-            chosen[key] = tuple(conf_files.group_options(key))
-        else:
-            chosen[key] = tuple(value.split(","))
+        else:  # the options named; any of them for a sweep function other than choice (glob)
+            chosen[key] = tuple(named_options(key, value)) or tuple(conf_files.group_options(key))
     return chosen
 
 
@@ -340,14 +348,20 @@ def check_searched_keys_exist(arguments: Sequence[str], chosen: dict[str, tuple[
     open the study, fail its first trials with Hydra's five lines and queue them again, and exit 1."""
     if not given(arguments, "--multirun") or not (space := search_space_keys(chosen)):
         return
-    dropped = [a[1:].partition("=")[0].removeprefix(SEARCH_SPACE) for a in arguments if a.startswith("~")]
+    deleted = [a[1:].partition("=")[0] for a in arguments if a.startswith("~")]
+    dropped = [key.removeprefix(SEARCH_SPACE) for key in deleted if key.startswith(SEARCH_SPACE)]
     for key in leaf_keys(space):
         if conf_files.is_group(key) or any(key == d or key.startswith(f"{d}.") for d in dropped):
             continue  # a group's options (`scheduler: choice(...)`) are left to Hydra
-        if (missing := missing_part(key, chosen)) is None:
-            continue
         parts = key.split(".")
-        owner = owner_of(parts[: missing[0]], chosen)
+        options = chosen.get(parts[0], ())
+        # each option the search draws (`scheduler=choice(step_lr,cosine)`) composes a run that must have it
+        each = [{**chosen, parts[0]: (option,)} for option in options] or [chosen]
+        misses = [(missing, one) for one in each if (missing := missing_part(key, one)) is not None]
+        if not misses:
+            continue
+        missing, one = misses[0]
+        owner = owner_of(parts[: missing[0]], one)
         searching = presets_searching(parts[0])
         across = f"; hparams_search={searching[0]} searches across them" if searching else ""
         presets = ",".join(chosen["hparams_search"])

@@ -748,6 +748,19 @@ BAD_SWEEPER_SETTINGS = [
         "(drop it from the search with ~hydra.sweeper.params.scheduler.step_size, or choose a scheduler that "
         "has it; hparams_search=schedule_families_optuna searches across them)",
     ),
+    # An option the search may draw that is not one: before, the study was opened and the sweep ended with
+    # "hydra/launcher=basic failed: MissingConfigException" once it drew it.
+    (
+        "scheduler=choice(step_lr,step_lrr)",
+        "scheduler='step_lrr' is not allowed: one of constant, cosine, cosine_restarts, cyclic, "
+        "exponential_lr, multistep_lr, onecycle, plateau, step_lr, warmup_cosine (conf/scheduler/)",
+    ),
+    (
+        "scheduler=choice(step_lr,cosine)",  # each option drawn must have what the preset searches
+        "hparams_search=steplr_optuna searches scheduler.step_size, which scheduler=cosine does not have "
+        "(drop it from the search with ~hydra.sweeper.params.scheduler.step_size, or choose a scheduler that "
+        "has it; hparams_search=schedule_families_optuna searches across them)",
+    ),
     (
         "hydra/sweeper/sampler=grid",
         "hydra/sweeper/sampler=grid is not allowed with a continuous range (scheduler.gamma): give each "

@@ -320,6 +320,9 @@ def test_a_presets_search_space_must_fit_the_chosen_options_unless_the_missing_k
     with pytest.raises(UserInputError, match=r"searches scheduler\.gamma, which scheduler=cosine"):
         check_command_line([*sweep, "scheduler=cosine", "~hydra.sweeper.params.scheduler.step_size"])
     check_command_line([*sweep, "scheduler=exponential_lr", "~hydra.sweeper.params.scheduler.step_size"])
+    # deleted from the config, not from the search
+    with pytest.raises(UserInputError, match=r"searches scheduler\.step_size"):
+        check_command_line([*sweep, "scheduler=exponential_lr", "~scheduler.step_size"])
     check_command_line([*sweep, "scheduler=cosine", "~hydra.sweeper.params.scheduler"])
     check_command_line(["hparams_search=steplr_optuna", "scheduler=cosine"])  # one run searches nothing
     check_command_line([*sweep, "hparams_search=steplr_lr_optuna", "optimizer=sgd"])

@@ -188,9 +188,9 @@ def settings_difference(before: dict[str, Any], now: dict[str, Any]) -> str:
 class SweepError(CompactHydraException):
     """A sweep that cannot go on; Hydra prints the message as one line, without a traceback."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, reason: str | None = None) -> None:
         super().__init__(f"error: {message}")
-        self.reason = message
+        self.reason = reason or message  # what the trials it gives up record
 
 
 def check_same_sweep(study: optuna.Study, settings: SweepSettings, where: str) -> None:
@@ -515,9 +515,7 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
         failure = f"hydra/launcher={launcher} failed: {type(error).__name__}: {one_line(error).rstrip('.')}"
         if codes := [line for line in str(error).splitlines()[1:] if "exit code" in line]:
             failure += f" ({codes[0].strip().rstrip('.')})"  # loky's: which signal ended its workers
-        error = SweepError(f"{failure}; its trials are queued again: run the same command to resume")
-        error.reason = failure
-        return error
+        return SweepError(f"{failure}; its trials are queued again: run the same command to resume", failure)
 
     def _configure_trials(
         self,
