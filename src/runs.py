@@ -176,8 +176,9 @@ def find_run_directories(roots: Iterable[Path]) -> tuple[list[Path], list[str]]:
     """Directories that look like runs (.hydra/ or metrics.json); warnings for empty or unreadable ones. An
     empty directory in a sweep directory (Hydra's multirun.yaml beside it) is passed over: a job of a running
     sweep that has not started yet (the sweeper makes its jobs' directories before it launches them,
-    hydra_plugins/optuna_pruning_sweeper/job_dirs.py)."""
-    found, warnings = [], []
+    hydra_plugins/optuna_pruning_sweeper/job_dirs.py). A run under two of the roots (`multirun/ multirun/x`,
+    a link) is found once: listed twice, it counted twice in --over-seeds' statistics."""
+    found, warnings, seen = [], [], set()
     for root in roots:
         if not root.is_dir():
             warnings.append(f"{root}: {'not a directory' if root.exists() else 'no such directory'}")
@@ -189,7 +190,9 @@ def find_run_directories(roots: Iterable[Path]) -> tuple[list[Path], list[str]]:
         for current, dirnames, filenames in os.walk(root, onerror=unreadable):
             path = Path(current)
             if HYDRA_DIR in dirnames or METRICS_JSON in filenames:
-                found.append(path)
+                if path.resolve() not in seen:
+                    seen.add(path.resolve())
+                    found.append(path)
                 dirnames.clear()
             elif not dirnames and not filenames and not (path.parent / SWEEP_CONFIG).is_file():
                 warnings.append(f"{path}: empty directory, no run in it")

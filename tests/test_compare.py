@@ -427,6 +427,17 @@ def test_a_quoted_glob_reads_every_matching_sweep_directory(runs_root):
     assert {record["run"].split("/")[1] for record in records} == {"optuna", "grid"}
 
 
+def test_a_run_under_two_of_the_directories_given_is_listed_once(runs_root):
+    """`compare multirun multirun/grid` listed the grid's runs twice, and --over-seeds counted them twice."""
+    once = json.loads(compare(runs_root, "multirun", "--json").stdout)
+    (runs_root / "grid_link").symlink_to(runs_root / "multirun" / "grid")
+    try:
+        records = json.loads(compare(runs_root, "multirun", "multirun/grid", "grid_link", "--json").stdout)
+    finally:
+        (runs_root / "grid_link").unlink()
+    assert sorted(record["run"] for record in records) == sorted(record["run"] for record in once)
+
+
 def test_each_epoch_of_a_schedule_is_drawn_as_wide_as_the_others():
     from src.compare_plots import lr_steps
 
