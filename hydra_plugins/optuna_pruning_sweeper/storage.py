@@ -161,6 +161,10 @@ class StorageError(Exception):
     """A storage that cannot be opened; the message names it (password masked) and the cause."""
 
 
+class StorageSettingError(StorageError):
+    """hydra.sweeper.storage is not a value a storage can be made from."""
+
+
 def mask_url(url: str) -> str:
     """The URL with its password replaced by ***."""
     try:
@@ -188,14 +192,16 @@ def storage_url_or_config(spec: Any, sweep_dir: Callable[[], Path], cwd: Path) -
         for target in targets(spec):
             if not target.startswith(STORAGE_PACKAGE):
                 allowed = f"a class under {STORAGE_PACKAGE}*"
-                raise StorageError(f"hydra.sweeper.storage: _target_ {target!r} is not allowed: {allowed}")
+                raise StorageSettingError(
+                    f"hydra.sweeper.storage: _target_ {target!r} is not allowed: {allowed}"
+                )
         if str(spec._target_) == IN_MEMORY:
-            raise StorageError(
+            raise StorageSettingError(
                 f"hydra.sweeper.storage: _target_ {IN_MEMORY!r} is not allowed: each job opens the study "
                 "itself, so it must be one that outlives a process (null, a URL, or a JournalStorage)"
             )
         return spec
-    raise StorageError(
+    raise StorageSettingError(
         f"hydra.sweeper.storage={spec!r} is not allowed: null, a storage URL or a config with a _target_ "
         "under optuna.storages"
     )

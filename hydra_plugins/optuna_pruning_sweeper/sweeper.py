@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 import warnings
 from collections import Counter
@@ -62,6 +63,7 @@ from .job_dirs import NumberedDirectories, first_job_number, shared_directory
 from .seeding import SeedPerTrialSampler
 from .storage import (
     StorageError,
+    StorageSettingError,
     describe,
     one_line,
     open_storage,
@@ -113,7 +115,7 @@ def search_space(
         culprit = next((a for a in [*params, *arguments] if not _makes_distribution(a)), None)
         where = "hydra.sweeper.params." if culprit in params else ""
         reason = override_error_reason(error) if isinstance(error, OverrideParseException) else error
-        raise SweepError(f"{where}{culprit or 'the search space'} is not allowed: {reason}") from None
+        raise SweepSettingError(f"{where}{culprit or 'the search space'} is not allowed: {reason}") from None
 
 
 def _makes_distribution(argument: str) -> bool:
@@ -186,11 +188,16 @@ def settings_difference(before: dict[str, Any], now: dict[str, Any]) -> str:
 
 
 class SweepError(CompactHydraException):
-    """A sweep that cannot go on; Hydra prints the message as one line, without a traceback."""
+    """A sweep that cannot go on; Hydra prints the message as one line, without a traceback, and exits 1."""
 
     def __init__(self, message: str, reason: str | None = None) -> None:
         super().__init__(f"error: {message}")
         self.reason = reason or message  # what the trials it gives up record
+
+
+class SweepSettingError(SweepError):
+    """A sweeper setting or search space it cannot take, found before the study is opened: exit code 2, as
+    for every other bad input (src.train's checks, src/callbacks.py); Hydra would exit 1."""
 
 
 def check_same_sweep(study: optuna.Study, settings: SweepSettings, where: str) -> None:
@@ -301,7 +308,11 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
 
     def sweep(self, arguments: list[str]) -> None:
         with interruptions_kept_as_such():
-            self._sweep(arguments)
+            try:
+                self._sweep(arguments)
+            except SweepSettingError as error:
+                print(error, file=sys.stderr)
+                raise SystemExit(2) from None
 
     def _sweep(self, arguments: list[str]) -> None:
         self._check_settings()
@@ -375,11 +386,11 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
         )
         for key, (value, ok, allowed) in checks.items():
             if not ok or isinstance(value, bool):
-                raise SweepError(f"hydra.sweeper.{key}={value!r} is not allowed: {allowed}")
+                raise SweepSettingError(f"hydra.sweeper.{key}={value!r} is not allowed: {allowed}")
         directions = self._get_directions()
         if not directions or any(d not in ("maximize", "minimize") for d in directions):
             given = self.direction if isinstance(self.direction, str) else directions
-            raise SweepError(
+            raise SweepSettingError(
                 f"hydra.sweeper.direction={given!r} is not allowed: maximize or minimize "
                 "(a list of them for several objectives)"
             )
@@ -404,7 +415,7 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
                 except ValueError:
                     continuous.append(name)
             if continuous:
-                raise SweepError(
+                raise SweepSettingError(
                     f"hydra/sweeper/sampler=grid is not allowed with a continuous range "
                     f"({', '.join(continuous)}): give each searched key choice(...) or range(...)"
                 )
@@ -553,7 +564,8 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
                 grace_period=self.grace_period,
             )
         except StorageError as error:
-            raise SweepError(str(error)) from None
+            kind = SweepSettingError if isinstance(error, StorageSettingError) else SweepError
+            raise kind(str(error)) from None
         self.where = describe(storage)
         if self.study_name is not None:  # before a new study is created in the storage
             self._sweep_dir_owner(check_sweep_dir, self.study_name)
