@@ -119,6 +119,23 @@ def check_sweep_dir_and_launcher(config: DictConfig) -> None:
         preload = launcher.get("preload")
         if not is_module_list(preload):
             raise ConfigError("hydra.launcher.preload", preload, "a list of module names, e.g. [torch]")
+    check_slurm_time_limit(launcher)
+
+
+def check_slurm_time_limit(launcher: DictConfig) -> None:
+    """submitit signals a SLURM job signal_delay_s before its time limit, and the job, which has no checkpoint
+    to be requeued from, fails there. A limit no longer than that delay failed every trial as it started,
+    with submitit's "Job not requeued because: timed-out too many times"."""
+    if not str(launcher.get("_target_", "")).endswith("SlurmLauncher"):
+        return
+    limit, delay = launcher.get("timeout_min"), launcher.get("signal_delay_s")
+    if is_count(limit) and isinstance(delay, int) and limit * 60 <= delay:
+        raise ConfigError(
+            "hydra.launcher.timeout_min",
+            limit,
+            f"more than hydra.launcher.signal_delay_s={delay} seconds (submitit ends a job that long before "
+            "its time limit: every trial would fail as it starts)",
+        )
 
 
 def check_objective(config: DictConfig) -> None:

@@ -158,6 +158,58 @@ def test_ctrl_c_on_a_sweep_cancels_its_batchs_slurm_jobs_which_end_as_interrupte
     assert [t.state.name for t in study.trials] == ["FAIL"] * 3 + ["WAITING"] * 3  # queued again
 
 
+@pytest.mark.parametrize(
+    ("launcher", "minutes", "delay"), [("slurm", 1, 90), ("submitit_slurm", 2, 120)]
+)  # ours signals 30 s before the limit (as set here: 90), submitit's own 120 s
+def test_a_slurm_time_limit_within_submitits_signal_delay_is_refused_in_one_line(
+    tiny_mnist, tmp_path, launcher, minutes, delay
+):
+    """submitit signals a job signal_delay_s before its time limit and the job fails there: with
+    `timeout_min=1` under submitit's 120 s, every trial failed as it started ("timed-out too many times")."""
+    args = optuna_sweep_args(
+        tiny_mnist,
+        tmp_path,
+        "sweep",
+        f"hydra/launcher={launcher}",
+        f"hydra.launcher.timeout_min={minutes}",
+        f"hydra.launcher.signal_delay_s={delay}",
+    )
+    result = run_cli("src.train", *args)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: hydra.launcher.timeout_min={minutes} is not allowed: more than "
+        f"hydra.launcher.signal_delay_s={delay} seconds (submitit ends a job that long before its time "
+        "limit: every trial would fail as it starts)"
+    ]
+    assert not (tmp_path / "sweep").exists() and not (tmp_path / "optuna.db").exists()
+
+
+def test_a_trial_that_reaches_its_slurm_time_limit_fails_with_its_files_written(slurm, tiny_mnist, tmp_path):
+    args = optuna_sweep_args(
+        tiny_mnist,
+        tmp_path,
+        "sweep",
+        "trainer.epochs=100000",
+        "hydra.sweeper.n_trials=1",
+        "hydra/launcher=slurm",
+        "hydra.launcher.timeout_min=1",  # signalled 30 s before: SLURM may send it up to 60 s early
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "src.train", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**cli_env(), "SLURM_CONF": str(slurm.conf)},
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    summary = read_json(tmp_path / "sweep" / "0" / "metrics.json")
+    assert summary["status"] == "failed" and "timed-out" in summary["reason"]
+    assert 1 <= summary["epochs_completed"] < 100000
+    (trial,) = optuna.load_study(study_name="steplr", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
+    assert trial.state == optuna.trial.TrialState.FAIL and "timed-out" in trial.user_attrs["fail_reason"]
+
+
 def test_the_arrays_to_cancel_are_those_whose_task_folders_appeared_during_the_launch(tmp_path):
     from hydra_plugins.optuna_pruning_sweeper.slurm_launcher import submitted_arrays
 
