@@ -210,6 +210,38 @@ def test_a_trial_that_reaches_its_slurm_time_limit_fails_with_its_files_written(
     assert trial.state == optuna.trial.TrialState.FAIL and "timed-out" in trial.user_attrs["fail_reason"]
 
 
+def test_a_job_slurm_cannot_start_is_named_in_a_warning_and_ctrl_c_cancels_it(slurm, tiny_mnist, tmp_path):
+    """More CPUs per task than the node has: sbatch takes the array and SLURM keeps it pending for good
+    (`PartitionConfig`), and the sweep used to wait without a word."""
+    args = optuna_sweep_args(
+        tiny_mnist,
+        tmp_path,
+        "sweep",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.n_jobs=2",
+        "hydra/launcher=slurm",
+        f"hydra.launcher.cpus_per_task={(os.cpu_count() or 1) * 8}",
+    )
+    env = {**cli_env(), "SLURM_CONF": str(slurm.conf)}
+    with (tmp_path / "sweep.stdout").open("w") as stdout, (tmp_path / "sweep.stderr").open("w") as stderr:
+        sweep = subprocess.Popen(
+            [sys.executable, "-m", "src.train", *args], cwd=REPO, stdout=stdout, stderr=stderr, env=env
+        )
+    deadline = time.monotonic() + 120
+    while "SLURM keeps job" not in (tmp_path / "sweep.stdout").read_text():
+        assert time.monotonic() < deadline and sweep.poll() is None, (tmp_path / "sweep.stdout").read_text()
+        time.sleep(0.5)
+    (warning,) = [
+        line for line in (tmp_path / "sweep.stdout").read_text().splitlines() if "SLURM keeps" in line
+    ]
+    assert re.search(
+        r"SLURM keeps job \d+_0, \d+_1 pending: PartitionConfig, which does not pass by itself", warning
+    )
+    sweep.send_signal(signal.SIGINT)
+    assert sweep.wait(120) == -signal.SIGINT
+    assert not slurm.queue()
+
+
 def test_the_arrays_to_cancel_are_those_whose_task_folders_appeared_during_the_launch(tmp_path):
     from hydra_plugins.optuna_pruning_sweeper.slurm_launcher import submitted_arrays
 

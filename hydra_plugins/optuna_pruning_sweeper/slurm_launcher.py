@@ -6,10 +6,15 @@ their next report (the trial had ended), and its pending ones started later, to 
 stopped while its array waited for resources left it queued for good). The launcher cancels the array with
 scancel, which sends a running job SIGTERM: it ends as interrupted, its run's files written. Then the
 interruption (or failure) goes on as before.
+
+While the batch runs, a job that SLURM keeps pending for a reason that does not pass by itself (it asks for
+more CPUs than a node of its partition has: `PartitionConfig`) is named in a warning; the sweep used to wait
+without a word.
 """
 
 import logging
 import subprocess
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -44,6 +49,71 @@ def cancel(arrays: list[str]) -> None:
         log.info(f"Cancelled the batch's SLURM jobs: {', '.join(arrays)}")
 
 
+# squeue's reasons (`%r`) for a pending job that cannot start as things are: it asks for more than its
+# partition, account or QOS allows, or for nodes or a partition that are not there.
+CANNOT_START = (
+    "PartitionConfig",
+    "PartitionTimeLimit",
+    "PartitionNodeLimit",
+    "PartitionDown",
+    "PartitionInactive",
+    "BadConstraints",
+    "ReqNodeNotAvail",
+    "InvalidAccount",
+    "InvalidQOS",
+    "QOSMax",
+    "AssocMax",
+)
+WATCH_SECONDS = 5.0
+
+
+def jobs_that_cannot_start(arrays: list[str]) -> dict[str, str]:
+    """The pending tasks of these arrays that cannot start, with squeue's reason; none when squeue fails."""
+    try:
+        done = subprocess.run(
+            ["squeue", "-h", "-r", "-j", ",".join(arrays), "-o", "%i %T %r"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    stuck = {}
+    for line in done.stdout.splitlines():
+        job, state, reason = (line.split(maxsplit=2) + ["", ""])[:3]
+        if state == "PENDING" and reason.startswith(CANNOT_START):
+            stuck[job] = reason
+    return stuck
+
+
+class StuckJobsWatch(threading.Thread):
+    """Warns, once for each reason, of the batch's jobs that SLURM keeps pending for a reason that does not
+    pass by itself, while the launcher waits for their results."""
+
+    def __init__(self, folder: Path, before: set[str]) -> None:
+        super().__init__(daemon=True, name="slurm-stuck-jobs")
+        self.folder, self.before = folder, before
+        self.stopped = threading.Event()
+        self.told: set[str] = set()
+
+    def run(self) -> None:
+        while not self.stopped.wait(WATCH_SECONDS):
+            if not (arrays := submitted_arrays(self.folder, self.before)):
+                continue
+            by_reason: dict[str, list[str]] = {}
+            for job, reason in jobs_that_cannot_start(arrays).items():
+                by_reason.setdefault(reason, []).append(job)
+            for reason, jobs in by_reason.items():
+                if reason not in self.told:
+                    self.told.add(reason)
+                    log.warning(
+                        f"SLURM keeps job {', '.join(jobs)} pending: {reason}, which does not pass by itself "
+                        "(it asks for more than its partition, account or QOS allows, or for nodes or a "
+                        "partition that are not available: see hydra.launcher.partition, cpus_per_task, "
+                        "mem_gb, timeout_min); Ctrl-C stops the sweep and cancels its jobs"
+                    )
+
+
 if SlurmLauncher is not None:
 
     class StoppableSlurmLauncher(SlurmLauncher):
@@ -52,8 +122,12 @@ if SlurmLauncher is not None:
             if "%j" in folder.name:  # a folder per job (ours): they appear beside each other
                 folder = folder.parent
             before = {path.name for path in folder.iterdir()} if folder.is_dir() else set()
+            watch = StuckJobsWatch(folder, before)
+            watch.start()
             try:
                 return super().launch(job_overrides, initial_job_idx)
             except BaseException:  # stopped, or a job's failure ends the sweep: its trials are queued again
                 cancel(submitted_arrays(folder, before))
                 raise
+            finally:
+                watch.stopped.set()
