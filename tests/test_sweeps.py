@@ -627,6 +627,11 @@ def test_runs_and_sweeps_started_in_the_same_second_never_share_a_directory(tiny
 
 BAD_SWEEPER_SETTINGS = [
     (
+        "hydra.sweeper.study_name=''",
+        "hydra.sweeper.study_name='' is not allowed: a name, or null (Optuna makes one up, and the same "
+        "command starts another study)",
+    ),
+    (
         "hydra.sweeper.n_trial=3",
         "hydra.sweeper.n_trial=3 is not allowed: hydra/sweeper=optuna_pruning has no setting n_trial "
         "(did you mean hydra.sweeper.n_trials?)",

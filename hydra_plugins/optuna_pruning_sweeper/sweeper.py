@@ -362,6 +362,11 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
                 "an integer >= 1",
             ),
             "n_jobs": (self.n_jobs, isinstance(self.n_jobs, int) and self.n_jobs >= 1, "an integer >= 1"),
+            "study_name": (  # '' made a study that compare and confirm could not name
+                self.study_name,
+                self.study_name is None or str(self.study_name).strip() != "",
+                "a name, or null (Optuna makes one up, and the same command starts another study)",
+            ),
             "max_failure_rate": (
                 self.max_failure_rate,
                 isinstance(self.max_failure_rate, int | float) and 0 <= self.max_failure_rate <= 1,
