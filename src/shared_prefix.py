@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
@@ -99,6 +101,14 @@ def resolved_except(node: DictConfig, left_out: tuple[str, ...], prefix: str = "
     return resolved
 
 
+def in_sweep_dir_of_a_single_run(directory: Path) -> bool:
+    """A sweep preset's `${hydra:sweep.dir}/.prefix_cache` in a run without --multirun: no run would share
+    it, and it made an empty multirun/DATE/TIME/ for the run's states."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.RUN:
+        return False
+    return directory.is_relative_to(Path(to_absolute_path(str(HydraConfig.get().sweep.dir))))
+
+
 class SharedPrefix:
     """The stored states of one key: `<directory>/<key>-<epochs>.pt`."""
 
@@ -121,6 +131,9 @@ class SharedPrefix:
             log.info("trainer.prefix_cache is used on the CPU only: training every epoch on %s", device)
             return None
         directory = Path(to_absolute_path(cfg.trainer.prefix_cache))
+        if in_sweep_dir_of_a_single_run(directory):
+            log.info("trainer.prefix_cache is in hydra.sweep.dir: a single run has no sweep to share it with")
+            return None
         directory.mkdir(parents=True, exist_ok=True)
         return cls(directory, state_key(cfg, data, device), constant_epochs, run_dir, cfg.steps.per_epoch)
 

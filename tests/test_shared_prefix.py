@@ -103,6 +103,22 @@ def test_constant_epochs_are_found_by_stepping_the_schedule(tmp_path, scheduler,
     assert constant_epochs(cfg) == expected, OmegaConf.to_yaml(cfg.scheduler)
 
 
+def test_a_single_run_with_a_sweep_preset_makes_no_sweep_directory_for_its_prefix_cache(tiny_mnist, tmp_path):
+    """The preset's `${hydra:sweep.dir}/.prefix_cache` made an empty multirun/DATE/TIME/ for a single run."""
+    result = run_cli(
+        "src.train",
+        *tiny_data_overrides(tiny_mnist),
+        "hparams_search=steplr_optuna",
+        "trainer.epochs=2",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not (tmp_path / "multirun").exists()
+    (run_dir,) = (tmp_path / "outputs").glob("*/*")
+    assert read_json(run_dir / "metrics.json")["status"] == "completed"
+    assert "a single run has no sweep to share it with" in (run_dir / "train.log").read_text()
+
+
 def test_a_sweep_reuses_shared_epochs_and_finds_the_same_values(tiny_mnist, tmp_path):
     grid = [
         "hydra/sweeper/sampler=grid",
