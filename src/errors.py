@@ -23,6 +23,23 @@ class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite: the run stops at once."""
 
 
+class TimeLimitReached(RuntimeError):
+    """The job's cluster time limit is about to end it: it stops, failed, with its files written."""
+
+
+def time_limit_reached(error: BaseException) -> TimeLimitReached | None:
+    """submitit's UncompletedJobError, raised in a SLURM job by the signal it gets signal_delay_s before its
+    time limit (the run has no checkpoint to be requeued from), as what it means; its own words were "Job not
+    requeued because: timed-out too many times"."""
+    kind = type(error)
+    if kind.__name__ != "UncompletedJobError" or not kind.__module__.startswith("submitit"):
+        return None
+    return TimeLimitReached(
+        "the job's SLURM time limit (hydra.launcher.timeout_min) is about to end it: submitit stopped it "
+        "hydra.launcher.signal_delay_s before"
+    )
+
+
 def is_disk_full(error: BaseException) -> bool:
     """A write refused for want of space (or of the user's quota)."""
     return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)

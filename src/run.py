@@ -30,6 +30,7 @@ from src.config import EXECUTION_WHITELIST
 from src.cpu_share import CpuShare, job_cpus
 from src.data import MnistSplits, load_mnist
 from src.epoch_callbacks import EpochCallback, History, ProgressLog, ReportToOptuna, RunContext
+from src.errors import time_limit_reached
 from src.hardware import resolve_device, threads_for_this_job
 from src.loop import fit
 from src.pruning import first_prunable_epoch
@@ -255,7 +256,10 @@ def finishing_run(
         status, reason = STATUS_INTERRUPTED, "its sweep ended its trial (stopped, or took this job for dead)"
         raise
     except Exception as error:
-        status, reason = STATUS_FAILED, f"{type(error).__name__}: {error}"
+        limit = time_limit_reached(error)
+        status, reason = STATUS_FAILED, f"{type(limit or error).__name__}: {limit or error}"
+        if limit is not None:
+            raise limit from error
         raise
     except BaseException as stop:  # Ctrl-C (KeyboardInterrupt), or an exit asked from outside
         status, reason = STATUS_INTERRUPTED, f"{type(stop).__name__}: stopped from outside"

@@ -205,10 +205,14 @@ def test_a_trial_that_reaches_its_slurm_time_limit_fails_with_its_files_written(
     )
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
     summary = read_json(tmp_path / "sweep" / "0" / "metrics.json")
-    assert summary["status"] == "failed" and "timed-out" in summary["reason"]
+    reason = (
+        "TimeLimitReached: the job's SLURM time limit (hydra.launcher.timeout_min) is about to end it: "
+        "submitit stopped it hydra.launcher.signal_delay_s before"
+    )  # submitit's words were "UncompletedJobError: Job not requeued because: timed-out too many times."
+    assert summary["status"] == "failed" and summary["reason"] == reason
     assert 1 <= summary["epochs_completed"] < 100000
     (trial,) = optuna.load_study(study_name="steplr", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
-    assert trial.state == optuna.trial.TrialState.FAIL and "timed-out" in trial.user_attrs["fail_reason"]
+    assert trial.state == optuna.trial.TrialState.FAIL and trial.user_attrs["fail_reason"] == reason
 
 
 def test_a_job_slurm_cannot_start_is_named_in_a_warning_and_ctrl_c_cancels_it(slurm, tiny_mnist, tmp_path):
