@@ -12,6 +12,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 from helpers.cli import cli_env, read_json, tiny_data_overrides
 from helpers.workers import check_study_finished_together, finish, start_worker, storage_for, sweep_command
 from optuna.trial import FrozenTrial, TrialState
@@ -48,7 +49,9 @@ def running_trial_with_an_epoch_done(load: Callable, worker: subprocess.Popen, c
         assert worker.poll() is None, "the worker ended before it could be stopped mid-trial"
         try:
             running = load().get_trials(states=(TrialState.RUNNING,))
-        except KeyError:  # the study is not created yet
+        # the study is not created yet, or (PostgreSQL) Optuna's tables were being created by the worker as
+        # this created them too: DuplicateTable, which the sweeper retries (storage.py) and Optuna does not
+        except (KeyError, sqlalchemy.exc.DBAPIError):
             running = []
         for trial in running:
             run_dir = cwd / trial.user_attrs.get("run_dir", "-")
