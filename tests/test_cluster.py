@@ -37,6 +37,18 @@ def slurm():
     cluster.stop()
 
 
+def sweep_on_slurm(slurm, args: list[str]) -> subprocess.CompletedProcess:
+    """`python -m src.train ARGS` as a user on the cluster's login node types it."""
+    return subprocess.run(
+        [sys.executable, "-m", "src.train", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**cli_env(), "SLURM_CONF": str(slurm.conf)},
+    )
+
+
 def threads_logged(run_dir: Path) -> int:
     return int(re.search(r"(\d+) threads", (run_dir / "train.log").read_text()).group(1))
 
@@ -61,14 +73,7 @@ def test_an_optuna_sweep_runs_its_trials_as_slurm_jobs_that_report_and_get_prune
         "hydra/launcher=slurm",
         "hydra.sweeper.n_jobs=2",
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "src.train", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env={**cli_env(), "SLURM_CONF": str(slurm.conf)},
-    )
+    result = sweep_on_slurm(slurm, args)
     assert result.returncode == 0, result.stderr[-3000:]
     pruned = check_pruned_trials(tmp_path, "sweep")
     study = optuna.load_study(study_name="steplr", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
@@ -195,14 +200,7 @@ def test_a_trial_that_reaches_its_slurm_time_limit_fails_with_its_files_written(
         # signalled 30 s before its limit, and SLURM may send that up to a minute early: after 30 to 90 s
         "hydra.launcher.timeout_min=2",
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "src.train", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**cli_env(), "SLURM_CONF": str(slurm.conf)},
-    )
+    result = sweep_on_slurm(slurm, args)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
     summary = read_json(tmp_path / "sweep" / "0" / "metrics.json")
     reason = (
