@@ -190,8 +190,8 @@ def find_run_directories(roots: Iterable[Path]) -> tuple[list[Path], list[str]]:
         for current, dirnames, filenames in os.walk(root, onerror=unreadable):
             path = Path(current)
             if HYDRA_DIR in dirnames or METRICS_JSON in filenames:
-                if path.resolve() not in seen:
-                    seen.add(path.resolve())
+                if (real := path.resolve()) not in seen:
+                    seen.add(real)
                     found.append(path)
                 dirnames.clear()
             elif not dirnames and not filenames and not (path.parent / SWEEP_CONFIG).is_file():

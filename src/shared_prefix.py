@@ -104,9 +104,9 @@ def resolved_except(node: DictConfig, left_out: tuple[str, ...], prefix: str = "
 def in_sweep_dir_of_a_single_run(directory: Path) -> bool:
     """A sweep preset's `${hydra:sweep.dir}/.prefix_cache` in a run without --multirun: no run would share
     it, and it made an empty multirun/DATE/TIME/ for the run's states."""
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.RUN:
+    if not HydraConfig.initialized() or (hydra := HydraConfig.get()).mode != RunMode.RUN:
         return False
-    return directory.is_relative_to(Path(to_absolute_path(str(HydraConfig.get().sweep.dir))))
+    return directory.is_relative_to(Path(to_absolute_path(str(hydra.sweep.dir))))
 
 
 class SharedPrefix:
