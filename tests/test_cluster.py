@@ -49,6 +49,18 @@ def sweep_on_slurm(slurm, args: list[str]) -> subprocess.CompletedProcess:
     )
 
 
+def start_sweep_on_slurm(slurm, args: list[str], tmp_path: Path) -> subprocess.Popen:
+    """The same, in the background, its output in tmp_path/sweep.stdout and sweep.stderr."""
+    with (tmp_path / "sweep.stdout").open("w") as stdout, (tmp_path / "sweep.stderr").open("w") as stderr:
+        return subprocess.Popen(
+            [sys.executable, "-m", "src.train", *args],
+            cwd=REPO,
+            stdout=stdout,
+            stderr=stderr,
+            env={**cli_env(), "SLURM_CONF": str(slurm.conf)},
+        )
+
+
 def threads_logged(run_dir: Path) -> int:
     return int(re.search(r"(\d+) threads", (run_dir / "train.log").read_text()).group(1))
 
@@ -128,16 +140,7 @@ def test_ctrl_c_on_a_sweep_cancels_its_batchs_slurm_jobs_which_end_as_interrupte
         "hydra/launcher=slurm",
         "hydra.launcher.array_parallelism=2",  # the third waits in SLURM's queue
     )
-    env = {**cli_env(), "SLURM_CONF": str(slurm.conf)}
-    with (tmp_path / "sweep.stdout").open("w") as stdout, (tmp_path / "sweep.stderr").open("w") as stderr:
-        sweep = subprocess.Popen(
-            [sys.executable, "-m", "src.train", *args],
-            cwd=REPO,
-            stdout=stdout,
-            stderr=stderr,
-            env=env,
-            start_new_session=True,
-        )
+    sweep = start_sweep_on_slurm(slurm, args, tmp_path)
     deadline = time.monotonic() + 600
     started = [tmp_path / "sweep" / str(n) / "metrics.csv" for n in range(2)]
     while not all(path.exists() and len(path.read_text().splitlines()) > 2 for path in started):
@@ -225,11 +228,7 @@ def test_a_job_slurm_cannot_start_is_named_in_a_warning_and_ctrl_c_cancels_it(sl
         "hydra/launcher=slurm",
         f"hydra.launcher.cpus_per_task={(os.cpu_count() or 1) * 8}",
     )
-    env = {**cli_env(), "SLURM_CONF": str(slurm.conf)}
-    with (tmp_path / "sweep.stdout").open("w") as stdout, (tmp_path / "sweep.stderr").open("w") as stderr:
-        sweep = subprocess.Popen(
-            [sys.executable, "-m", "src.train", *args], cwd=REPO, stdout=stdout, stderr=stderr, env=env
-        )
+    sweep = start_sweep_on_slurm(slurm, args, tmp_path)
     deadline = time.monotonic() + 120
     while "SLURM keeps job" not in (tmp_path / "sweep.stdout").read_text():
         assert time.monotonic() < deadline and sweep.poll() is None, (tmp_path / "sweep.stdout").read_text()
