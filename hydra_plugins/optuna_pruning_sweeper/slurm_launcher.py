@@ -28,10 +28,15 @@ except ImportError:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 
+def entries(folder: Path) -> set[str]:
+    """The names in submitit's folder; none before it is made."""
+    return {path.name for path in folder.iterdir()} if folder.is_dir() else set()
+
+
 def submitted_arrays(folder: Path, before: set[str]) -> list[str]:
     """The SLURM job ids of the arrays whose tasks' folders (submitit's `%j`: `ARRAY_TASK`), or files in one
     folder (`ARRAY_TASK_submitted.pkl`), are new."""
-    names = {path.name for path in folder.iterdir()} - before if folder.is_dir() else set()
+    names = entries(folder) - before
     return sorted({name.split("_")[0] for name in names if name.split("_")[0].isdigit()})
 
 
@@ -121,7 +126,7 @@ if SlurmLauncher is not None:
             folder = Path(str(self.params["submitit_folder"]))
             if "%j" in folder.name:  # a folder per job (ours): they appear beside each other
                 folder = folder.parent
-            before = {path.name for path in folder.iterdir()} if folder.is_dir() else set()
+            before = entries(folder)
             watch = StuckJobsWatch(folder, before)
             watch.start()
             try:
