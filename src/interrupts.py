@@ -79,6 +79,20 @@ _handler_before_loss: signal.Handlers | Callable[[int, FrameType | None], Any] |
 _in_unraisable_hook = False
 
 
+def interruption_behind(error: BaseException) -> KeyboardInterrupt | None:
+    """The interruption an error was raised while handling, if any: cut short by Ctrl-C (or SIGTERM, SIGHUP),
+    a library's clean-up fails on the half-done work (torch.save's zip writer: "unexpected pos 2560 vs 2454"),
+    and that error is what reaches the run."""
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 def redeliver_lost_interruption(error: BaseException | None) -> bool:
     """If what a finalizer could not raise is an interruption of this process's main thread, raise it again
     there at its first line of Python after the finalizer, whatever SIGINT's handler is by then (one that

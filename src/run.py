@@ -32,6 +32,7 @@ from src.data import MnistSplits, load_mnist
 from src.epoch_callbacks import EpochCallback, History, ProgressLog, ReportToOptuna, RunContext
 from src.errors import time_limit_reached
 from src.hardware import resolve_device, threads_for_this_job
+from src.interrupts import interruption_behind
 from src.loop import fit
 from src.pruning import first_prunable_epoch
 from src.rerun import given_overrides
@@ -256,6 +257,10 @@ def finishing_run(
         status, reason = STATUS_INTERRUPTED, "its sweep ended its trial (stopped, or took this job for dead)"
         raise
     except Exception as error:
+        if (stop := interruption_behind(error)) is not None:  # made by the interruption (a save cut short)
+            status, reason = STATUS_INTERRUPTED, f"{type(stop).__name__}: stopped from outside"
+            release_interrupted_access(stop, context.trial.storage if context.trial is not None else None)
+            raise stop from error
         limit = time_limit_reached(error)
         status, reason = STATUS_FAILED, f"{type(limit or error).__name__}: {limit or error}"
         if limit is not None:

@@ -103,6 +103,49 @@ def test_constant_epochs_are_found_by_stepping_the_schedule(tmp_path, scheduler,
     assert constant_epochs(cfg) == expected, OmegaConf.to_yaml(cfg.scheduler)
 
 
+def test_an_error_an_interruption_made_while_a_state_was_saved_ends_the_run_as_interrupted(
+    tiny_mnist, tmp_path, monkeypatch
+):
+    """Seen once in CI (a joblib sweep whose terminal hung up): torch.save's zip writer, cut short by the
+    interruption, raised RuntimeError("unexpected pos 2560 vs 2454"), and the run was recorded as failed."""
+    from src.shared_prefix import SharedPrefix
+
+    def save_cut_short(self, *args):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError(
+                "[enforce fail at inline_container.cc:672] . unexpected pos 2560 vs 2454"
+            ) from None
+
+    monkeypatch.setattr(SharedPrefix, "save", save_cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        train_tiny(
+            tiny_mnist, tmp_path / "run", "trainer.epochs=3", f"trainer.prefix_cache={tmp_path / 'cache'}"
+        )
+    summary = read_json(tmp_path / "run" / "metrics.json")
+    assert (
+        summary["status"] == "interrupted" and summary["reason"] == "KeyboardInterrupt: stopped from outside"
+    )
+
+
+def test_the_interruption_behind_an_error_is_found_through_its_causes_and_contexts():
+    from src.interrupts import interruption_behind
+
+    stop = KeyboardInterrupt()
+    try:
+        try:
+            raise stop
+        except KeyboardInterrupt:
+            try:
+                raise OSError("cut short")
+            except OSError as inner:
+                raise RuntimeError("clean-up failed") from inner
+    except RuntimeError as error:
+        assert interruption_behind(error) is stop
+    assert interruption_behind(RuntimeError("on its own")) is None
+
+
 def test_a_single_run_with_a_sweep_preset_makes_no_sweep_directory_for_its_prefix_cache(tiny_mnist, tmp_path):
     """The preset's `${hydra:sweep.dir}/.prefix_cache` made an empty multirun/DATE/TIME/ for a single run."""
     result = run_cli(
