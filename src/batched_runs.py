@@ -38,11 +38,13 @@ import torch.nn.functional as F
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
+from hydra_plugins.batched_launcher.collector import imports_without_collector
 from hydra_plugins.batched_launcher.deferral import BatchSettings
 from src.components import build_model, build_optimizer
 from src.cpu_share import CpuShare, job_cpus
 from src.data import MnistSplits, Split, raw_files_identity
 from src.deferred_job import DeferredJob, LogFile
+from src.dynamo_on_demand import step_without_dynamo
 from src.epoch_callbacks import RunContext, report_epoch_together
 from src.errors import TrainingDiverged, UserInputError
 from src.hardware import resolve_device, threads_for_this_job
@@ -157,6 +159,8 @@ def close_job_logger(logger: logging.Logger) -> None:
 
 def run_alone(run: BatchedRun) -> Any:
     """The run as the basic launcher would train it; its value or the exception that ended it."""
+    with imports_without_collector():  # its loop's step() imports torch._dynamo (src/dynamo_on_demand.py)
+        import torch._dynamo  # noqa: F401
     try:
         return train(run.cfg, run.context)
     except Exception as error:
@@ -416,7 +420,7 @@ def stacking_is_faster(
     def alone_step() -> None:
         alone_optimizer.zero_grad(set_to_none=True)
         F.cross_entropy(alone(sample), labels).backward()
-        alone_optimizer.step()
+        step_without_dynamo(alone_optimizer)
 
     timings = {}
     for name, step, step_threads in (

@@ -9,7 +9,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from src.config import EXECUTION_WHITELIST
+from src.dynamo_on_demand import defer_dynamo_import
 from src.errors import class_arguments
+
+defer_dynamo_import()  # before this process makes any optimizer
 
 
 def build_model(model_cfg: DictConfig) -> torch.nn.Module:

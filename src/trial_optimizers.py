@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from src.dynamo_on_demand import step_without_dynamo
+
 
 def _fused_kernel(optimizer: torch.optim.Optimizer) -> str | None:
     """Which of torch's fused kernels this optimizer's step() calls, when it calls one we replicate."""
@@ -68,10 +70,11 @@ class TrialOptimizer:
         return (self.kernel, group["lr"], beta1, beta2, group["weight_decay"], group["eps"])
 
     def torch_step(self, grads: Sequence[torch.Tensor]) -> None:
-        """A step through torch's step() (the first creates the state as torch does)."""
+        """A step through torch's step() (the first creates the state as torch does; without importing
+        torch._dynamo, src/dynamo_on_demand.py)."""
         for param, grad in zip(self.params, grads, strict=True):
             param.grad = grad
-        self.optimizer.step()
+        step_without_dynamo(self.optimizer)
         for param in self.params:
             param.grad = None
         self.stepped = True

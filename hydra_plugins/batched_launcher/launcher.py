@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 # launch process opens the study (SQLAlchemy's models, alembic).
 DEFAULT_PRELOAD = (
     "src.batched_runs",
-    "torch._dynamo",
     "optuna.storages._rdb.models",
     "alembic.migration",
     "alembic.script",
