@@ -19,6 +19,7 @@ why, when it has one run, when its model can't be stacked, or when a few timed s
 not faster (large models on few cores: their matmuls are already efficient).
 """
 
+import contextlib
 import copy
 import hashlib
 import itertools
@@ -112,6 +113,13 @@ class BatchedRun:
             context = run_context(job.cfg)
         context.log = job_logger(context.job, job.log_files)
         return cls(job.cfg, context, job.started)
+
+    def load_data_early(self) -> None:
+        """Load the run's data for its batch now (SWEEP_DATA), while the sweep's process runs the batch's
+        later jobs, instead of once the batch is whole: 0.1 s sooner for full MNIST. Should loading fail,
+        it fails again, and is reported, where the run's group trains."""
+        with contextlib.suppress(Exception):
+            SWEEP_DATA.get(self.cfg, resolve_device(self.cfg.trainer.device))
 
     @property
     def group_key(self) -> str:

@@ -70,9 +70,11 @@ class DeferredJob:
             yield
 
     def prepare(self) -> None:
-        """Open the job's run as soon as it reaches the launch process, while the sweep's process runs the
-        batch's later jobs (deferral.py)."""
+        """Open the job's run and load its data as soon as it reaches the launch process, while the sweep's
+        process runs the batch's later jobs (deferral.py)."""
         self.opened = self._open()
+        if not isinstance(self.opened, Exception):
+            self.opened.load_data_early()
 
     def _open(self) -> Any:
         """The job's BatchedRun, or the exception that kept its trial from opening (this job fails alone)."""

@@ -11,11 +11,13 @@ import json
 import logging
 import math
 import os
+import pickle
 import signal
 import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -338,6 +340,25 @@ def in_process_runs(tiny_mnist, tmp_path, overrides_per_run, study=None):
         context = RunContext(run_dir, str(index), list(overrides), trial, optuna.logging.get_logger("test"))
         runs.append(BatchedRun(cfg, context))
     return runs
+
+
+def test_a_run_loads_its_data_for_the_batch_as_it_is_prepared_and_a_bad_root_is_left_to_its_group(
+    tiny_mnist, tmp_path, monkeypatch
+):
+    """DeferredJob.prepare() loads the run's data while the sweep's process runs the batch's later jobs;
+    data that cannot be loaded is not its failure (its group's training meets it and says so)."""
+    monkeypatch.setattr(batched_runs, "SWEEP_DATA", batched_runs.LoadedData())
+    [run, same_data] = in_process_runs(tiny_mnist, tmp_path, [["optimizer.lr=0.1"], ["optimizer.lr=0.2"]])
+    run.load_data_early()
+    same_data.load_data_early()
+    [loaded] = batched_runs.SWEEP_DATA.splits.values()  # once for both
+    assert len(loaded.train) > 0
+    no_data = [["data.offline_fallback=false"]]  # and no download: no data at all
+    [nowhere] = in_process_runs(tmp_path / "no data here", tmp_path / "other", no_data)
+    nowhere.load_data_early()
+    assert len(batched_runs.SWEEP_DATA.splits) == 1
+    with pytest.raises(UserInputError, match="MNIST"):  # what its group meets
+        batched_runs.SWEEP_DATA.get(nowhere.cfg, torch.device("cpu"))
 
 
 @pytest.mark.parametrize("seeds", [[0, 0, 0, 0], [1, 0, 1, 0]], ids=["one seed", "two seeds"])
@@ -1096,6 +1117,52 @@ def test_the_launch_process_preloads_its_modules_and_hands_back_each_works_outco
     assert (tmp_path / "preload.log").read_text() == "a real warning\n"
     with pytest.raises(ProcessLookupError):  # ended and reaped
         os.kill(pid, 0)
+
+
+@dataclass
+class WaitsToPrepare:
+    """A deferred work of a job's size (its configs, 43 KB pickled, as compressible as they are), whose
+    prepare() waits for the test's go-ahead (a file)."""
+
+    config_text: str
+    go_ahead: str
+
+    def prepare(self) -> None:
+        deadline = time.monotonic() + 120
+        while not os.path.exists(self.go_ahead) and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+
+def test_the_sweeps_process_hands_a_dozen_works_over_while_the_launch_process_still_prepares_the_first(
+    tmp_path,
+):
+    """The jobs run before the launch process was ready are handed over at once (a dozen, in a cold sweep):
+    the sweep's process must not wait in its send until the launch process has prepared them (before, the
+    pipe filled after four works, and the sweep's next job waited 0.1 to 0.3 s)."""
+    go_ahead = tmp_path / "go ahead"
+    config = "".join(f"  setting_{i}: value {i % 7} ${{hydra:job.num}} # a comment\n" for i in range(900))
+    works = [Deferred(WaitsToPrepare(f"job: {n}\n{config}", str(go_ahead))) for n in range(12)]
+    assert len(pickle.dumps(works[0])) > 40_000
+
+    def work(collected, settings):
+        return [deferred.work.config_text.split("\n")[0] for deferred in collected]
+
+    process = LaunchProcess(work, [])
+    try:
+        while not process._ready:  # once it is ready, a handed-over work is sent at once
+            process.hand_over([])
+            time.sleep(0.01)
+        handing = threading.Thread(target=lambda: [process.hand_over(works[: k + 1]) for k in range(12)])
+        handing.start()
+        handing.join(timeout=60)
+        handed_while_preparing = not handing.is_alive()
+        go_ahead.touch()
+        handing.join()
+        assert handed_while_preparing
+        assert process.run(works, BatchSettings()) == [f"job: {n}" for n in range(12)]
+    finally:
+        go_ahead.touch()
+        process.stop()
 
 
 def test_a_launch_process_started_before_hydra_takes_what_it_would_have_inherited_once_adopted(

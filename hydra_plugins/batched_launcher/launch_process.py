@@ -29,6 +29,8 @@ import os
 import pickle
 import signal
 import sys
+import zlib
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing import Pipe
@@ -118,6 +120,29 @@ class Inheritance:
         _import_quietly(self.preload)
 
 
+class Channel:
+    """One end of the pipe between the sweep's process and its launch process; messages are pickled and
+    compressed. A work is 43 KB pickled (its job's config and Hydra's), 9 KB compressed (0.3 ms), and the
+    pipe holds about 200 KB: uncompressed, the works of the jobs run before the launch process was ready
+    (a dozen) filled it, and the sweep's process waited in its send while the launch process prepared them
+    one by one (0.1 to 0.3 s) instead of running its next jobs."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+
+    def send(self, message: Any) -> None:
+        self.connection.send_bytes(zlib.compress(pickle.dumps(message), 1))
+
+    def recv(self) -> Any:
+        return pickle.loads(zlib.decompress(self.connection.recv_bytes()))
+
+    def poll(self) -> bool:
+        return self.connection.poll()
+
+    def close(self) -> None:
+        self.connection.close()
+
+
 _started: list["LaunchProcess"] = []  # by this process
 
 
@@ -139,7 +164,7 @@ class LaunchProcess:
     def __init__(self, work: Work, preload: Sequence[str], to_be_adopted: bool = False) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
-        here, there = Pipe()
+        here, there = (Channel(end) for end in Pipe())
         pid = os.fork()
         if pid == 0:
             here.close()
@@ -243,7 +268,7 @@ class LaunchProcess:
             os.waitpid(pid, 0)
 
 
-def _serve(connection: Connection, work: Work, preload: Sequence[str], to_be_adopted: bool) -> NoReturn:
+def _serve(connection: "Channel", work: Work, preload: Sequence[str], to_be_adopted: bool) -> NoReturn:
     """The launch process: import `preload` (adopted: take what it inherits), then run every batch it is
     sent, until the sweep ends."""
     code = 0
@@ -260,13 +285,15 @@ def _serve(connection: Connection, work: Work, preload: Sequence[str], to_be_ado
             inheritance.take(environ_at_fork)
         connection.send((REPLY_READY, None))
         collected: list[Deferred] = []
+        arrived: deque[tuple[str, Any]] = deque()  # received, not yet taken
         while True:
             try:
-                kind, payload = connection.recv()
+                kind, payload = arrived.popleft() if arrived else connection.recv()
             except EOFError:  # the sweep's process has ended
                 break
             if kind == SEND_WORK:
                 collected.append(payload)
+                arrived.extend(_waiting(connection))
                 _prepare(payload)
                 continue
             settings, batch, collected = payload, collected, []
@@ -277,6 +304,7 @@ def _serve(connection: Connection, work: Work, preload: Sequence[str], to_be_ado
                     REPLY_OUTCOMES,
                     [transferable(o) for o in work(batch, settings)],
                 )
+
             except BaseException as error:
                 reply = (REPLY_RAISED, transferable(error))
             try:
@@ -296,6 +324,17 @@ def _serve(connection: Connection, work: Work, preload: Sequence[str], to_be_ado
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+
+
+def _waiting(connection: "Channel") -> list[tuple[str, Any]]:
+    """The messages the sweep's process has sent that are waiting in the pipe, taken out before a work is
+    prepared, so that the pipe has room for the next (see Channel). Should the pipe close, what was read is
+    kept and the next read finds the end."""
+    waiting = []
+    with contextlib.suppress(EOFError, OSError):
+        while connection.poll():
+            waiting.append(connection.recv())
+    return waiting
 
 
 def _prepare(deferred: Deferred) -> None:
