@@ -63,14 +63,19 @@ with imports_without_collector():  # as the launch process imports them
 """
 
 
-# What any process pays before it can train with one of torch's optimizers: the interpreter, torch, and
-# torch._dynamo, which the optimizer's constructor imports (Optimizer.add_param_group is wrapped by torch's
-# _disable_dynamo); imported as the launch process imports, with the collector paused.
+# What any process pays before it can train with one of torch's optimizers, as the launch process trains:
+# the interpreter, torch, and one Adam step without torch._dynamo (src/dynamo_on_demand.py); imported as
+# the launch process imports, with the collector paused.
 TORCH_OPTIMIZER_IMPORTS = """
 from hydra_plugins.batched_launcher.collector import imports_without_collector
 with imports_without_collector():
     import torch
-    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+    from src.dynamo_on_demand import defer_dynamo_import, step_without_dynamo
+defer_dynamo_import()
+param = torch.zeros(1, requires_grad=True)
+optimizer = torch.optim.Adam([param])
+param.grad = torch.ones(1)
+step_without_dynamo(optimizer)
 """
 
 
@@ -264,8 +269,8 @@ def main() -> None:
     print(
         f"a launch process's imports before its first trial trains: {imports_s:.1f} s (fastest of 3 fresh "
         f"processes) = {imports_s / args.trials:.2f} s per trial against the wall, the floor of a cold "
-        f"{args.trials}-trial sweep's overhead; of that, torch and the torch._dynamo its optimizers import, "
-        f"what any process training with a torch optimizer pays: {torch_optimizer_s:.1f} s = "
+        f"{args.trials}-trial sweep's overhead; of that, torch and one step of a torch optimizer (without "
+        f"torch._dynamo, as the launch process steps): {torch_optimizer_s:.1f} s = "
         f"{torch_optimizer_s / args.trials:.2f} s per trial"
     )
     if further:
