@@ -11,7 +11,8 @@ nothing:
   the cache torch._disable_dynamo keeps on the wrapped method (its `__dynamo_disable` attribute); a torch
   without that cache ignores it and imports torch._dynamo as before.
 - step() of every optimizer imports it to put graph breaks around the update. step_without_dynamo() runs the
-  update as step() does outside torch.compile, without them.
+  update as step() does outside torch.compile, without them (and without the range torch's profiler would
+  record for the step).
 The optimizers stay torch's own classes and their updates torch's own code (tests/test_dynamo_on_demand.py
 checks the state and weights bit for bit against step()). A single run imports torch._dynamo at its start
 anyway (src/train.py), and its loop calls step().
