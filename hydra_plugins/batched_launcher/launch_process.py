@@ -1,8 +1,8 @@
 """The batched launcher's deferred work runs in a process forked when the sweep starts (Linux): its launch
 process.
 
-What that work imports (this app's: torch and torch._dynamo, which torch's optimizers import at their first
-use, 2.3 to 3 s in all; the study's database libraries) then loads on another core while the sweeper opens its
+What that work imports (this app's: torch, 1 to 3 s, without torch._dynamo, src/dynamo_on_demand.py; the
+study's database libraries) then loads on another core while the sweeper opens its
 study, asks its trials and Hydra runs each job's side in the sweep's process, instead of after them:
 hydra.launcher.preload names it. It is imported with the garbage collector paused, then frozen (collector.py).
 An app's entrypoint can start it sooner, before Hydra composes the config (launcher.start_before_hydra): the
@@ -268,7 +268,7 @@ class LaunchProcess:
             os.waitpid(pid, 0)
 
 
-def _serve(connection: "Channel", work: Work, preload: Sequence[str], to_be_adopted: bool) -> NoReturn:
+def _serve(connection: Channel, work: Work, preload: Sequence[str], to_be_adopted: bool) -> NoReturn:
     """The launch process: import `preload` (adopted: take what it inherits), then run every batch it is
     sent, until the sweep ends."""
     code = 0
@@ -304,7 +304,6 @@ def _serve(connection: "Channel", work: Work, preload: Sequence[str], to_be_adop
                     REPLY_OUTCOMES,
                     [transferable(o) for o in work(batch, settings)],
                 )
-
             except BaseException as error:
                 reply = (REPLY_RAISED, transferable(error))
             try:
@@ -326,7 +325,7 @@ def _serve(connection: "Channel", work: Work, preload: Sequence[str], to_be_adop
         os._exit(code)
 
 
-def _waiting(connection: "Channel") -> list[tuple[str, Any]]:
+def _waiting(connection: Channel) -> list[tuple[str, Any]]:
     """The messages the sweep's process has sent that are waiting in the pipe, taken out before a work is
     prepared, so that the pipe has room for the next (see Channel). Should the pipe close, what was read is
     kept and the next read finds the end."""

@@ -23,8 +23,8 @@ from .launch_process import Inheritance, LaunchProcess
 log = logging.getLogger(__name__)
 
 # What the deferred work imports, loaded while the sweeper prepares the first batch: this app's batched
-# training; torch._dynamo, which a torch optimizer imports as it is made; and what Optuna imports when the
-# launch process opens the study (SQLAlchemy's models, alembic).
+# training (with torch; it trains without torch._dynamo, src/dynamo_on_demand.py), and what Optuna imports
+# when the launch process opens the study (SQLAlchemy's models, alembic).
 DEFAULT_PRELOAD = (
     "src.batched_runs",
     "optuna.storages._rdb.models",
