@@ -86,7 +86,7 @@ def fastest_process_seconds(code: str, repeats: int = 3) -> float:
 
 def launch_imports_seconds() -> float:
     """What the launch process imports before its first trial can train (the app, hydra.launcher.preload:
-    torch, torch._dynamo, the study's database libraries), in a fresh process."""
+    torch, the study's database libraries), in a fresh process."""
     return fastest_process_seconds(LAUNCH_IMPORTS)
 
 
