@@ -34,7 +34,7 @@ from helpers.cli import (
     run_cli,
     tiny_data_overrides,
 )
-from helpers.servers import live_processes_of_session
+from helpers.servers import live_processes_of_session, process_state, processes_of_session
 from helpers.sweeps import check_pruned_trials, load_study, optuna_sweep_args, run_pruning_sweep, trial_dirs
 from helpers.workers import storage_for
 from hydra.core.hydra_config import HydraConfig
@@ -468,6 +468,36 @@ def test_a_trial_whose_class_refuses_its_arguments_fails_alone_and_the_others_tr
     )
     for outcome in BatchedRun.run_together(refused, BatchSettings()):
         assert isinstance(outcome, UserInputError) and str(outcome).startswith("model: src.models.SimpleNet")
+
+
+def test_runs_are_checked_against_their_data_as_they_are_prepared_and_the_group_does_not_check_again(
+    tiny_mnist, tmp_path, monkeypatch
+):
+    """load_data_early() (DeferredJob.prepare) also fills in each run's steps and finds its constant epochs,
+    building its optimizer and scheduler on a probe, before the batch is whole; one its optimizer refuses
+    still fails alone, once its group trains."""
+    monkeypatch.setattr(batched_runs, "SWEEP_DATA", batched_runs.LoadedData())
+    settings = [["optimizer.momentum=-1"], ["optimizer.lr=0.05"], ["optimizer.lr=0.01"]]
+    runs = in_process_runs(
+        tiny_mnist,
+        tmp_path,
+        [["optimizer=sgd", *s, "trainer.epochs=1", "trainer.stacking=always"] for s in settings],
+    )
+    for run in runs:
+        run.load_data_early()
+    [data] = batched_runs.SWEEP_DATA.splits.values()
+    assert runs[1].cfg.steps.per_epoch == math.ceil(len(data.train) / runs[1].cfg.trainer.batch_size)
+    assert runs[1].constant_epochs == runs[2].constant_epochs == 1
+    assert isinstance(runs[0].checked[1], UserInputError)
+
+    def checked_again(cfg):
+        raise AssertionError("checked again once the batch was whole")
+
+    monkeypatch.setattr(batched_runs, "checked_constant_epochs", checked_again)
+    outcomes = BatchedRun.run_together(runs, BatchSettings())
+    assert str(outcomes[0]) == "optimizer: torch.optim.SGD refused its arguments: Invalid momentum value: -1"
+    for index in (1, 2):
+        assert read_json(tmp_path / f"run{index}" / "metrics.json")["status"] == "completed"
 
 
 # --- through the CLI ----------------------------------------------------------------------------------
@@ -978,11 +1008,6 @@ def loads_torch(pid: int) -> bool:
     return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
 
 
-def process_state(pid: int) -> str:
-    """R, S, Z (ended, not yet reaped), ... from /proc."""
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-
-
 @pytest.mark.slow
 def test_the_processes_of_a_batch_end_its_trials_as_interrupted_when_the_sweeps_process_is_killed(
     tiny_mnist, tmp_path
@@ -1412,3 +1437,53 @@ def test_ctrl_c_in_the_sweeps_process_ends_the_launch_processs_batch_after_its_f
             time.sleep(0.05)
     finally:
         process.stop()
+
+
+def test_the_launch_process_ends_as_soon_as_the_sweeper_launches_no_more_batches(tiny_mnist, tmp_path):
+    """The optuna_pruning sweeper ends the launch process once its last batch has returned (sweep_ended),
+    so the kernel tears it down while the study is reported, instead of at the command's exit. The exit
+    still reaps it: nothing of the command is left, not even a zombie."""
+    command = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "src.train",
+            *optuna_sweep_args(tiny_mnist, tmp_path),
+            "hydra/launcher=batched",
+            "hydra.launcher.processes=1",
+            "hydra.sweeper.n_trials=4",
+            "hydra.sweeper.n_jobs=2",
+            "trainer.epochs=1",
+            "hydra.verbose=hydra_plugins.batched_launcher",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=cli_env(),
+        start_new_session=True,
+    )
+    output, _ = command.communicate(timeout=600)
+    assert command.returncode == 0, output[-3000:]
+    lines = output.splitlines()
+    trained = [i for i, line in enumerate(lines) if "2 trials train stacked (" in line]
+    ended = [i for i, line in enumerate(lines) if "ended the launch process" in line]
+    reported = [i for i, line in enumerate(lines) if "Sweep done" in line]
+    assert len(trained) == 2 and len(ended) == 1 and len(reported) == 1, output[-3000:]
+    assert trained[-1] < ended[0] < reported[0]  # after the second batch, not between the two
+    assert processes_of_session(command.pid) == {}  # the exit reaped it: no zombie left to PID 1
+
+
+def test_an_ended_launch_process_goes_while_the_sweep_goes_on_and_stop_reaps_it(caplog):
+    process = LaunchProcess(lambda collected, settings: ["done"], [])
+    assert process.run([Deferred("a")], BatchSettings()) == ["done"]
+    pid = process.pid
+    process.end()  # returns at once: the kernel tears the process down meanwhile
+    assert not process.alive
+    deadline = time.monotonic() + 10
+    while process_state(pid) != "Z":  # ended, not reaped yet
+        assert time.monotonic() < deadline, process_state(pid)
+        time.sleep(0.02)
+    process.stop()
+    assert process_state(pid) is None  # reaped
+    assert "launch process" not in caplog.text  # ended as asked: no warning that it was lost

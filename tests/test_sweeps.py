@@ -1289,9 +1289,12 @@ def test_a_ctrl_c_while_a_run_reports_to_its_study_is_taken_once_the_report_is_w
 
 
 def test_each_trial_records_its_fixed_values_once_as_the_numbers_they_are_and_gets_them_as_overrides():
+    """claim() records them with the worker as each trial is asked (one write); _configure_trials only makes
+    the overrides."""
     from optuna.distributions import FloatDistribution
 
-    from hydra_plugins.optuna_pruning_sweeper.sweeper import PruningOptunaSweeperImpl
+    from hydra_plugins.optuna_pruning_sweeper.sweeper import PruningOptunaSweeperImpl, typed_value
+    from hydra_plugins.optuna_pruning_sweeper.workers import WORKER, Worker, claim
 
     storage = optuna.storages.InMemoryStorage()
     writes = []
@@ -1303,20 +1306,29 @@ def test_each_trial_records_its_fixed_values_once_as_the_numbers_they_are_and_ge
 
     storage.set_trial_user_attr = counted_write
     study = optuna.create_study(storage=storage)
+    worker = Worker.this_process()
+    fixed = {"trainer.epochs": "3", "logger": "none"}
     trials = [study.ask() for _ in range(2)]
+    for trial in trials:
+        claim(study, trial, worker, {name: typed_value(value) for name, value in fixed.items()})
     sweeper = object.__new__(PruningOptunaSweeperImpl)  # _configure_trials reads only these two
     sweeper.custom_search_space_extender = None
     sweeper.config = None
-    fixed = {"trainer.epochs": "3", "logger": "none"}
     overrides = sweeper._configure_trials(trials, {"x": FloatDistribution(0, 1)}, fixed, ["+extra=1"])
     for trial, trial_overrides in zip(trials, overrides, strict=True):
         assert trial_overrides == (f"x={trial.params['x']}", "trainer.epochs=3", "logger=none", "+extra=1")
-    assert sorted(writes) == ["logger", "logger", "trainer.epochs", "trainer.epochs"]  # once per trial
-    assert [t.user_attrs for t in study.get_trials()] == [{"trainer.epochs": 3, "logger": "none"}] * 2
+    assert sorted(writes) == sorted(["logger", "trainer.epochs", WORKER] * 2)  # once per trial
+    assert [t.user_attrs for t in study.get_trials()] == [
+        {"trainer.epochs": 3, "logger": "none", WORKER: worker.label}
+    ] * 2
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "journal"])
-def test_a_trials_attributes_are_set_in_one_transaction_and_never_on_a_finished_trial(tmp_path, kind):
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql", "journal"])
+def test_a_trials_attributes_are_set_in_one_transaction_and_never_on_a_finished_trial(
+    tmp_path, kind, request
+):
+    """On a database: one commit, and two statements per trial besides the trial's lookup (one upsert of its
+    user attributes, one of its system attributes), where RDBStorage's setters take two per key."""
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.storages.journal import JournalFileBackend
     from sqlalchemy import event
@@ -1325,16 +1337,20 @@ def test_a_trials_attributes_are_set_in_one_transaction_and_never_on_a_finished_
 
     if kind == "sqlite":
         storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/study.db")
+    elif kind == "postgresql":
+        storage = optuna.storages.RDBStorage(request.getfixturevalue("postgres_url"))
     else:
         storage = optuna.storages.JournalStorage(JournalFileBackend(str(tmp_path / "journal.log")))
     study = optuna.create_study(storage=storage)
     trial = study.ask()
-    commits = []
-    if kind == "sqlite":
+    commits, statements = [], []
+    if kind != "journal":
         event.listen(storage.engine, "commit", lambda connection: commits.append(1))
+        event.listen(storage.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
     set_trial_attrs(study._storage, trial._trial_id, {"a": 1, "b": [2.5, "x"], "c": None}, {"s": {"k": 1}})
-    if kind == "sqlite":
+    if kind != "journal":
         assert len(commits) == 1  # one per key through the public setters
+        assert len(statements) == 3, statements  # the lookup, then one upsert per kind: 8 key by key
     stored = study._storage.get_trial(trial._trial_id)
     assert stored.user_attrs == {"a": 1, "b": [2.5, "x"], "c": None}
     assert stored.system_attrs == {"s": {"k": 1}}
@@ -1344,6 +1360,45 @@ def test_a_trials_attributes_are_set_in_one_transaction_and_never_on_a_finished_
     with pytest.raises(UpdateFinishedTrialError):
         set_trial_attrs(study._storage, trial._trial_id, {"late": 1, "a": 4})
     assert study._storage.get_trial(trial._trial_id).user_attrs == {"a": 3, "b": [2.5, "x"], "c": None}
+
+
+def test_the_sweeper_records_a_trials_run_directory_only_where_its_job_did_not(tmp_path):
+    """A job records its directory on its trial as it starts (trial_bridge.current_trial), in its own
+    process; the sweeper writes it as it tells the outcome only when the job did not (a job that failed
+    before its trial was reached), reading what is stored rather than its own copy of the trial."""
+    from hydra.core.utils import JobReturn, JobStatus
+    from omegaconf import OmegaConf
+    from sqlalchemy import event
+
+    from hydra_plugins.optuna_pruning_sweeper.sweeper import PruningOptunaSweeperImpl
+    from hydra_plugins.optuna_pruning_sweeper.trial_bridge import RUN_DIR
+
+    url = f"sqlite:///{tmp_path}/study.db"
+    study = optuna.create_study(storage=optuna.storages.RDBStorage(url))
+    recorded, unrecorded = study.ask(), study.ask()
+    optuna.storages.RDBStorage(url).set_trial_user_attr(recorded._trial_id, RUN_DIR, "sweep/0")  # its job's
+    sweeper = object.__new__(PruningOptunaSweeperImpl)  # _tell reads only this
+    sweeper.cwd = tmp_path
+    attribute_writes = []
+
+    def count_attribute_writes(connection, cursor, statement, *args) -> None:
+        if (
+            statement.lstrip().upper().startswith(("INSERT", "UPDATE"))
+            and "trial_user_attributes" in statement
+        ):
+            attribute_writes.append(statement)
+
+    event.listen(study._storage._backend.engine, "before_cursor_execute", count_attribute_writes)
+    for trial, number in ((recorded, 0), (unrecorded, 1)):
+        job = JobReturn(status=JobStatus.COMPLETED, _return_value=0.5)
+        job.hydra_cfg = OmegaConf.create(
+            {"hydra": {"runtime": {"output_dir": str(tmp_path / f"sweep/{number}")}}}
+        )
+        before = len(attribute_writes)
+        sweeper._tell(study, trial, job)
+        assert len(attribute_writes) - before == (0 if trial is recorded else 1)
+    assert [t.user_attrs[RUN_DIR] for t in study.get_trials()] == ["sweep/0", "sweep/1"]
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 2
 
 
 def test_a_trials_sampler_draws_as_one_instantiated_with_its_seed_and_gets_nested_objects_of_its_own():

@@ -178,6 +178,12 @@ class BatchedLauncher(Launcher):
                 run.return_value = outcome
         return runs
 
+    def sweep_ended(self) -> None:
+        """For a sweeper, once it launches no more batches (the optuna_pruning sweeper calls it): the launch
+        process ends now, while the sweeper reports, rather than at this process's exit."""
+        if self.launch_process is not None:
+            self.launch_process.end()
+
     def _run_deferred(self, collected: list[Deferred]) -> list[Any]:
         if not collected:
             return []

@@ -14,6 +14,7 @@ show URLs with the password masked (`describe`).
 
 import contextlib
 import gc
+import json
 import os
 import random
 import time
@@ -102,11 +103,14 @@ def set_trial_attrs(
     by one, in one transaction when the study is in a database: one commit instead of one per key (half
     the time on SQLite; a round trip each saved on a server). Other storages: one call per key.
 
-    This goes through RDBStorage's own write for one attribute (a private method, the one its public
-    setters call in a transaction of their own), so the same checks apply: a finished trial raises
-    UpdateFinishedTrialError and nothing is written. An Optuna without it gets the public calls. Unlike
-    Trial.set_user_attr, it leaves an optuna.Trial object's own copy (trial.user_attrs) as it was: read
-    them from the study."""
+    RDBStorage's own write for one attribute (a private method, the one its public setters call in a
+    transaction of their own) looks the trial up and upserts the key, two statements per key. On SQLite and
+    PostgreSQL the same is done in two statements per trial (attrs_upserted: the trial looked up and checked
+    as that method does, then one upsert of all the keys of each kind: 2 ms instead of 3.2 for a run's six);
+    on other databases through that method, key by key. So the same checks apply: a finished trial raises
+    UpdateFinishedTrialError and nothing is written. An Optuna without the method gets the public calls.
+    Unlike Trial.set_user_attr, it leaves an optuna.Trial object's own copy (trial.user_attrs) as it was:
+    read them from the study."""
     system = system or {}
     backend = getattr(storage, "_backend", storage)  # Optuna wraps an RDBStorage in a _CachedStorage
     write = getattr(backend, "_set_trial_attr_without_commit", None)
@@ -115,10 +119,15 @@ def set_trial_attrs(
         from optuna.storages._rdb import storage as rdb
 
         with rdb._create_scoped_session(backend.scoped_session, True) as session:
-            for model, attrs in (
-                (models.TrialUserAttributeModel, user),
-                (models.TrialSystemAttributeModel, system),
-            ):
+            kinds = ((models.TrialUserAttributeModel, user), (models.TrialSystemAttributeModel, system))
+            if backend.engine.name in UPSERTING_DIALECTS:
+                trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
+                backend.check_trial_is_updatable(trial_id, trial.state)
+                for model, attrs in kinds:
+                    if attrs:
+                        session.execute(attrs_upserted(backend.engine.name, model, trial_id, attrs))
+                return
+            for model, attrs in kinds:
                 for key, value in attrs.items():
                     write(session, model, trial_id, key, value)
         return
@@ -126,6 +135,31 @@ def set_trial_attrs(
         storage.set_trial_user_attr(trial_id, key, value)
     for key, value in system.items():
         storage.set_trial_system_attr(trial_id, key, value)
+
+
+def stored_user_attrs(storage: BaseStorage, trial_id: int) -> dict[str, Any]:
+    """A trial's user attributes as stored now (one query on a database, where Optuna's cache would load
+    the whole running trial), including those its job set in another process."""
+    return getattr(storage, "_backend", storage).get_trial_user_attrs(trial_id)
+
+
+UPSERTING_DIALECTS = ("sqlite", "postgresql")
+
+
+def attrs_upserted(dialect: str, model: type, trial_id: int, attrs: dict[str, Any]) -> Any:
+    """One INSERT ... ON CONFLICT (trial_id, key) DO UPDATE of a trial's attributes of one kind (a model of
+    optuna.storages._rdb.models), each value stored as JSON, as RDBStorage stores it."""
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        from sqlalchemy.dialects.postgresql import insert
+    rows = [
+        {"trial_id": trial_id, "key": key, "value_json": json.dumps(value)} for key, value in attrs.items()
+    ]
+    statement = insert(model).values(rows)
+    return statement.on_conflict_do_update(
+        index_elements=[model.trial_id, model.key], set_={"value_json": statement.excluded.value_json}
+    )
 
 
 def report_together(reports: list[tuple[optuna.Trial, float, int]]) -> bool:

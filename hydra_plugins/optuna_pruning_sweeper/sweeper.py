@@ -68,7 +68,7 @@ from .storage import (
     one_line,
     open_storage,
     release_interrupted_access,
-    set_trial_attrs,
+    stored_user_attrs,
 )
 from .sweep_owner import RESULTS_FILE, SweepDirectoryTaken, check_sweep_dir, claim_sweep_dir
 from .trial_bridge import RUN_DIR, instantiate_pruner, job_environment, run_dir_attr
@@ -347,6 +347,8 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
                     study, budget, distributions, fixed_params, fixed_overrides, worker, heartbeats
                 )
                 self._check_failure_rate(study)
+        if callable(sweep_ended := getattr(self.launcher, "sweep_ended", None)):
+            sweep_ended()  # hydra/launcher=batched: its launch process ends while the study is reported
         self._report(study)
 
     def _is_group(self, key: str) -> bool:
@@ -467,6 +469,7 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
             raise SweepError(f"hydra.sweep.dir={self.sweep_dir} cannot be written: {reason}")
         trials: list[optuna.Trial] = []
         claimed: NumberedDirectories | None = None  # the batch's directories, once made
+        fixed_values = {name: typed_value(value) for name, value in fixed_params.items()}
         try:
             while not trials or not budget.filled([t.number for t in trials]):
                 with interrupts_held():  # asked and claimed, or neither: a Ctrl-C is taken after, below
@@ -475,7 +478,7 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
                         warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
                         trial = study.ask()
                     heartbeats.add(trial._trial_id)
-                    claim(study, trial, worker)
+                    claim(study, trial, worker, fixed_values)
                     trials.append(trial)
             if len(trials) < budget.size:
                 log.info(
@@ -540,20 +543,19 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
         fixed_params: dict[str, Any],
         fixed_overrides: list[str],
     ) -> Sequence[Sequence[str]]:
-        """Upstream's, with the fixed values recorded on each trial once, as the numbers or booleans they are
-        (upstream records the text typed: `trainer.epochs` was '3' beside an `epochs_planned` of 3). Upstream
-        is handed them as fixed overrides, so it writes no attribute of its own, and each trial's overrides
-        are the same `name=value` lines in the same order (its search space's, then the fixed ones)."""
+        """Upstream's, without its record of the fixed values on each trial: claim() records them as each
+        trial is asked, once, as the numbers or booleans they are (upstream records the text typed:
+        `trainer.epochs` was '3' beside an `epochs_planned` of 3). Upstream is handed them as fixed
+        overrides, so it writes no attribute of its own, and each trial's overrides are the same
+        `name=value` lines in the same order (its search space's, then the fixed ones)."""
         as_overrides = [f"{name}={value}" for name, value in fixed_params.items()]
         overrides = super()._configure_trials(trials, distributions, {}, [*as_overrides, *fixed_overrides])
-        typed = {name: typed_value(value) for name, value in fixed_params.items()}
         for trial in trials:
             if overlap := sorted(trial.params.keys() & fixed_params.keys()):  # upstream's check, kept
                 raise ValueError(
                     "Overlapping fixed parameters and search space parameters found!"
                     f"Overlapping parameters: {overlap}"
                 )
-            set_trial_attrs(trial.storage, trial._trial_id, typed)
         return overrides
 
     def _parse_sweeper_params_config(self) -> list[str]:
@@ -603,8 +605,10 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
             raise SweepError(str(error)) from None
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, job: JobReturn) -> None:
-        if job.hydra_cfg is not None and RUN_DIR not in trial.user_attrs:
-            trial.set_user_attr(RUN_DIR, run_dir_attr(Path(job.hydra_cfg.hydra.runtime.output_dir), self.cwd))
+        if job.hydra_cfg is not None:  # recorded by the job itself, usually (trial_bridge.current_trial)
+            run_dir = run_dir_attr(Path(job.hydra_cfg.hydra.runtime.output_dir), self.cwd)
+            if stored_user_attrs(study._storage, trial._trial_id).get(RUN_DIR) != run_dir:
+                trial.set_user_attr(RUN_DIR, run_dir)
         if job.status is JobStatus.FAILED:
             # The job's exception (job.return_value would re-raise it with an "Error executing job" banner).
             error = job._return_value

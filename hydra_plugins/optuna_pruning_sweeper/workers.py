@@ -88,10 +88,16 @@ class Worker:
         return process_start_time(self.pid) != self.started
 
 
-def claim(study: optuna.Study, trial: optuna.Trial, worker: Worker) -> None:
-    """Record on a freshly asked trial which worker runs it."""
+def claim(
+    study: optuna.Study, trial: optuna.Trial, worker: Worker, fixed_values: dict[str, Any] | None = None
+) -> None:
+    """Record on a freshly asked trial which worker runs it, and the sweep's fixed values (user attributes,
+    one transaction)."""
     set_trial_attrs(
-        study._storage, trial._trial_id, {WORKER: worker.label}, {WORKER_PROCESS: worker.as_attr()}
+        study._storage,
+        trial._trial_id,
+        {**(fixed_values or {}), WORKER: worker.label},
+        {WORKER_PROCESS: worker.as_attr()},
     )
 
 

@@ -65,17 +65,22 @@ def process_state(pid: int) -> str | None:
         return None
 
 
-def live_processes_of_session(session: int) -> list[int]:
-    """Processes of a session that are not zombies (this container's PID 1 does not reap orphans)."""
-    live = []
+def processes_of_session(session: int) -> dict[int, str]:
+    """The processes of a session and their states, zombies included."""
+    found = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[3]) == session and fields[0] != "Z":
-            live.append(int(stat.parent.name))
-    return live
+        if int(fields[3]) == session:
+            found[int(stat.parent.name)] = fields[0]
+    return found
+
+
+def live_processes_of_session(session: int) -> list[int]:
+    """Processes of a session that are not zombies (this container's PID 1 does not reap orphans)."""
+    return [pid for pid, state in processes_of_session(session).items() if state != "Z"]
 
 
 def stop_process(process: subprocess.Popen, timeout: float = 20) -> None:
