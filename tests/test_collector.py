@@ -76,3 +76,25 @@ def test_the_launch_process_preloads_with_the_collector_paused_then_collects_as_
     assert running_while_imported is False
     assert running_after is True
     assert frozen > 20000
+
+
+TENSORBOARD_LOGGER = """
+import gc, json, logging, sys, tempfile
+from pathlib import Path
+from src.epoch_callbacks import RunContext, TensorBoardEpochs
+collections = []
+gc.callbacks.append(lambda phase, info: collections.append(info["generation"]) if phase == "start" else None)
+context = RunContext(Path(tempfile.mkdtemp()), "0", ["optimizer.lr=0.1"], None, logging.getLogger("run"))
+TensorBoardEpochs(context, {"lr": 0.1})
+print(json.dumps({"collections": collections, "imported": "src.tensorboard_log" in sys.modules,
+                  "running": gc.isenabled()}))
+"""
+
+
+def test_the_tensorboard_logger_imports_tensorboard_with_the_collector_paused(tmp_path):
+    """The default logger imports TensorBoard as the first run's logger is made (in a batched sweep, once the
+    batch is whole): with the collector running, it walked torch's objects 20-odd times meanwhile."""
+    result = run_python(TENSORBOARD_LOGGER, tmp_path)
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout)
+    assert seen == {"collections": [], "imported": True, "running": True}

@@ -1362,41 +1362,43 @@ def test_a_trials_attributes_are_set_in_one_transaction_and_never_on_a_finished_
     assert study._storage.get_trial(trial._trial_id).user_attrs == {"a": 3, "b": [2.5, "x"], "c": None}
 
 
-def test_the_sweeper_records_a_trials_run_directory_only_where_its_job_did_not(tmp_path):
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_the_sweeper_records_a_trials_run_directory_only_where_its_job_did_not(tmp_path, kind):
     """A job records its directory on its trial as it starts (trial_bridge.current_trial), in its own
     process; the sweeper writes it as it tells the outcome only when the job did not (a job that failed
     before its trial was reached), reading what is stored rather than its own copy of the trial."""
     from hydra.core.utils import JobReturn, JobStatus
     from omegaconf import OmegaConf
-    from sqlalchemy import event
+    from optuna.storages.journal import JournalFileBackend
 
     from hydra_plugins.optuna_pruning_sweeper.sweeper import PruningOptunaSweeperImpl
     from hydra_plugins.optuna_pruning_sweeper.trial_bridge import RUN_DIR
 
-    url = f"sqlite:///{tmp_path}/study.db"
-    study = optuna.create_study(storage=optuna.storages.RDBStorage(url))
+    def storage():  # each call another connection to the same study, as another process has
+        if kind == "sqlite":
+            return optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/study.db")
+        return optuna.storages.JournalStorage(JournalFileBackend(str(tmp_path / "journal.log")))
+
+    study = optuna.create_study(storage=storage())
     recorded, unrecorded = study.ask(), study.ask()
-    optuna.storages.RDBStorage(url).set_trial_user_attr(recorded._trial_id, RUN_DIR, "sweep/0")  # its job's
+    storage().set_trial_user_attr(recorded._trial_id, RUN_DIR, "sweep/0")  # by its job, in its process
     sweeper = object.__new__(PruningOptunaSweeperImpl)  # _tell reads only this
     sweeper.cwd = tmp_path
-    attribute_writes = []
+    writes = []
+    write = study._storage.set_trial_user_attr
 
-    def count_attribute_writes(connection, cursor, statement, *args) -> None:
-        if (
-            statement.lstrip().upper().startswith(("INSERT", "UPDATE"))
-            and "trial_user_attributes" in statement
-        ):
-            attribute_writes.append(statement)
+    def counted_write(trial_id, key, value):
+        writes.append(key)
+        write(trial_id, key, value)
 
-    event.listen(study._storage._backend.engine, "before_cursor_execute", count_attribute_writes)
+    study._storage.set_trial_user_attr = counted_write
     for trial, number in ((recorded, 0), (unrecorded, 1)):
         job = JobReturn(status=JobStatus.COMPLETED, _return_value=0.5)
         job.hydra_cfg = OmegaConf.create(
             {"hydra": {"runtime": {"output_dir": str(tmp_path / f"sweep/{number}")}}}
         )
-        before = len(attribute_writes)
         sweeper._tell(study, trial, job)
-        assert len(attribute_writes) - before == (0 if trial is recorded else 1)
+    assert writes == [RUN_DIR]  # for the trial whose job had not recorded it
     assert [t.user_attrs[RUN_DIR] for t in study.get_trials()] == ["sweep/0", "sweep/1"]
     assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 2
 

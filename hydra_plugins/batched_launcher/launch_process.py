@@ -16,7 +16,8 @@ then it runs the batch and sends back the outcomes. The sweep's process never im
 - Killed alone during a batch, the batch is lost, as the sweep's own process would lose it: run() raises a
   ChildProcessError naming how it ended, and the sweep ends as a killed one does (and resumes so). Ended
   between batches, it is reaped with a warning and the launcher trains the next batches in its own process.
-- The sweep's process ending: at its normal end it kills it (nothing runs between batches); killed between
+- The sweep's process ending: once its sweeper launches no more batches (BatchedLauncher.sweep_ended), or at
+  its normal end, it kills it (nothing runs between batches), and reaps it at its exit; killed between
   batches, the pipe closes and it leaves; during a batch, the deferred work's own watch stops it
   (src/sweep_process.py).
 """

@@ -138,9 +138,10 @@ def set_trial_attrs(
 
 
 def stored_user_attrs(storage: BaseStorage, trial_id: int) -> dict[str, Any]:
-    """A trial's user attributes as stored now (one query on a database, where Optuna's cache would load
-    the whole running trial), including those its job set in another process."""
-    return getattr(storage, "_backend", storage).get_trial_user_attrs(trial_id)
+    """A trial's user attributes as stored now, including those its job set in another process: on a
+    database one query, where Optuna's cache in front of it would load the whole running trial."""
+    backend = getattr(storage, "_backend", storage)  # a _CachedStorage's RDBStorage (a journal's is its file)
+    return (backend if isinstance(backend, RDBStorage) else storage).get_trial_user_attrs(trial_id)
 
 
 UPSERTING_DIALECTS = ("sqlite", "postgresql")
