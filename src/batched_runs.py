@@ -104,9 +104,15 @@ class BatchedRun:
     cfg: DictConfig
     context: RunContext
     started: float = field(default_factory=time.perf_counter)
-    constant_epochs: int | None = None  # found before its batch trains (checked_constant_epochs)
     # (training set size, constant epochs or why the run cannot train with it), once checked (fit_for)
     checked: tuple[int, int | Exception] | None = field(default=None, repr=False)
+
+    @property
+    def constant_epochs(self) -> int | None:
+        """Found before its batch trains (fit_for: checked_constant_epochs); None until then."""
+        if self.checked is None or isinstance(self.checked[1], Exception):
+            return None
+        return self.checked[1]
 
     @classmethod
     def for_job(cls, job: DeferredJob) -> "BatchedRun":
@@ -137,11 +143,7 @@ class BatchedRun:
                 self.checked = (train_size, checked_constant_epochs(self.cfg))
             except Exception as error:
                 self.checked = (train_size, error)
-        outcome = self.checked[1]
-        if isinstance(outcome, Exception):
-            return outcome
-        self.constant_epochs = outcome
-        return None
+        return self.checked[1] if isinstance(self.checked[1], Exception) else None
 
     @property
     def group_key(self) -> str:
