@@ -124,6 +124,31 @@ def test_too_many_failures_end_the_sweep_with_a_clear_error(tiny_mnist, tmp_path
     assert len(load_study(tmp_path).get_trials(states=(TrialState.FAIL,))) == 2
 
 
+def test_a_study_without_a_name_says_which_name_resumes_it_and_that_name_does(tiny_mnist, tmp_path):
+    """hydra.sweeper.study_name=null: Optuna makes up a name, and the same command would start another study
+    each time; the sweep names the study and the override that resumes it."""
+    common = ["hydra.sweeper.n_trials=2", "trainer.epochs=1", "logger=none"]
+    first = run_cli(
+        "src.train", *optuna_sweep_args(tiny_mnist, tmp_path, "a", *common, "hydra.sweeper.study_name=null")
+    )
+    assert first.returncode == 0, first.stderr[-2000:]
+    said = re.search(
+        r"to resume or extend it, add (hydra\.sweeper\.study_name=(\S+)) to the command",
+        first.stdout + first.stderr,
+    )
+    assert said is not None, first.stderr[-2000:]
+    assert said.group(2).startswith("no-name-")
+    more = run_cli(
+        "src.train",
+        *optuna_sweep_args(tiny_mnist, tmp_path, "b", *common[1:], "hydra.sweeper.n_trials=3", said.group(1)),
+    )
+    assert more.returncode == 0, more.stderr[-2000:]
+    assert f"Study '{said.group(2)}' holds 2 finished trials: 1 to go" in more.stdout + more.stderr
+    assert "study_name=null" not in more.stdout + more.stderr
+    study = optuna.load_study(study_name=said.group(2), storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert len(study.trials) == 3
+
+
 def test_killed_sweep_resumes_without_losing_or_repeating_finished_trials(tiny_mnist, tmp_path):
     args = [
         sys.executable,

@@ -586,6 +586,11 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
         )
         check_same_sweep(study, settings, self.where)
         self._sweep_dir_owner(claim_sweep_dir, study.study_name)  # a refused sweep leaves no directory
+        if self.study_name is None:  # the same command would start yet another study
+            log.warning(
+                f"hydra.sweeper.study_name=null: Optuna named the study {study.study_name!r}; to resume or "
+                f"extend it, add hydra.sweeper.study_name={study.study_name} to the command"
+            )
         if self.metric_names and study.metric_names != self.metric_names:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
