@@ -122,7 +122,7 @@ class BatchedRun:
         context.log = job_logger(context.job, job.log_files)
         return cls(job.cfg, context, job.started)
 
-    def load_data_early(self) -> None:
+    def load_data_and_check_early(self) -> None:
         """Load the run's data for its batch now (SWEEP_DATA), and check the run against it (fit_for),
         while the sweep's process runs the batch's later jobs, instead of once the batch is whole (for 20
         trials on full MNIST, 0.1 s for the data and 0.07 s for the checks, off the way to the first epoch

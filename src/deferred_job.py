@@ -74,7 +74,7 @@ class DeferredJob:
         process runs the batch's later jobs (deferral.py)."""
         self.opened = self._open()
         if not isinstance(self.opened, Exception):
-            self.opened.load_data_early()
+            self.opened.load_data_and_check_early()
 
     def _open(self) -> Any:
         """The job's BatchedRun, or the exception that kept its trial from opening (this job fails alone)."""

@@ -349,13 +349,13 @@ def test_a_run_loads_its_data_for_the_batch_as_it_is_prepared_and_a_bad_root_is_
     data that cannot be loaded is not its failure (its group's training meets it and says so)."""
     monkeypatch.setattr(batched_runs, "SWEEP_DATA", batched_runs.LoadedData())
     [run, same_data] = in_process_runs(tiny_mnist, tmp_path, [["optimizer.lr=0.1"], ["optimizer.lr=0.2"]])
-    run.load_data_early()
-    same_data.load_data_early()
+    run.load_data_and_check_early()
+    same_data.load_data_and_check_early()
     [loaded] = batched_runs.SWEEP_DATA.splits.values()  # once for both
     assert len(loaded.train) > 0
     no_data = [["data.offline_fallback=false"]]  # and no download: no data at all
     [nowhere] = in_process_runs(tmp_path / "no data here", tmp_path / "other", no_data)
-    nowhere.load_data_early()
+    nowhere.load_data_and_check_early()
     assert len(batched_runs.SWEEP_DATA.splits) == 1
     with pytest.raises(UserInputError, match="MNIST"):  # what its group meets
         batched_runs.SWEEP_DATA.get(nowhere.cfg, torch.device("cpu"))
@@ -473,9 +473,9 @@ def test_a_trial_whose_class_refuses_its_arguments_fails_alone_and_the_others_tr
 def test_runs_are_checked_against_their_data_as_they_are_prepared_and_the_group_does_not_check_again(
     tiny_mnist, tmp_path, monkeypatch
 ):
-    """load_data_early() (DeferredJob.prepare) also fills in each run's steps and finds its constant epochs,
-    building its optimizer and scheduler on a probe, before the batch is whole; one its optimizer refuses
-    still fails alone, once its group trains."""
+    """load_data_and_check_early() (DeferredJob.prepare) also fills in each run's steps and finds its
+    constant epochs, building its optimizer and scheduler on a probe, before the batch is whole; one its
+    optimizer refuses still fails alone, once its group trains."""
     monkeypatch.setattr(batched_runs, "SWEEP_DATA", batched_runs.LoadedData())
     settings = [["optimizer.momentum=-1"], ["optimizer.lr=0.05"], ["optimizer.lr=0.01"]]
     runs = in_process_runs(
@@ -484,7 +484,7 @@ def test_runs_are_checked_against_their_data_as_they_are_prepared_and_the_group_
         [["optimizer=sgd", *s, "trainer.epochs=1", "trainer.stacking=always"] for s in settings],
     )
     for run in runs:
-        run.load_data_early()
+        run.load_data_and_check_early()
     [data] = batched_runs.SWEEP_DATA.splits.values()
     assert runs[1].cfg.steps.per_epoch == math.ceil(len(data.train) / runs[1].cfg.trainer.batch_size)
     assert runs[1].constant_epochs == runs[2].constant_epochs == 1

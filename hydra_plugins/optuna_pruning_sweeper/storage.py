@@ -60,6 +60,13 @@ def _own_connections_in_forked_child() -> None:
 os.register_at_fork(after_in_child=_own_connections_in_forked_child)
 
 
+def database_of(storage: BaseStorage) -> RDBStorage | None:
+    """The RDBStorage a storage is, or that Optuna's cache in front of it (_CachedStorage) holds; None for
+    any other storage (a JournalStorage's _backend is its file, not a database)."""
+    backend = getattr(storage, "_backend", storage)
+    return backend if isinstance(backend, RDBStorage) else None
+
+
 def release_interrupted_access(stop: BaseException, storage: BaseStorage | None) -> None:
     """Call after Ctrl-C, or any exception, stopped this process in the middle of a database access, before
     it writes to the study (in `storage`, if it is given) again.
@@ -89,8 +96,7 @@ def release_interrupted_access(stop: BaseException, storage: BaseStorage | None)
             if isinstance(value, sqlalchemy.engine.CursorResult):
                 value.close()
     traceback.clear_frames(stop.__traceback__)
-    backend = getattr(storage, "_backend", storage)  # Optuna wraps an RDBStorage in a _CachedStorage
-    if isinstance(backend, RDBStorage):
+    if (backend := database_of(storage)) is not None:
         with contextlib.suppress(Exception):  # (it may be as broken as above)
             backend.scoped_session.remove()
         backend.scoped_session.registry.clear()
@@ -112,9 +118,9 @@ def set_trial_attrs(
     Unlike Trial.set_user_attr, it leaves an optuna.Trial object's own copy (trial.user_attrs) as it was:
     read them from the study."""
     system = system or {}
-    backend = getattr(storage, "_backend", storage)  # Optuna wraps an RDBStorage in a _CachedStorage
+    backend = database_of(storage)
     write = getattr(backend, "_set_trial_attr_without_commit", None)
-    if isinstance(backend, RDBStorage) and write is not None:
+    if backend is not None and write is not None:
         from optuna.storages._rdb import models  # loaded by the RDBStorage already
         from optuna.storages._rdb import storage as rdb
 
@@ -140,8 +146,8 @@ def set_trial_attrs(
 def stored_user_attrs(storage: BaseStorage, trial_id: int) -> dict[str, Any]:
     """A trial's user attributes as stored now, including those its job set in another process: on a
     database one query, where Optuna's cache in front of it would load the whole running trial."""
-    backend = getattr(storage, "_backend", storage)  # a _CachedStorage's RDBStorage (a journal's is its file)
-    return (backend if isinstance(backend, RDBStorage) else storage).get_trial_user_attrs(trial_id)
+    database = database_of(storage)
+    return (storage if database is None else database).get_trial_user_attrs(trial_id)
 
 
 UPSERTING_DIALECTS = ("sqlite", "postgresql")
@@ -175,9 +181,9 @@ def report_together(reports: list[tuple[optuna.Trial, float, int]]) -> bool:
     own_copies = [getattr(trial, "_cached_frozen_trial", None) for trial, _, _ in reports]
     if len(storages) != 1 or not all(isinstance(own, FrozenTrial) for own in own_copies):
         return False
-    backend = getattr(reports[0][0].storage, "_backend", reports[0][0].storage)
+    backend = database_of(reports[0][0].storage)
     write = getattr(backend, "_set_trial_intermediate_value_without_commit", None)
-    if not isinstance(backend, RDBStorage) or write is None:
+    if backend is None or write is None:
         return False
     from optuna.storages._rdb import storage as rdb
 
