@@ -51,6 +51,7 @@ def summarize_sweep(config: DictConfig) -> None:
             sweep_dir=lambda: sweep_dir,
             cwd=Path(config.hydra.runtime.cwd),
             grace_period=sweeper.get("grace_period"),
+            schema_ready=True,  # by the sweeper, which wrote the results file
         )
         study = optuna.load_study(study_name=sweeper.study_name, storage=storage)
     except Exception as error:  # a storage gone since: the sweeper's own summary stands

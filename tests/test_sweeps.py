@@ -1135,6 +1135,33 @@ def test_opening_a_storage_retries_when_another_worker_created_its_tables_first(
         )
 
 
+@pytest.mark.parametrize("as_config", [False, True], ids=["url", "RDBStorage config"])
+def test_a_job_opens_its_sweeps_database_without_optunas_schema_setup(tmp_path, as_config):
+    """The sweeper made the tables and checked their version (alembic's scripts read: 20 to 60 ms); a job
+    opening the same database after it does neither. Shown on a database stamped with a revision this Optuna
+    does not know: the sweeper's open refuses it, the job's reads it."""
+    import sqlalchemy
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.optuna_pruning_sweeper.storage import StorageError, open_storage
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    spec = OmegaConf.create({"_target_": "optuna.storages.RDBStorage", "url": url}) if as_config else url
+
+    def opened(**options):
+        return open_storage(spec, sweep_dir=lambda: tmp_path, cwd=tmp_path, **options)
+
+    optuna.create_study(study_name="s", storage=opened())
+    engine = sqlalchemy.create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(sqlalchemy.text("UPDATE alembic_version SET version_num = 'from-the-future'"))
+    engine.dispose()
+    with pytest.raises(StorageError, match="no longer compatible with the table schema"):
+        opened()
+    job_storage = opened(schema_ready=True)
+    assert job_storage.get_study_name_from_id(job_storage.get_study_id_from_name("s")) == "s"
+
+
 @pytest.mark.parametrize("when", ["after its statement ran", "while its rows become objects"])
 def test_a_study_can_be_written_right_after_ctrl_c_stopped_one_of_its_reads(tmp_path, monkeypatch, when):
     """Ctrl-C in the middle of a read (a trial's report, a pruning check) leaves an open SQLite statement in

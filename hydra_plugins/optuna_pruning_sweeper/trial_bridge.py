@@ -81,6 +81,7 @@ def current_trial() -> optuna.Trial | None:
             sweep_dir=lambda: Path(hydra_cfg.sweep.dir),
             cwd=Path(hydra_cfg.runtime.cwd),
             grace_period=hydra_cfg.sweeper.get("grace_period"),
+            schema_ready=True,  # its sweeper opened the study before it launched this job
         )
     pruner_cfg = hydra_cfg.sweeper.get("pruner")
     study_key = (where, os.environ[STUDY_ID_ENV], str(pruner_cfg))
