@@ -60,7 +60,7 @@ from src.run import (
     train,
 )
 from src.run_record import Column, EpochRecord
-from src.schedule_config import monitor
+from src.schedule_config import lr_not_used, monitor
 from src.schedules import Stepping, build_scheduler, constant_epochs, fill_in_steps
 from src.shared_prefix import resolved_except
 from src.stacked_model import (
@@ -554,6 +554,7 @@ class StackedGroup:
         self.trials: list[Trial] = []
         self.in_stack = list(range(len(runs)))
         self.running = set(self.in_stack)
+        lr_unused_in: list[str] = []  # the jobs whose optimizer.lr their scheduler does not use
         for k, run in enumerate(runs):
             cfg, context = run.cfg, run.context
             optimizer = build_optimizer(cfg.optimizer, self.stacked.trial_views(k))
@@ -566,7 +567,15 @@ class StackedGroup:
                 "trained stacked with %s (hydra/launcher=batched)", counted(len(runs) - 1, "other trial")
             )
             log_data(data, device, context.log)
+            if note := lr_not_used(cfg, context.overrides):
+                context.log.warning(note)
+                lr_unused_in.append(context.job)
             self.trials.append(Trial(run, TrialOptimizer(optimizer), stepping, finishing, end, callbacks))
+        if lr_unused_in:
+            log.warning(
+                "%s: optimizer.lr is not used, their scheduler sets the rate itself (their logs say how)",
+                jobs_named(lr_unused_in),
+            )
         epochs = max(r.cfg.trainer.epochs for r in runs)
         seeds_named = f", {counted(len(self.masks), 'seed')}" if self.masks else ""
         log.info(

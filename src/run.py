@@ -49,6 +49,7 @@ from src.run_record import (
     Summary,
     class_name,
 )
+from src.schedule_config import lr_not_used
 from src.schedules import SCHEDULE_KEYS, Stepping, build_scheduler, constant_epochs, fill_in_steps
 from src.shared_prefix import SharedPrefix, StoreSharedEpochs
 
@@ -163,6 +164,8 @@ def train(cfg: DictConfig, context: RunContext | None = None) -> Any:
     share.register()  # one of the processes that train on this machine's CPUs (src/cpu_share.py)
     torch.set_num_threads(threads_for_this_job(cfg.trainer.num_threads, share))
     context = context or run_context(cfg)
+    if note := lr_not_used(cfg, context.overrides):
+        context.log.warning(note)
     device = resolve_device(cfg.trainer.device)
     data = load_data(cfg, device)
     fill_in_steps(cfg, len(data.train))  # the run's length in optimizer steps, for per-step schedulers

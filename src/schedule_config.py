@@ -8,7 +8,7 @@ under `schedulers` (SequentialLR, ChainedScheduler) holds scheduler configs buil
 from omegaconf import DictConfig, OmegaConf
 
 from src.errors import ConfigError
-from src.run_record import Column
+from src.run_record import Column, class_name
 
 SCHEDULE_KEYS = ("interval", "monitor")  # ours, not the scheduler class's arguments
 INTERVALS = ("epoch", "step")
@@ -17,6 +17,10 @@ MONITORS = {Column.VAL_LOSS: "min", Column.VAL_ACC: "max"}
 COMPOSITE_KEY = "schedulers"
 SCHEDULER_PACKAGE = "torch.optim.lr_scheduler."
 METRIC_DRIVEN = ("ReduceLROnPlateau",)
+# torch's schedulers that set the optimizer's learning rate themselves as they are made, from these arguments
+# of theirs: the lr the optimizer was given is not used (tests/test_schedules.py checks this against torch)
+SETS_ITS_OWN_LR = {"OneCycleLR": ("max_lr", "div_factor"), "CyclicLR": ("base_lr", "max_lr")}
+LR_OVERRIDE = "optimizer.lr="
 
 
 def interval(scheduler_cfg: DictConfig) -> str:
@@ -25,6 +29,21 @@ def interval(scheduler_cfg: DictConfig) -> str:
 
 def monitor(scheduler_cfg: DictConfig) -> str | None:
     return scheduler_cfg.get("monitor")
+
+
+def lr_not_used(cfg: DictConfig, overrides: list[str]) -> str | None:
+    """Why the optimizer.lr a run was given (among its overrides: on the command line, or chosen by a
+    sweep) does nothing, when its scheduler sets the rate from its own arguments; None otherwise. Runs of a
+    sweep over optimizer.lr with such a scheduler train alike."""
+    scheduler = class_name(cfg.scheduler.get("_target_", ""))
+    own = SETS_ITS_OWN_LR.get(scheduler)
+    if own is None or not any(override.lstrip("+").startswith(LR_OVERRIDE) for override in overrides):
+        return None
+    keys = " and ".join(f"scheduler.{key}" for key in own)
+    return (
+        f"optimizer.lr={cfg.optimizer.lr} is not used: {scheduler} sets the learning rate "
+        f"itself, from {keys} (set or sweep those instead)"
+    )
 
 
 def uses_warmup(scheduler_cfg: DictConfig) -> bool:

@@ -4,7 +4,8 @@ import csv
 
 import optuna
 import pytest
-from helpers.cli import read_json, run_cli, tiny_data_overrides
+import torch
+from helpers.cli import REPO, compose_run, read_json, run_cli, tiny_data_overrides
 from helpers.training import read_rows, train_tiny
 from optuna.trial import TrialState
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -147,3 +148,69 @@ def test_a_search_over_schedule_families_with_the_family_fixed_tunes_that_family
             in read_json(tmp_path / family / str(t.number) / "metrics.json")["overrides"]
             for t in completed
         )
+
+
+@pytest.mark.parametrize("option", sorted(p.stem for p in (REPO / "conf" / "scheduler").glob("*.yaml")))
+def test_the_schedulers_said_to_set_their_own_rate_are_those_whose_start_ignores_optimizer_lr(
+    tmp_path, option
+):
+    """SETS_ITS_OWN_LR checked against torch for each scheduler option: built on two optimizers whose lr
+    differ, only those schedulers start both at the same rate, and only their runs given an optimizer.lr
+    are told it is not used (naming arguments the scheduler's config has)."""
+    from src.components import build_optimizer
+    from src.schedule_config import SETS_ITS_OWN_LR, lr_not_used
+    from src.schedules import build_scheduler, fill_in_steps
+
+    cfg = compose_run([f"scheduler={option}"], tmp_path)
+    fill_in_steps(cfg, n_train=640)
+    starts = []
+    for lr in (0.001, 0.002):
+        optimizer = build_optimizer(cfg.optimizer, [torch.zeros(1, requires_grad=True)])
+        optimizer.param_groups[0]["lr"] = lr
+        build_scheduler(cfg.scheduler, optimizer)
+        starts.append(optimizer.param_groups[0]["lr"])
+    name = cfg.scheduler._target_.rsplit(".", 1)[-1]
+    assert (starts[0] == starts[1]) == (name in SETS_ITS_OWN_LR), (option, starts)
+    note = lr_not_used(cfg, [f"scheduler={option}", "optimizer.lr=0.002"])
+    assert (note is not None) == (name in SETS_ITS_OWN_LR)
+    assert lr_not_used(cfg, [f"scheduler={option}", "optimizer.weight_decay=0.1"]) is None
+    if note:
+        assert all(key in cfg.scheduler for key in SETS_ITS_OWN_LR[name])
+        assert note.startswith("optimizer.lr=0.001 is not used: ") and "scheduler.max_lr" in note
+
+
+def test_a_run_and_a_batched_grid_say_when_their_optimizer_lr_is_not_used(tiny_mnist, tmp_path):
+    """A grid over optimizer.lr with OneCycleLR trains runs alike; each says so in its log, the batch once
+    on the console; the StepLR runs of the same grid say nothing."""
+    single = run_cli(
+        "src.train",
+        *tiny_data_overrides(tiny_mnist),
+        "trainer.epochs=1",
+        "logger=none",
+        "scheduler=onecycle",
+        "optimizer.lr=0.003",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert single.returncode == 0, single.stderr[-2000:]
+    said = "optimizer.lr=0.003 is not used: OneCycleLR sets the learning rate itself"
+    assert said in single.stdout + single.stderr
+    assert said in (tmp_path / "run" / "train.log").read_text()
+    grid = run_cli(
+        "src.train",
+        "--multirun",
+        *tiny_data_overrides(tiny_mnist),
+        "trainer.epochs=1",
+        "logger=none",
+        "hydra/launcher=batched",
+        "scheduler=step_lr,onecycle",
+        "optimizer.lr=0.001,0.003",
+        f"hydra.sweep.dir={tmp_path / 'grid'}",
+    )
+    assert grid.returncode == 0, grid.stderr[-2000:]
+    assert "jobs 2-3: optimizer.lr is not used" in grid.stdout + grid.stderr
+    for job, lr in ((2, "0.001"), (3, "0.003")):
+        assert f"optimizer.lr={lr} is not used" in (tmp_path / "grid" / str(job) / "train.log").read_text()
+    for job in (0, 1):
+        assert "is not used" not in (tmp_path / "grid" / str(job) / "train.log").read_text()
+    summaries = [read_json(tmp_path / "grid" / str(job) / "metrics.json") for job in (2, 3)]
+    assert summaries[0]["val_acc"] == summaries[1]["val_acc"]  # the two OneCycleLR runs trained alike
