@@ -214,7 +214,7 @@ class LoadedData:
         files = raw_files_identity(Path(to_absolute_path(cfg.data.root)))
         key = json.dumps([OmegaConf.to_container(cfg.data, resolve=True), str(device), files], sort_keys=True)
         if key not in self.splits:
-            self.splits[key] = load_data(cfg, device).as_inputs()  # many passes: converted once
+            self.splits[key] = load_data(cfg, device, mapped=True).as_inputs()  # many passes: converted once
         self.used.add(key)
         return self.splits[key]
 

@@ -82,13 +82,15 @@ def hyperparameters(cfg: DictConfig) -> dict[str, Any]:
     return flat
 
 
-def load_data(cfg: DictConfig, device: torch.device) -> MnistSplits:
+def load_data(cfg: DictConfig, device: torch.device, mapped: bool = False) -> MnistSplits:
+    """The run's data on its device; `mapped`: its images to be converted at once (data.read_idx)."""
     data = load_mnist(
         root=Path(to_absolute_path(cfg.data.root)),
         download=cfg.data.download,
         offline_fallback=cfg.data.offline_fallback,
         val_size=cfg.data.val_size,
         split_seed=cfg.data.split_seed,
+        mapped=mapped,
     ).to(device)
     return data.standardized() if cfg.data.normalize else data
 

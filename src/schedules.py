@@ -24,7 +24,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from src.components import build_optimizer
+from src.components import build_optimizer, class_partial
 from src.config import EXECUTION_WHITELIST
 from src.errors import ConfigError, class_arguments
 from src.schedule_config import COMPOSITE_KEY, SCHEDULE_KEYS, interval, monitor, uses_warmup
@@ -55,7 +55,7 @@ def build_scheduler(scheduler_cfg: DictConfig, optimizer: torch.optim.Optimizer)
     resolved = OmegaConf.to_container(scheduler_cfg, resolve=True)  # steps.* are the run's root config's
     class_args = {k: v for k, v in resolved.items() if k not in (*SCHEDULE_KEYS, COMPOSITE_KEY)}
     with class_arguments("scheduler", str(resolved.get("_target_"))):
-        scheduler = instantiate(class_args, _execution_whitelist_=EXECUTION_WHITELIST)
+        scheduler = class_partial(class_args)
         if COMPOSITE_KEY not in resolved:
             return scheduler(optimizer)
         parts = [

@@ -942,7 +942,8 @@ def test_a_batchs_data_is_kept_for_the_next_batch_and_data_the_last_batch_did_no
         def as_inputs(self) -> "Splits":
             return self
 
-    def load_data(cfg, device):
+    def load_data(cfg, device, mapped):
+        assert mapped  # read once, converted at once
         loads.append(cfg.data.root)
         return Splits()
 
@@ -967,7 +968,7 @@ def test_kept_data_is_read_again_when_its_files_change_in_the_middle_of_a_sweep(
     import src.batched_runs as batched_runs
     from src.mnist_files import RAW_FILES, raw_dir
 
-    monkeypatch.setattr(batched_runs, "load_data", lambda cfg, device: SimpleNamespace(as_inputs=object))
+    monkeypatch.setattr(batched_runs, "load_data", lambda *_, **__: SimpleNamespace(as_inputs=object))
     labels = raw_dir(tmp_path) / RAW_FILES["train_labels"]
     labels.parent.mkdir(parents=True)
     labels.write_bytes(b"first")

@@ -60,6 +60,34 @@ def test_parallel_jobs_download_once_and_all_read_complete_files(tiny_mnist, tmp
     shutil.rmtree(root)
 
 
+def test_images_mapped_from_the_page_cache_convert_alike_and_stay_mapped_only_until_converted(tiny_mnist):
+    """The batched launcher's data (LoadedData) maps the files instead of reading them into memory of its own:
+    the same model inputs, the files untouched, no warning (a read-only array would make torch warn), and
+    no mapping left once the inputs are made."""
+    import gc
+    import warnings
+
+    files = {name: (raw_dir(tiny_mnist) / name).read_bytes() for name in RAW_FILES.values()}
+    read = load_mnist(tiny_mnist, download=False, offline_fallback=False, val_size=200, split_seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mapped = load_mnist(
+            tiny_mnist, download=False, offline_fallback=False, val_size=200, split_seed=0, mapped=True
+        )
+        assert str(raw_dir(tiny_mnist) / RAW_FILES["train_images"]) in Path("/proc/self/maps").read_text()
+        inputs = mapped.standardized().as_inputs()
+    expected = read.standardized().as_inputs()
+    for got, want in zip(
+        (inputs.train, inputs.val, inputs.test), (expected.train, expected.val, expected.test), strict=True
+    ):
+        assert torch.equal(got.images, want.images) and torch.equal(got.rows, want.rows)
+        assert torch.equal(got.labels, want.labels)
+    del mapped
+    gc.collect()
+    assert str(raw_dir(tiny_mnist)) not in Path("/proc/self/maps").read_text()
+    assert files == {name: (raw_dir(tiny_mnist) / name).read_bytes() for name in RAW_FILES.values()}
+
+
 @pytest.mark.parametrize("standardize", [False, True])
 def test_splits_converted_to_model_inputs_once_give_the_same_batches_bit_for_bit(tiny_mnist, standardize):
     data = load_mnist(tiny_mnist, download=False, offline_fallback=False, val_size=200, split_seed=0)

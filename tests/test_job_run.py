@@ -12,7 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobStatus, _take_job_return_handoff, setup_globals
 from hydra.core.utils import run_job as hydras_run_job
 from hydra.types import HydraContext, RunMode
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf, open_dict, read_write
 
 from hydra_plugins.batched_launcher.job_run import run_job as batched_run_job
 
@@ -118,3 +118,40 @@ def test_a_batched_job_runs_as_hydras_run_job_runs_it(outcome, chdir, tmp_path):
     assert ours.status is expected_status and our_calls == [("start", 4), ("end", 4, expected_status)]
     if outcome == "returns":
         assert ours.return_value == (4, "job_4", "seven", 0.07, False)
+
+
+def metadata_of_every_node(node, path: str = "") -> dict:
+    """Each node's metadata (type, flags, key...) by where it is."""
+    found = {path: node._metadata}
+    content = node.__dict__.get("_content")
+    if isinstance(content, dict):
+        for key in content:
+            found.update(metadata_of_every_node(node._get_node(key), f"{path}.{key}"))
+    elif isinstance(content, list):
+        for index in range(len(content)):
+            found.update(metadata_of_every_node(node._get_node(index), f"{path}[{index}]"))
+    return found
+
+
+def test_the_hydra_config_a_batched_job_sets_is_the_masked_copy_hydra_makes(tmp_path):
+    """HydraConfig.set_config keeps OmegaConf.masked_copy(config, "hydra"); the batched run_job keeps a
+    pickled copy of the hydra node instead (hydra_part): the same values, types and flags at every node, the
+    same read-only hydra node, and a copy, not the job's own nodes."""
+    from hydra_plugins.batched_launcher.job_run import hydra_part
+
+    with initialize_config_dir(config_dir=str(REPO / "conf")):
+        setup_globals()
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration(
+            "train", overrides=[*SWEEP, f"hydra.sweep.dir={tmp_path}"], run_mode=RunMode.MULTIRUN
+        )
+        config = loader.load_sweep_config(master, JOB)
+    OmegaConf.set_readonly(config.hydra, True)
+    hydras, ours = OmegaConf.masked_copy(config, "hydra"), hydra_part(config)
+    assert OmegaConf.to_yaml(ours) == OmegaConf.to_yaml(hydras) and list(ours) == ["hydra"]
+    assert metadata_of_every_node(ours) == metadata_of_every_node(hydras)
+    assert OmegaConf.is_readonly(ours.hydra) and ours.hydra._get_parent() is ours
+    assert config.hydra._get_parent() is config  # the job's own node stays where it was
+    with open_dict(config), read_write(config.hydra):
+        config.hydra.job.name = "changed"
+    assert ours.hydra.job.name == hydras.hydra.job.name != "changed"

@@ -214,3 +214,52 @@ def test_a_run_and_a_batched_grid_say_when_their_optimizer_lr_is_not_used(tiny_m
         assert "is not used" not in (tmp_path / "grid" / str(job) / "train.log").read_text()
     summaries = [read_json(tmp_path / "grid" / str(job) / "metrics.json") for job in (2, 3)]
     assert summaries[0]["val_acc"] == summaries[1]["val_acc"]  # the two OneCycleLR runs trained alike
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [[f"scheduler={p.stem}"] for p in sorted((REPO / "conf" / "scheduler").glob("*.yaml"))]
+    + [[f"optimizer={p.stem}"] for p in sorted((REPO / "conf" / "optimizer").glob("*.yaml"))],
+    ids=lambda overrides: overrides[0],
+)
+def test_an_optimizer_and_scheduler_built_again_from_one_config_are_built_once_by_hydra(
+    tmp_path, monkeypatch, overrides
+):
+    """build_optimizer and build_scheduler keep the class partial Hydra made of a config (class_partial): a
+    trial's probe and its own optimizer, or trials sharing an optimizer config, cost Hydra's instantiate once.
+    What they build is what Hydra's instantiate of the config builds, a new object each time."""
+    from hydra.utils import instantiate
+
+    import src.components as components
+    from src.config import EXECUTION_WHITELIST
+    from src.schedules import build_scheduler, fill_in_steps
+
+    cfg = compose_run(overrides, tmp_path)
+    fill_in_steps(cfg, n_train=640)
+    components._class_partial.cache_clear()
+    made = []
+    monkeypatch.setattr(components, "instantiate", lambda *a, **k: made.append(a[0]) or instantiate(*a, **k))
+    built = []
+    for _ in range(3):
+        optimizer = components.build_optimizer(cfg.optimizer, [torch.zeros(2, requires_grad=True)])
+        built.append((optimizer, build_scheduler(cfg.scheduler, optimizer)))
+    assert len(made) == 2  # the optimizer's config and the scheduler's, once each
+    by_hydra = instantiate(cfg.optimizer, _execution_whitelist_=EXECUTION_WHITELIST)(
+        [torch.zeros(2, requires_grad=True)]
+    )
+    for optimizer, scheduler in built:
+        assert type(optimizer) is type(by_hydra) and optimizer.defaults == by_hydra.defaults
+        assert optimizer.param_groups[0]["lr"] == built[0][0].param_groups[0]["lr"]
+        assert scheduler.state_dict() == built[0][1].state_dict() and scheduler.optimizer is optimizer
+    assert len({id(optimizer) for optimizer, _ in built}) == len({id(s) for _, s in built}) == 3
+
+
+def test_a_refused_optimizer_argument_is_refused_each_time_it_is_built(tmp_path):
+    """A config whose class refuses its arguments is not kept as made: each build says so in one line."""
+    from src.components import build_optimizer
+    from src.errors import UserInputError
+
+    cfg = compose_run(["optimizer=sgd", "optimizer.momentum=-1"], tmp_path)
+    for _ in range(2):
+        with pytest.raises(UserInputError, match="optimizer: torch.optim.SGD refused its arguments"):
+            build_optimizer(cfg.optimizer, [torch.zeros(1, requires_grad=True)])

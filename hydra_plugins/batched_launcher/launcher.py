@@ -24,12 +24,10 @@ log = logging.getLogger(__name__)
 
 # What the deferred work imports, loaded while the sweeper prepares the first batch: this app's batched
 # training (with torch; it trains without torch._dynamo, src/dynamo_on_demand.py), and what Optuna imports
-# when the launch process opens the study (SQLAlchemy's models, alembic).
+# when the launch process opens the study (SQLAlchemy's models; not alembic: storage.SetUpRDBStorage).
 DEFAULT_PRELOAD = (
     "src.batched_runs",
     "optuna.storages._rdb.models",
-    "alembic.migration",
-    "alembic.script",
 )
 NAME = "batched"  # hydra/launcher=batched
 CHOOSING_THIS_LAUNCHER = f"hydra/launcher={NAME}"

@@ -335,6 +335,44 @@ def open_storage(
 SCHEMA_READY = {"skip_compatibility_check": True, "skip_table_creation": True}
 
 
+class VersionManagerOnDemand:
+    """Optuna's _VersionManager of an RDBStorage, made when the storage first asks it something (its schema
+    version, an upgrade). Made at once, it records the schema's version in a new database (alembic's
+    version table), which its sweeper did before; for that it imports alembic, 65 ms of a job's process."""
+
+    def __init__(self, make: Callable[..., Any], arguments: tuple[Any, ...]) -> None:
+        self._make = make
+        self._arguments = arguments
+        self._manager: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._manager is None:
+            self._manager = self._make(*self._arguments)
+        return getattr(self._manager, name)
+
+
+def _init_with_version_manager_on_demand() -> Callable[..., None] | None:
+    """RDBStorage.__init__, Optuna's own code, run with VersionManagerOnDemand in place of _VersionManager
+    (the same function over a copy of its module's names); None if this Optuna's has no _VersionManager."""
+    init = RDBStorage.__init__
+    names = dict(init.__globals__)
+    version_manager = names.get("_VersionManager")
+    if not isinstance(version_manager, type):
+        return None
+    names["_VersionManager"] = lambda *arguments: VersionManagerOnDemand(version_manager, arguments)
+    function = types.FunctionType(init.__code__, names, init.__name__, init.__defaults__, init.__closure__)
+    function.__kwdefaults__ = init.__kwdefaults__
+    return function
+
+
+class SetUpRDBStorage(RDBStorage):
+    """An RDBStorage for a database whose sweeper made its tables and checked their version (open with
+    SCHEMA_READY): also its version manager made on demand (VersionManagerOnDemand), so that a job's
+    process never imports alembic."""
+
+    __init__ = _init_with_version_manager_on_demand() or RDBStorage.__init__
+
+
 def _open(
     spec: str | DictConfig,
     heartbeat_interval: int | None,
@@ -344,8 +382,9 @@ def _open(
     heartbeat = {"heartbeat_interval": heartbeat_interval, "grace_period": grace_period}
     if isinstance(spec, str):
         engine_kwargs = engine_defaults(spec, grace_period)
+        kind = SetUpRDBStorage if rdb_options == SCHEMA_READY else RDBStorage
         return with_retries(
-            lambda: RDBStorage(spec, engine_kwargs=engine_kwargs, **heartbeat, **rdb_options), mask_url(spec)
+            lambda: kind(spec, engine_kwargs=engine_kwargs, **heartbeat, **rdb_options), mask_url(spec)
         )
     target = str(spec._target_)
     if target.endswith("RDBStorage"):
