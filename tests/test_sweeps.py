@@ -1162,6 +1162,33 @@ def test_a_job_opens_its_sweeps_database_without_optunas_schema_setup(tmp_path, 
     assert job_storage.get_study_name_from_id(job_storage.get_study_id_from_name("s")) == "s"
 
 
+def test_a_database_the_sweeper_creates_is_not_checked_against_optunas_migrations(tmp_path, monkeypatch):
+    """A new SQLite file is stamped with this Optuna's schema version as it is made: reading it back against
+    alembic's scripts (50 ms of a sweep's start) is left out. A file that exists is checked."""
+    import sqlalchemy
+    from optuna.storages._rdb.storage import _VersionManager
+
+    from hydra_plugins.optuna_pruning_sweeper.storage import StorageError, is_new_sqlite_file, open_storage
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    head = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'reference.db'}").get_head_version()
+
+    def refused(self) -> None:
+        raise RuntimeError("checked")
+
+    monkeypatch.setattr(_VersionManager, "check_table_schema_compatibility", refused)
+    assert is_new_sqlite_file(url) and not is_new_sqlite_file(f"{url}?mode=ro&uri=true")
+    storage = open_storage(url, sweep_dir=lambda: tmp_path, cwd=tmp_path)
+    optuna.create_study(study_name="s", storage=storage)
+    engine = sqlalchemy.create_engine(url)
+    with engine.connect() as connection:
+        stamped = connection.execute(sqlalchemy.text("SELECT version_num FROM alembic_version")).scalar()
+    engine.dispose()
+    assert stamped == head and not is_new_sqlite_file(url)
+    with pytest.raises(StorageError, match="checked"):
+        open_storage(url, sweep_dir=lambda: tmp_path, cwd=tmp_path)
+
+
 JOB_SIDE_OF_A_TRIAL = """
 import sys
 from pathlib import Path

@@ -335,6 +335,25 @@ def open_storage(
 SCHEMA_READY = {"skip_compatibility_check": True, "skip_table_creation": True}
 
 
+# RDBStorage's options for a database its open creates: Optuna stamps it with this Optuna's schema version,
+# which its check would then read back from alembic's scripts (50 ms of a sweep's start)
+NEW_DATABASE = {"skip_compatibility_check": True}
+
+
+def is_new_sqlite_file(url: str) -> bool:
+    """An SQLite URL whose database file does not exist yet: opening it creates it."""
+    if not url.startswith(SQLITE_PREFIX):
+        return False
+    try:
+        parsed = make_url(url)
+    except (sqlalchemy.exc.ArgumentError, ValueError):
+        return False
+    database = parsed.database
+    if not database or database == ":memory:" or parsed.query:  # `?uri=true`: a name that is no path
+        return False
+    return not Path(database).exists()
+
+
 class VersionManagerOnDemand:
     """Optuna's _VersionManager of an RDBStorage, made when the storage first asks it something (its schema
     version, an upgrade). Made at once, it records the schema's version in a new database (alembic's
@@ -383,6 +402,8 @@ def _open(
     if isinstance(spec, str):
         engine_kwargs = engine_defaults(spec, grace_period)
         kind = SetUpRDBStorage if rdb_options == SCHEMA_READY else RDBStorage
+        if not rdb_options and is_new_sqlite_file(spec):
+            rdb_options = NEW_DATABASE
         return with_retries(
             lambda: kind(spec, engine_kwargs=engine_kwargs, **heartbeat, **rdb_options), mask_url(spec)
         )
