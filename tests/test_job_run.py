@@ -136,8 +136,11 @@ def metadata_of_every_node(node, path: str = "") -> dict:
 def test_the_hydra_config_a_batched_job_sets_is_the_masked_copy_hydra_makes(tmp_path):
     """HydraConfig.set_config keeps OmegaConf.masked_copy(config, "hydra"); the batched run_job keeps a
     pickled copy of the hydra node instead (hydra_part): the same values, types and flags at every node, the
-    same read-only hydra node, and a copy, not the job's own nodes."""
-    from hydra_plugins.batched_launcher.job_run import hydra_part
+    same read-only hydra node, and a copy, not the job's own nodes. The task's config (task_part) is a copy
+    without the hydra node, as Hydra's run_job makes it, and the job's config keeps its own, in its place."""
+    import copy
+
+    from hydra_plugins.batched_launcher.job_run import hydra_part, task_part
 
     with initialize_config_dir(config_dir=str(REPO / "conf")):
         setup_globals()
@@ -152,6 +155,14 @@ def test_the_hydra_config_a_batched_job_sets_is_the_masked_copy_hydra_makes(tmp_
     assert metadata_of_every_node(ours) == metadata_of_every_node(hydras)
     assert OmegaConf.is_readonly(ours.hydra) and ours.hydra._get_parent() is ours
     assert config.hydra._get_parent() is config  # the job's own node stays where it was
+    keys = list(config)
+    task, hydras_task = task_part(config), copy.deepcopy(config)
+    with read_write(hydras_task), open_dict(hydras_task):
+        del hydras_task["hydra"]
+    assert OmegaConf.to_yaml(task) == OmegaConf.to_yaml(hydras_task) and "hydra" not in task
+    assert metadata_of_every_node(task) == metadata_of_every_node(hydras_task)
+    assert list(config) == keys and config.hydra._get_parent() is config
     with open_dict(config), read_write(config.hydra):
         config.hydra.job.name = "changed"
-    assert ours.hydra.job.name == hydras.hydra.job.name != "changed"
+        config.trainer.epochs = 99
+    assert ours.hydra.job.name == hydras.hydra.job.name != "changed" and task.trainer.epochs != 99

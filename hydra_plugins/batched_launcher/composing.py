@@ -9,13 +9,12 @@ composed by Hydra. So Hydra composes one job of an Optuna sweep, not one per bat
 tests/test_batched.py checks that both ways give the same config.
 """
 
+import pickle
 from collections.abc import Sequence
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
-
-from .job_run import copied
 
 
 def apply_value_override(config: DictConfig, override: Override, value: object) -> None:
@@ -31,7 +30,9 @@ class JobComposer:
         self.config_loader = config_loader
         self.master_config = master_config
         self.parser = OverridesParser.create()
-        self.reference: tuple[list[Override], DictConfig] | None = None
+        # The last job Hydra composed: its overrides, and its config pickled (each job derived from it is
+        # that config unpickled: a copy, in half the time of pickling it each time)
+        self.reference: tuple[list[Override], bytes] | None = None
         self.parsed_lines: dict[str, Override] = {}
         self.groups: dict[str, bool] = {}
         self.derived = 0  # jobs whose config was derived rather than composed (for the log and tests)
@@ -44,7 +45,7 @@ class JobComposer:
                 self.derived += 1
                 return self._derive(self.reference[1], parsed, changes)
         config = self.config_loader.load_sweep_config(self.master_config, list(overrides))
-        self.reference = (parsed, copied(config))
+        self.reference = (parsed, pickle.dumps(config))
         return config
 
     def _parsed(self, line: str) -> Override:
@@ -84,8 +85,8 @@ class JobComposer:
         return self.groups[key]
 
     @staticmethod
-    def _derive(reference: DictConfig, parsed: list[Override], changes: list[Override]) -> DictConfig:
-        config = copied(reference)
+    def _derive(reference: bytes, parsed: list[Override], changes: list[Override]) -> DictConfig:
+        config = pickle.loads(reference)
         for override in changes:
             apply_value_override(config, override, override.value())
         hydra_lines = [o.input_line for o in parsed if o.is_hydra_override()]

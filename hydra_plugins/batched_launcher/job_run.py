@@ -41,6 +41,16 @@ def copied(config: DictConfig) -> DictConfig:
     return pickle.loads(pickle.dumps(config))
 
 
+def task_part(config: DictConfig) -> DictConfig:
+    """copied(config) without its hydra node, as run_job gives the task: only the rest is pickled."""
+    content = config.__dict__["_content"]
+    config.__dict__["_content"] = {key: node for key, node in content.items() if key != "hydra"}
+    try:
+        return copied(config)
+    finally:
+        config.__dict__["_content"] = content
+
+
 def hydra_part(config: DictConfig) -> DictConfig:
     """OmegaConf.masked_copy(config, "hydra"), the config HydraConfig.set_config keeps, with its hydra node
     copied by pickle (a third of the deep copy's time; the node alone, not the config it is in)."""
@@ -93,9 +103,7 @@ def _run_job(task_function: TaskFunction, config: DictConfig, hydra_context: Hyd
         set_hydra_config(config)
 
         ret = JobReturn()
-        task_cfg = copied(config)
-        with read_write(task_cfg), open_dict(task_cfg):
-            del task_cfg["hydra"]
+        task_cfg = task_part(config)
         ret.cfg = task_cfg
         hydra_cfg = HydraConfig.instance().cfg
         assert isinstance(hydra_cfg, DictConfig)
