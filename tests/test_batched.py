@@ -1441,9 +1441,10 @@ def test_ctrl_c_in_the_sweeps_process_ends_the_launch_processs_batch_after_its_f
 
 
 def test_the_launch_process_ends_as_soon_as_the_sweeper_launches_no_more_batches(tiny_mnist, tmp_path):
-    """The optuna_pruning sweeper ends the launch process once its last batch has returned (sweep_ended),
-    so the kernel tears it down while the study is reported, instead of at the command's exit. The exit
-    still reaps it: nothing of the command is left, not even a zombie."""
+    """The optuna_pruning sweeper ends the launch process once its last batch has returned (sweep_ended):
+    the batch that leaves no trial to ask, before its outcomes are told, so the kernel tears the process
+    down while the study is told and reported, instead of at the command's exit. The exit still reaps it:
+    nothing of the command is left, not even a zombie."""
     command = subprocess.Popen(
         [
             sys.executable,
@@ -1455,7 +1456,7 @@ def test_the_launch_process_ends_as_soon_as_the_sweeper_launches_no_more_batches
             "hydra.sweeper.n_trials=4",
             "hydra.sweeper.n_jobs=2",
             "trainer.epochs=1",
-            "hydra.verbose=hydra_plugins.batched_launcher",
+            "hydra.verbose=[hydra_plugins.batched_launcher,hydra_plugins.optuna_pruning_sweeper.sweeper]",
         ],
         cwd=REPO,
         stdout=subprocess.PIPE,
@@ -1469,9 +1470,10 @@ def test_the_launch_process_ends_as_soon_as_the_sweeper_launches_no_more_batches
     lines = output.splitlines()
     trained = [i for i, line in enumerate(lines) if "2 trials train stacked (" in line]
     ended = [i for i, line in enumerate(lines) if "ended the launch process" in line]
+    told = [i for i, line in enumerate(lines) if "told the study the outcomes of trials" in line]
     reported = [i for i, line in enumerate(lines) if "Sweep done" in line]
-    assert len(trained) == 2 and len(ended) == 1 and len(reported) == 1, output[-3000:]
-    assert trained[-1] < ended[0] < reported[0]  # after the second batch, not between the two
+    assert len(trained) == 2 and len(ended) == 1 and len(told) == 2 and len(reported) == 1, output[-3000:]
+    assert told[0] < trained[-1] < ended[0] < told[-1] < reported[0]  # as the last batch returned
     assert processes_of_session(command.pid) == {}  # the exit reaped it: no zombie left to PID 1
 
 

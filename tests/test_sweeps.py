@@ -1689,6 +1689,26 @@ def test_workers_that_count_the_study_at_once_overshoot_n_trials_by_one_trial_ea
     assert AskBudget(size=3, new=0, counted=5).filled([2, 5])  # ... but none of them was left for this one
 
 
+def test_the_batch_that_leaves_no_trial_to_ask_is_the_last_unless_another_worker_runs_one(tmp_path):
+    """AskBudget.last: the batch takes every trial n_trials leaves and no other worker's trial is running,
+    so the sweeper ends its launcher's launch process as that batch returns (before telling it)."""
+    from hydra_plugins.optuna_pruning_sweeper.sweeper import PruningOptunaSweeperImpl
+    from hydra_plugins.optuna_pruning_sweeper.workers import WORKER, WORKER_PROCESS, Worker
+
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    sweeper = object.__new__(PruningOptunaSweeperImpl)  # _trials_to_ask reads only these
+    sweeper.n_trials, sweeper.n_jobs, sweeper.grace_period = 5, 2, 600
+    assert not sweeper._trials_to_ask(study).last  # 5 to go, 2 a batch
+    for _ in range(3):
+        study.tell(study.ask(), 1.0)
+    assert sweeper._trials_to_ask(study).last  # 2 to go, both in the next batch
+    another = study.ask()  # another worker's trial, alive
+    study._storage.set_trial_system_attr(another._trial_id, WORKER_PROCESS, Worker.this_process().as_attr())
+    another.set_user_attr(WORKER, "another")
+    budget = sweeper._trials_to_ask(study)
+    assert (budget.size, budget.last) == (1, False)  # it may yet be queued again, for this worker to run
+
+
 def test_a_killed_joblib_worker_ends_the_sweep_in_one_line_and_its_trials_say_so(tiny_mnist, tmp_path):
     """loky's TerminatedWorkerError (a worker SIGKILLed: the kernel's OOM killer) ended the sweep with a
     traceback, and the batch's trials said the sweep had been stopped while they ran. They are queued

@@ -249,6 +249,9 @@ class AskBudget:
     size: int
     new: int
     counted: int
+    # Every trial n_trials leaves fits in this batch, and no other worker's trial was running: once the
+    # batch is told, the study is done, unless one of its trials is to run again (interrupted)
+    last: bool = False
 
     def filled(self, asked_numbers: Sequence[int]) -> bool:
         if len(asked_numbers) >= self.size:
@@ -347,9 +350,15 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
                     study, budget, distributions, fixed_params, fixed_overrides, worker, heartbeats
                 )
                 self._check_failure_rate(study)
-        if callable(sweep_ended := getattr(self.launcher, "sweep_ended", None)):
-            sweep_ended()  # hydra/launcher=batched: its launch process ends while the study is reported
+        self._launches_no_more()
         self._report(study)
+
+    def _launches_no_more(self) -> None:
+        """Tell a launcher that has a sweep_ended() (hydra/launcher=batched: its launch process ends, torn
+        down by the kernel while this process tells and reports the study). Should a batch follow after all
+        (a trial of another worker queued again), that launcher runs it without the process, slower."""
+        if callable(sweep_ended := getattr(self.launcher, "sweep_ended", None)):
+            sweep_ended()
 
     def _is_group(self, key: str) -> bool:
         """`key` names a config group (`hparams_search`, `hydra/launcher`), not a value."""
@@ -452,7 +461,9 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
         queued = sum(t.state == TrialState.WAITING for t in trials)
         to_go = self.n_trials - finished - running
         if to_go > 0:
-            return AskBudget(min(self.n_jobs, to_go), to_go - queued, len(trials))
+            return AskBudget(
+                min(self.n_jobs, to_go), to_go - queued, len(trials), to_go <= self.n_jobs and not running
+            )
         return AskBudget(0, 0, len(trials)) if running else None
 
     def _run_batch(
@@ -515,6 +526,8 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
                 give_up(study, study._storage.get_trial(trial._trial_id), why)
             raise
         self.job_idx += len(returns)
+        if budget.last and not any(isinstance(job._return_value, JobInterrupted) for job in returns):
+            self._launches_no_more()  # its launch process torn down while the outcomes are told
         with interrupts_held():  # every outcome told: a Ctrl-C here left trials RUNNING (2 of 32, at random)
             for trial, job in zip(trials, returns, strict=True):
                 try:
@@ -525,6 +538,7 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
                         "stale): its result is not recorded in the study"
                     )
                 heartbeats.discard(trial._trial_id)
+        log.debug(f"told the study the outcomes of trials {trials[0].number} to {trials[-1].number}")
 
     def _launch_failed(self, error: Exception) -> SweepError:
         """The launcher's own failure (its jobs report theirs in their returns) as one line, which the
