@@ -658,7 +658,11 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
         tell(study, trial, state=TrialState.FAIL)
 
     def _check_failure_rate(self, study: optuna.Study) -> None:
-        failed = [t for t in study.trials if t.state == TrialState.FAIL and not t.user_attrs.get(INTERRUPTED)]
+        failed = [
+            t
+            for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))  # read, not copied
+            if not t.user_attrs.get(INTERRUPTED)
+        ]
         if len(failed) > self.max_failure_rate * self.n_trials:
             raise SweepError(
                 f"{len(failed)} trials failed, more than hydra.sweeper.max_failure_rate="
