@@ -70,7 +70,8 @@ def hydra_part(config: DictConfig) -> DictConfig:
 def set_hydra_config(config: DictConfig) -> None:
     """HydraConfig.instance().set_config(config), step by step, with hydra_part for its masked copy."""
     OmegaConf.set_readonly(config.hydra, True)
-    assert issubclass(OmegaConf.get_type(config, "hydra") or type(None), HydraConf)
+    hydra_node_type = OmegaConf.get_type(config, "hydra")
+    assert hydra_node_type is not None and issubclass(hydra_node_type, HydraConf)
     instance = HydraConfig.instance()
     instance.cfg = hydra_part(config)  # type: ignore[assignment]
     instance.cfg.hydra._set_parent(config)  # type: ignore[union-attr]  (interpolations reach the task's)
